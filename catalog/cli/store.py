@@ -1,0 +1,5 @@
+"""Commands over the store: tasks, models, import and export."""
+
+from __future__ import annotations
+
+COMMANDS: list = []

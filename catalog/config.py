@@ -1,0 +1,38 @@
+"""Where the catalog's database is.
+
+Resolution order: an explicit ``--db URL``, else ``$CATALOG_DATABASE_URL``, else
+``sqlite:///catalog.db`` in the current directory. URLs are only ever shown masked.
+"""
+
+from __future__ import annotations
+
+import os
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from catalog.errors import DatabaseUnreachable
+
+ENV_VAR = "CATALOG_DATABASE_URL"
+DEFAULT_URL = "sqlite:///catalog.db"
+
+
+def database_url(explicit: str | None = None) -> URL:
+    """Return the database URL to use, normalized (``postgresql://`` uses psycopg 3)."""
+    raw = explicit or os.environ.get(ENV_VAR) or DEFAULT_URL
+    try:
+        url = make_url(raw)
+    except ArgumentError:
+        # Never echo the raw string: it may hold a password.
+        raise DatabaseUnreachable(
+            "the database URL is malformed; use e.g. sqlite:///catalog.db or "
+            "postgresql://user@host:5432/dbname (--db or $CATALOG_DATABASE_URL)"
+        ) from None
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg")
+    return url
+
+
+def masked(url: URL | str) -> str:
+    """The URL as text with any password replaced by ``***``."""
+    return make_url(url).render_as_string(hide_password=True)

@@ -1,0 +1,164 @@
+"""One engine factory, one session scope, and the schema-version gate.
+
+``open_catalog(url)`` is what every command uses: it builds the engine, brings a brand-new
+empty database to the current schema (under a lock, so several workers may start at once),
+and refuses a database whose schema is behind or ahead of this version of the catalog.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from catalog.config import database_url, masked
+from catalog.errors import DatabaseUnreachable, SchemaOutOfDate
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# Any constant works: it only has to be the same for every catalog process.
+_PG_UPGRADE_LOCK = 7_321_004_211
+
+
+def make_engine(url: str | URL | None = None) -> Engine:
+    """Build the engine for a catalog URL (SQLite pragmas; PostgreSQL pool settings)."""
+    if not isinstance(url, URL):
+        url = database_url(url)
+    if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:":
+            Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 60})
+        event.listen(engine, "connect", _sqlite_pragmas)
+    else:
+        engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the ingest writer
+    cursor.execute("PRAGMA busy_timeout=60000")
+    cursor.close()
+
+
+@contextlib.contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """A session that commits on success and rolls back on any exception."""
+    session = sessionmaker(engine, expire_on_commit=False)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def alembic_config(engine: Engine | None = None) -> Config:
+    """An Alembic config pointing at the shipped migrations (and at ``engine`` if given)."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if engine is not None:
+        cfg.attributes["engine"] = engine
+    return cfg
+
+
+def head_revision() -> str:
+    heads = ScriptDirectory.from_config(alembic_config()).get_heads()
+    assert len(heads) == 1, f"migrations have {len(heads)} heads"
+    return heads[0]
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The schema revision stored in the database (None for an empty database)."""
+    with _connect(engine) as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    with _upgrade_lock(engine):
+        command.upgrade(alembic_config(engine), revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    with _upgrade_lock(engine):
+        command.downgrade(alembic_config(engine), revision)
+
+
+def open_catalog(url: str | URL | None = None) -> Engine:
+    """Engine for a ready-to-use catalog: create the schema if empty, refuse if stale."""
+    engine = make_engine(url)
+    current = current_revision(engine)
+    head = head_revision()
+    if current == head:
+        return engine
+    if current is None and not _has_tables(engine):
+        upgrade(engine)  # a brand-new database: safe to create everything
+        return engine
+    engine.dispose()
+    if current is None:
+        raise SchemaOutOfDate(
+            f"{masked(engine.url)} has tables but no catalog schema version; "
+            "point --db at a catalog database or an empty one"
+        )
+    known = {s.revision for s in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+    if current not in known:
+        raise SchemaOutOfDate(
+            f"database schema {current} is newer than this catalog ({head}); "
+            "upgrade the catalog package"
+        )
+    raise SchemaOutOfDate(
+        f"database schema is at {current} but this catalog needs {head}; "
+        f"run `catalog db upgrade --db {masked(engine.url)}`"
+    )
+
+
+def _has_tables(engine: Engine) -> bool:
+    with _connect(engine) as conn:
+        return bool(inspect(conn).get_table_names())
+
+
+@contextlib.contextmanager
+def _connect(engine: Engine):
+    try:
+        conn = engine.connect()
+    except (OperationalError, SQLAlchemyError) as exc:
+        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc) else "unknown"
+        raise DatabaseUnreachable(
+            f"cannot connect to {masked(engine.url)} ({reason}); "
+            "check --db or $CATALOG_DATABASE_URL"
+        ) from None
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def _upgrade_lock(engine: Engine) -> Iterator[None]:
+    """Serialize schema changes between processes (advisory lock / lock file)."""
+    if engine.dialect.name == "postgresql":
+        with _connect(engine) as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_UPGRADE_LOCK})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_UPGRADE_LOCK})
+                conn.commit()
+    elif engine.url.database and engine.url.database != ":memory:":
+        from filelock import FileLock
+
+        with FileLock(str(Path(engine.url.database).expanduser()) + ".lock", timeout=300):
+            yield
+    else:
+        yield
