@@ -1,0 +1,346 @@
+"""The sampling backend interface: what the ingest job layer calls to draw samples from a model.
+
+A :class:`Backend` wraps one loaded model. The job layer (work units, database writes, the
+``catalog ingest`` CLI) only talks to this interface::
+
+    from ingest.backends import ModelSpec, SamplingParams, load_backend
+
+    backend = load_backend(ModelSpec("path/or/hub-id", prompt_format="chat"), device="auto")
+    rendered = backend.render("Pick a random digit.", "chat")     # store it with the run
+    counts = backend.sample(rendered, SamplingParams(n=1000, max_new_tokens=8), seed=1234)
+    exact = backend.option_probabilities(rendered, {"7": ["7"], "3": ["3"]})
+    provenance = backend.provenance()                             # columns of the runs table
+
+Backends are registered by name (:data:`BACKENDS`, :func:`register_backend`) in the style of
+lm-evaluation-harness. A model spec's ``source`` selects one: ``"table:<file.json>"`` is the
+:class:`TableBackend` (a fixed answer distribution given as data, no torch: fast tests of the
+job layer), anything else is a hub id or local directory for the ``transformers`` backend
+(:class:`ingest.models.TransformersBackend`). Heavy libraries (torch, transformers) are
+imported only when a backend that needs them is loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from catalog.errors import InvalidInput, ModelLoadError
+from ingest import prompting
+
+PROMPT_FORMATS = ("chat", "plain")
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a model comes from and how prompts reach it (one row of the model registry).
+
+    ``source`` is a hub id (``"org/name"``), a local directory, or ``"<backend>:<argument>"``
+    for a registered non-transformers backend (e.g. ``"table:answers.json"``).
+    ``revision`` is a hub branch, tag or commit (a pinned 40-hex commit is required with
+    ``trust_remote_code``). ``gguf_file`` names a GGUF file inside ``source``.
+    ``prompt_format`` is ``"chat"`` (the tokenizer's chat template) or ``"plain"`` (the plain
+    completion scaffold of :mod:`ingest.prompting`).
+    """
+
+    source: str
+    revision: str | None = None
+    gguf_file: str | None = None
+    trust_remote_code: bool = False
+    prompt_format: str = "chat"
+
+    def __post_init__(self) -> None:
+        if not self.source:
+            raise InvalidInput("model source is empty; give a hub id or a local directory")
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise InvalidInput(
+                f"prompt format {self.prompt_format!r} is not one of {', '.join(PROMPT_FORMATS)}"
+            )
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample: exactly the user's parameters, nothing taken from the model's defaults.
+
+    ``n`` samples per prompt; ``temperature`` > 0; ``top_p`` in (0, 1] (1 = off); ``top_k``
+    None = off (0 is accepted and means off, as in transformers); ``max_new_tokens`` >= 1;
+    ``stop``: strings that end a completion (the stored text is cut before the stop string).
+    A model's ``generation_config`` defaults (e.g. ``top_k=50``, repetition penalties) never
+    apply: what is stored is what was asked for. Greedy decoding is ``top_k=1``.
+    """
+
+    n: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    max_new_tokens: int = 32
+    stop: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
+            raise InvalidInput(f"number of samples must be a positive integer, got {self.n!r}")
+        if not self.temperature > 0:
+            raise InvalidInput(
+                f"temperature must be > 0, got {self.temperature!r} (use top_k=1 for greedy)"
+            )
+        if not 0 < self.top_p <= 1:
+            raise InvalidInput(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.top_k == 0:
+            object.__setattr__(self, "top_k", None)
+        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
+            raise InvalidInput(f"top_k must be a positive integer or None, got {self.top_k!r}")
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise InvalidInput(f"max_new_tokens must be >= 1, got {self.max_new_tokens!r}")
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        if any(not s for s in stop):
+            raise InvalidInput("stop strings must be non-empty")
+        object.__setattr__(self, "stop", stop)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (stop as a list), e.g. for the runs table's ``sampling`` column."""
+        data = asdict(self)
+        data["stop"] = list(self.stop)
+        return data
+
+
+class ExactDistribution(NamedTuple):
+    """Exact option probabilities: ``probabilities`` renormalized over the options (they sum
+    to 1 when ``covered_mass`` > 0), and ``covered_mass``, the model's total probability of
+    all the options' surface forms (<= 1). The raw probability of an option is
+    ``probabilities[o] * covered_mass``."""
+
+    probabilities: dict[str, float]
+    covered_mass: float
+
+
+class Backend(ABC):
+    """One loaded model. Every method is deterministic given its arguments.
+
+    Contract:
+
+    - :meth:`render` turns a task's prompt text into the exact string the model sees
+      (``"chat"``: the tokenizer's chat template with the generation prompt appended;
+      ``"plain"``: the completion scaffold). Store the result with the run.
+    - :meth:`sample` draws ``params.n`` independent completions of a rendered prompt and
+      returns ``{completion text: count}`` with counts summing to exactly ``params.n``
+      (distinct texts only; equal texts are merged). The same ``seed`` gives the same counts
+      on the same hardware, library versions and batch size. ``seed`` is an integer in
+      ``[0, 2**63)``.
+    - :meth:`option_probabilities` scores each option's surface forms exactly (no sampling,
+      model distribution at temperature 1) and returns an :class:`ExactDistribution`.
+      Surface forms are the literal continuation texts (e.g. ``{"heads": ["heads",
+      "Heads"]}``); a surface form may belong to one option only.
+    - :meth:`provenance` returns the run columns that describe the setup: ``model_revision``,
+      ``dtype``, ``device``, ``chat_template_hash`` and ``library_versions`` (a dict).
+    - :meth:`close` frees the model (memory, GPU); the backend is unusable afterwards.
+    """
+
+    name: str = ""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+
+    @abstractmethod
+    def render(self, prompt_text: str, prompt_format: str) -> str: ...
+
+    @abstractmethod
+    def sample(self, rendered: str, params: SamplingParams, seed: int) -> dict[str, int]: ...
+
+    @abstractmethod
+    def option_probabilities(
+        self, rendered: str, options: Mapping[str, Sequence[str]]
+    ) -> ExactDistribution: ...
+
+    @abstractmethod
+    def provenance(self) -> dict[str, Any]: ...
+
+    def close(self) -> None:
+        """Release the model's memory. The default has nothing to release."""
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+# name -> "module:attribute" (imported on first use, so torch loads only when needed) or a factory
+BACKENDS: dict[str, str | Callable[..., Backend]] = {
+    "transformers": "ingest.models:TransformersBackend",
+    "table": "ingest.backends:TableBackend",
+}
+
+
+def register_backend(name: str, factory: str | Callable[..., Backend]) -> None:
+    """Register a backend class (or ``"module:Class"`` path) under ``name``.
+
+    The factory is called as ``factory(spec, device=..., dtype=..., allow_pickle=...,
+    batch_size=...)``; a spec selects it with ``source="<name>:<argument>"``.
+    """
+    BACKENDS[name] = factory
+
+
+def backend_name(spec: ModelSpec) -> str:
+    """The registered backend a spec selects: its ``"<name>:"`` prefix, else transformers."""
+    prefix, sep, _ = spec.source.partition(":")
+    if sep and prefix in BACKENDS and prefix != "transformers":
+        return prefix
+    return "transformers"
+
+
+def load_backend(
+    spec: ModelSpec,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    allow_pickle: bool = False,
+    batch_size: int | str = "auto",
+) -> Backend:
+    """Load the model ``spec`` names, once; sample all its prompts through the result.
+
+    ``device``: auto|cpu|cuda (auto = cuda if available); ``dtype``: auto|float32|bfloat16|
+    float16 (auto = bfloat16 on a CUDA device that supports it, else float16 on CUDA, float32
+    on CPU); ``allow_pickle``: accept pickle (``.bin``) checkpoints, which can run code when
+    loaded; ``batch_size``: most rows per forward pass ("auto": start large, halve on
+    out-of-memory). Raises :class:`ModelLoadError` with a one-line message.
+    """
+    if device not in DEVICES:
+        raise InvalidInput(f"device {device!r} is not one of {', '.join(DEVICES)}")
+    if dtype not in DTYPES:
+        raise InvalidInput(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    if batch_size != "auto" and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
+        raise InvalidInput(f"batch size must be 'auto' or a positive integer, got {batch_size!r}")
+    factory = BACKENDS[backend_name(spec)]
+    if isinstance(factory, str):
+        module_name, _, attribute = factory.partition(":")
+        factory = getattr(importlib.import_module(module_name), attribute)
+    return factory(
+        spec, device=device, dtype=dtype, allow_pickle=allow_pickle, batch_size=batch_size
+    )
+
+
+class TableBackend(Backend):
+    """A model given as data: fixed completion distributions, no torch (for fast tests).
+
+    The table is a JSON file (``ModelSpec(source="table:path/to/table.json")``)::
+
+        {"default": {"7": 0.6, " 3": 0.3, "I pick 5.": 0.1},
+         "prompts": {"Pick a random digit.": {"4": 1.0}},
+         "delay_seconds": 0.0}
+
+    ``prompts`` maps a task's prompt text (before rendering) to the completion distribution
+    for it; other prompts get ``default``. Probabilities are renormalized. ``sample`` draws
+    ``Multinomial(n, p)`` with numpy (seeded), sleeping ``delay_seconds`` first (lets a test
+    kill a job mid-way); sampling parameters other than ``n`` are ignored. Exact mode sums the
+    probability of completions equal to a surface form.
+    """
+
+    name = "table"
+    CHAT_TEMPLATE = "<|user|>\n{prompt}\n<|assistant|>\n"
+
+    def __init__(self, spec: ModelSpec, **_: Any) -> None:
+        super().__init__(spec)
+        path = Path(spec.source.partition(":")[2]).expanduser()
+        try:
+            raw = path.read_bytes()
+            table = json.loads(raw)
+        except OSError as exc:
+            raise ModelLoadError(f"cannot read table model {str(path)!r}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise ModelLoadError(f"table model {str(path)!r} is not valid JSON: {exc}") from None
+        if not isinstance(table, dict) or not isinstance(table.get("default", {}), dict):
+            raise ModelLoadError(f"table model {str(path)!r} must be an object with 'default'")
+        self.revision = "sha256:" + hashlib.sha256(raw).hexdigest()
+        self.delay_seconds = float(table.get("delay_seconds", 0.0))
+        self.tables = {
+            prompt: self._normalized(dist, path) for prompt, dist in table.get("prompts", {}).items()
+        }
+        self.default = self._normalized(table.get("default", {}), path) if "default" in table else None
+        self._prompt_of: dict[str, str] = {}
+
+    @staticmethod
+    def _normalized(dist: Mapping[str, float], path: Path) -> dict[str, float]:
+        total = sum(dist.values())
+        if not dist or total <= 0 or any(p < 0 for p in dist.values()):
+            raise ModelLoadError(f"table model {str(path)!r} has an empty or negative distribution")
+        return {text: p / total for text, p in dist.items()}
+
+    def render(self, prompt_text: str, prompt_format: str) -> str:
+        if prompt_format == "chat":
+            rendered = self.CHAT_TEMPLATE.format(prompt=prompt_text)
+        else:
+            rendered = prompting.render_plain(prompt_text)
+        self._prompt_of[rendered] = prompt_text
+        return rendered
+
+    def _distribution(self, rendered: str) -> dict[str, float]:
+        prompt = self._prompt_of.get(rendered, rendered)
+        dist = self.tables.get(prompt, self.default)
+        if dist is None:
+            raise InvalidInput(f"table model has no distribution for prompt {prompt!r}")
+        return dist
+
+    def sample(self, rendered: str, params: SamplingParams, seed: int) -> dict[str, int]:
+        import numpy as np
+
+        dist = self._distribution(rendered)
+        time.sleep(self.delay_seconds)
+        draws = np.random.default_rng(seed).multinomial(params.n, list(dist.values()))
+        return {text: int(c) for text, c in zip(dist, draws) if c > 0}
+
+    def option_probabilities(
+        self, rendered: str, options: Mapping[str, Sequence[str]]
+    ) -> ExactDistribution:
+        dist = self._distribution(rendered)
+        raw = {
+            option: sum(dist.get(form, 0.0) for form in dict.fromkeys(forms))
+            for option, forms in check_surface_forms(options).items()
+        }
+        return renormalize(raw)
+
+    def provenance(self) -> dict[str, Any]:
+        return {
+            "model_revision": self.revision,
+            "dtype": None,
+            "device": "cpu",
+            "chat_template_hash": prompting.text_hash(self.CHAT_TEMPLATE),
+            "library_versions": {},
+        }
+
+
+def check_surface_forms(options: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """Options with their distinct surface forms; a form shared by two options is an error."""
+    owner: dict[str, str] = {}
+    checked: dict[str, list[str]] = {}
+    for option, forms in options.items():
+        if isinstance(forms, str):
+            forms = [forms]
+        checked[option] = list(dict.fromkeys(forms))
+        if not checked[option]:
+            raise InvalidInput(f"option {option!r} has no surface forms to score")
+        for form in checked[option]:
+            if not form:
+                raise InvalidInput(f"option {option!r} has an empty surface form")
+            if owner.setdefault(form, option) != option:
+                raise InvalidInput(
+                    f"surface form {form!r} belongs to both {owner[form]!r} and {option!r}"
+                )
+    return checked
+
+
+def renormalize(raw: Mapping[str, float]) -> ExactDistribution:
+    """Turn raw option probabilities into an :class:`ExactDistribution`."""
+    covered = float(sum(raw.values()))
+    if covered <= 0:
+        return ExactDistribution({option: 0.0 for option in raw}, 0.0)
+    return ExactDistribution({option: p / covered for option, p in raw.items()}, min(covered, 1.0))
