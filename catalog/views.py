@@ -1,0 +1,200 @@
+"""Query results as Polars DataFrames: any SQL (``read_sql``) and the catalog's views (``read_view``).
+
+File SQLite and PostgreSQL are read through connectorx (``pl.read_database_uri``), which
+streams Arrow straight from the database without Python objects per row; queries with bound
+parameters, in-memory SQLite and other dialects go through an SQLAlchemy connection.
+
+SQLite is read by connectorx in a child process, never in this one: connectorx bundles its
+own copy of SQLite, and two SQLite libraries in one process break each other's POSIX locks.
+Measured here: closing connectorx's connection deleted the -wal/-shm files under a live
+sqlite3 connection of the same process, whose later commits then went to an unlinked WAL that
+no other connection (or process) could see. Across processes, SQLite's locking is correct.
+
+Column dtypes are made the same on both databases: integers become Int64, floating point and
+NUMERIC (PostgreSQL's ``SUM`` of integers) become Float64, timestamps are UTC. ``read_view``
+also fixes each view's column dtypes, so an empty result has the same schema as a full one.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from sqlalchemy import Engine, column, literal_column, select, table, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from catalog.errors import InvalidInput
+
+_TEXT, _INT, _FLOAT = pl.String, pl.Int64, pl.Float64
+_UTC = pl.Datetime("us", "UTC")
+_RUN_COLUMNS = {
+    "family": _TEXT,
+    "stage": _TEXT,
+    "stage_order": _INT,
+    "model": _TEXT,
+    "task": _TEXT,
+    "prompt": _TEXT,
+    "prompt_id": _INT,
+    "prompt_text": _TEXT,
+}
+# Column dtypes of each public view (migrations/versions/0002_query_views.py).
+VIEW_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
+    "v_runs": {
+        **_RUN_COLUMNS,
+        "mode": _TEXT,
+        "origin": _TEXT,
+        "run_id": _INT,
+        "n_samples": _INT,
+        "n_valid": _INT,
+        "n_invalid": _INT,
+        "covered_mass": _FLOAT,
+        "seed": _INT,
+        "temperature": _FLOAT,
+        "top_p": _FLOAT,
+        "top_k": _INT,
+        "max_new_tokens": _INT,
+        "finished_at": _UTC,
+    },
+    "v_counts": {
+        **_RUN_COLUMNS,
+        "option": _TEXT,
+        "count": _INT,
+        "mode": _TEXT,
+        "n_invalid": _INT,
+        "run_id": _INT,
+    },
+    "v_distributions": {
+        **_RUN_COLUMNS,
+        "option": _TEXT,
+        "count": _INT,
+        "mode": _TEXT,
+        "probability": _FLOAT,
+    },
+}
+VIEWS = tuple(VIEW_SCHEMAS)
+
+
+def read_sql(engine: Engine, sql: str, params: Mapping[str, Any] | None = None) -> pl.DataFrame:
+    """Run one SELECT and return its rows as a DataFrame with backend-independent dtypes.
+
+    ``params`` are bound by SQLAlchemy (``:name`` placeholders); without them the query runs
+    through connectorx where the database allows it (much faster and leaner for big results).
+    """
+    uri = connectorx_uri(engine)
+    frame = None
+    if uri is not None and not params:
+        frame = _read_with_connectorx(sql, uri)
+    if frame is None:
+        frame = _read_with_sqlalchemy(engine, sql, params)
+    return _stable_dtypes(frame)
+
+
+def read_view(
+    engine: Engine,
+    name: str,
+    *,
+    family: str | Iterable[str] | None = None,
+    task: str | Iterable[str] | None = None,
+    model: str | Iterable[str] | None = None,
+    mode: str | None = None,
+) -> pl.DataFrame:
+    """Rows of one catalog view (v_counts, v_distributions or v_runs), optionally filtered.
+
+    Each filter takes one name or a list of names. Example:
+    ``read_view(engine, "v_distributions", family="OLMo 2 7B", task=["digit", "coin"])``.
+    """
+    if name not in VIEW_SCHEMAS:
+        raise InvalidInput(f"unknown view {name!r}; the views are {', '.join(VIEWS)}")
+    schema = VIEW_SCHEMAS[name]
+    query = select(literal_column("*")).select_from(table(name))
+    for col, wanted in (("family", family), ("task", task), ("model", model), ("mode", mode)):
+        if wanted is not None:
+            values = [wanted] if isinstance(wanted, str) else list(wanted)
+            query = query.where(column(col).in_(values))
+    # connectorx takes no parameters, so the filter values are rendered as quoted literals.
+    sql = str(query.compile(engine, compile_kwargs={"literal_binds": True}))
+    frame = read_sql(engine, sql)
+    return frame.select(pl.col(col).cast(dtype) for col, dtype in schema.items())
+
+
+def connectorx_uri(engine: Engine) -> str | None:
+    """The connectorx URI for the engine's database, or None where connectorx cannot read it."""
+    url = engine.url
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        if not url.database or url.database == ":memory:" or url.database.startswith("file:"):
+            return None
+        return "sqlite://" + str(Path(url.database).expanduser().resolve())
+    if backend == "postgresql":
+        return url.set(drivername="postgresql").render_as_string(hide_password=False)
+    return None
+
+
+# Runs in a child process for SQLite (see the module docstring): query -> Arrow IPC file.
+_CONNECTORX_CHILD = """
+import sys, connectorx, pyarrow
+table = connectorx.read_sql(sys.argv[1], sys.argv[2], return_type="arrow")
+with pyarrow.ipc.new_file(sys.argv[3], table.schema) as writer:
+    writer.write_table(table)
+"""
+
+
+def _read_with_connectorx(sql: str, uri: str) -> pl.DataFrame | None:
+    """The query's result, or None where connectorx cannot read it (SQLAlchemy then will).
+
+    connectorx cannot type some SQLite results (a NULL in the first row, mixed types), and
+    a bad query is better reported by the database driver, so any failure returns None.
+    """
+    if not uri.startswith("sqlite:"):
+        try:
+            return pl.read_database_uri(sql, uri, engine="connectorx")
+        except RuntimeError:
+            return None
+    # POSIX keeps a memory-mapped file readable after its directory is removed.
+    with tempfile.TemporaryDirectory(prefix="catalog-sql-", ignore_cleanup_errors=True) as tmp:
+        path = Path(tmp) / "result.arrow"
+        child = subprocess.run(
+            [sys.executable, "-c", _CONNECTORX_CHILD, uri, sql, str(path)],
+            capture_output=True,
+            check=False,
+        )
+        if child.returncode != 0:
+            return None
+        return pl.read_ipc(path)
+
+
+def _read_with_sqlalchemy(
+    engine: Engine, sql: str, params: Mapping[str, Any] | None
+) -> pl.DataFrame:
+    try:
+        with engine.connect() as conn:
+            return pl.read_database(
+                text(sql),
+                conn,
+                execute_options={"parameters": dict(params or {})},
+                infer_schema_length=None,
+            )
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise InvalidInput(f"the query failed: {reason}") from None
+
+
+def _stable_dtypes(frame: pl.DataFrame) -> pl.DataFrame:
+    casts = []
+    for name, dtype in frame.schema.items():
+        if dtype.is_integer() and dtype != _INT:
+            casts.append(pl.col(name).cast(_INT))
+        elif (dtype.is_float() and dtype != _FLOAT) or isinstance(dtype, pl.Decimal):
+            casts.append(pl.col(name).cast(_FLOAT))
+        elif isinstance(dtype, pl.Datetime) and dtype != _UTC:
+            # SQLite keeps no zone; the catalog writes every timestamp in UTC.
+            if dtype.time_zone is None:
+                casts.append(pl.col(name).dt.replace_time_zone("UTC").dt.cast_time_unit("us"))
+            else:
+                casts.append(pl.col(name).dt.convert_time_zone("UTC").dt.cast_time_unit("us"))
+    return frame.with_columns(casts) if casts else frame
