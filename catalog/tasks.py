@@ -55,10 +55,10 @@ class TaskSpec:
     aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     params: Mapping[str, Any] = field(default_factory=dict)
 
-    # Hash the immutable fields only (aliases/params are dicts), so that specs can key the
-    # normalizers' compiled-pattern caches; equal specs still hash equally.
+    # Specs key the normalizers' compiled-pattern caches, so hashing must be cheap; it uses
+    # a few immutable fields (aliases/params are dicts), and equal specs hash equally.
     def __hash__(self) -> int:
-        return hash((self.name, self.kind, self.normalizer, self.options, self.prompts))
+        return hash((self.name, self.kind, self.normalizer, len(self.options), len(self.prompts)))
 
     def prompt(self, key: str) -> PromptSpec:
         """The prompt variant with this key (NotFound lists the task's keys)."""

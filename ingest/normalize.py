@@ -191,6 +191,7 @@ class IntegerNormalizer(Normalizer):
         return total
 
     @staticmethod
+    @functools.lru_cache(maxsize=256)
     def _bounds(task: TaskSpec) -> tuple[int, int]:
         values = [int(option) for option in task.options] or [0]
         return int(task.params.get("min", min(values))), int(task.params.get("max", max(values)))
@@ -241,7 +242,8 @@ class LetterNormalizer(Normalizer):
     _LETTER = re.compile(r"(?<!\w)(?<!\w['’.])[A-Za-z](?!\w)(?!['’]\w)(?!\.\w)")
     # "a" / "A" / "I" followed by a word are the article and the pronoun.
     _WORD_AFTER = re.compile(r"[ \t]+[A-Za-z]")
-    _CUE_BEFORE = re.compile(r"(?:letter|:)[\s*_`\"'“‘«]*\Z", re.IGNORECASE)
+    _AFTER_COLON = re.compile(r":[\s*_`\"'“‘«]*\Z")
+    _AFTER_LETTER = re.compile(r"\bletter[\s*_`\"'“‘«]*\Z", re.IGNORECASE)
 
     def check(self, task: TaskSpec) -> str | None:
         if task.kind != "closed":
@@ -256,16 +258,18 @@ class LetterNormalizer(Normalizer):
         candidates = [Candidate(m.start(), m.end(), m.group()) for m in self._LETTER.finditer(region)]
         chosen = next((c for c in candidates if alone_on_line(region, c)), None)
         if chosen is None:
-            chosen = next((c for c in candidates if self._cued(region, c)), None)
+            chosen = next((c for c in candidates if self._emphasized(region, c)), None)
+        if chosen is None:
+            chosen = next((c for c in candidates if self._AFTER_LETTER.search(region, 0, c.start)), None)
         if chosen is None:
             chosen = next((c for c in candidates if not self._article_or_pronoun(region, c)), None)
         if chosen is None:
             return None
         return _option_set(task).get(chosen.value.casefold())
 
-    def _cued(self, text: str, candidate: Candidate) -> bool:
-        """Bold/quoted, right after a colon, or after the word "letter"."""
-        return wrapped(text, candidate) or bool(self._CUE_BEFORE.search(text, 0, candidate.start))
+    def _emphasized(self, text: str, candidate: Candidate) -> bool:
+        """Bold/quoted or right after a colon ("Here is a random letter: Q")."""
+        return wrapped(text, candidate) or bool(self._AFTER_COLON.search(text, 0, candidate.start))
 
     def _article_or_pronoun(self, text: str, candidate: Candidate) -> bool:
         return candidate.value in "aAI" and bool(self._WORD_AFTER.match(text, candidate.end))
@@ -275,7 +279,7 @@ class OpenWordNormalizer(Normalizer):
     """The answer phrase of an open task ("Sure! Here's a random animal: the Red Panda." -> "red panda").
 
     Takes the first line that is not a preamble ending in a colon, the text after that
-    line's last colon, drops lead-ins ("I'll go with", "How about"), cuts at the first
+    line's last colon or ellipsis, drops lead-ins ("I'll go with", "How about"), cuts at the first
     sentence or clause break, strips markdown, quotes, articles and punctuation and
     case-folds. Longer than ``params.max_words`` words (default 3) is invalid, as is a
     sentence starting like a refusal ("I'm sorry..."); ``params.keep_words`` keeps only
@@ -288,7 +292,7 @@ class OpenWordNormalizer(Normalizer):
     description = "the answer phrase, case-folded, without preamble, articles or punctuation"
 
     _LEAD_IN = re.compile(
-        r"^(?:(?:sure|okay|ok|alright|all right|certainly|of course|absolutely|yes|great|hmm+|well|"
+        r"^(?:(?:sure|okay|ok|alright|all right|certainly|of course|absolutely|yes|hmm+|well|"
         r"here you go|here it is|let's see|let me think)\b[\s!,.…]*"
         r"|(?:i(?:'ll| will| would|'d)?|let's|let me|we'll)\s+(?:go with|pick|choose|select|say|name|"
         r"suggest)\s+"
@@ -331,13 +335,16 @@ class OpenWordNormalizer(Normalizer):
             return None
         return _open_alias_map(task).get(answer, answer)
 
-    @staticmethod
-    def _answer_line(region: str) -> str:
+    _PREAMBLE_END = re.compile(r":|\.\.\.|…")
+    _NUMBERED = re.compile(r"^\s*\d+[.)]\s+")  # "1. Dog" in a numbered list
+
+    @classmethod
+    def _answer_line(cls, region: str) -> str:
+        """The first line with an answer, after its last colon or ellipsis ("Hmm... Lion")."""
         for line in region.splitlines():
-            line = line.strip(_DECOR)
-            if not line or line.endswith(":"):
-                continue  # blank, or a preamble like "Sure! Here's a random animal:"
-            return line.rsplit(":", 1)[-1]
+            answer = cls._PREAMBLE_END.split(cls._NUMBERED.sub("", line))[-1].strip(_DECOR)
+            if answer:  # else blank, or a preamble like "Sure! Here's a random animal:"
+                return answer
         return ""
 
 

@@ -1,0 +1,374 @@
+"""Normalizers on real-looking completions: chat answers, chatty preambles, base-model runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from catalog.errors import InvalidInput
+from catalog.tasks import bundled_task, bundled_tasks, parse_task_text
+from ingest.normalize import NORMALIZERS, get_normalizer, normalize, normalize_counts
+
+# (completion text, expected option or None) per bundled task.
+CASES: dict[str, list[tuple[str, str | None]]] = {
+    "digit": [
+        ("7", "7"),
+        (" 7", "7"),
+        ("7.", "7"),
+        ("**7**", "7"),
+        ("`7`", "7"),
+        ('"7"', "7"),
+        ("Sure! Here's a random digit: 7", "7"),
+        ("I'll pick **4**.", "4"),
+        ("7\n\nQuestion: pick", "7"),
+        (" 3\nQuestion: Pick a random digit from 0 to 9.\nAnswer: 5", "3"),
+        (" 7\nAnswer: 3", "7"),
+        (" 7\n\nPick a random digit.\nAnswer: 5", "7"),
+        ("I can't generate truly random numbers, but here's one: 3", "3"),
+        ("Here's a random digit between 0 and 9: 6", "6"),
+        ("Sure! Picking a random digit from 0 to 9...\n\n**2**", "2"),
+        ('{"digit": 5}', "5"),
+        ('```json\n{"digit": 8}\n```', "8"),
+        ("Answer: 0", "0"),
+        ("seven", "7"),
+        ("Zero.", "0"),
+        ("My random digit is 9!", "9"),
+        ("The random number is 42.", None),
+        ("Here's a random digit between 0 and 9: 12", None),
+        ("3.5", None),
+        ("-3", None),
+        ("", None),
+        ("   ", None),
+        ("banana", None),
+        ("I'm sorry, I can't do that.", None),
+    ],
+    "number_1_10": [
+        ("7", "7"),
+        ("10", "10"),
+        ("Sure! Here's a random number between 1 and 10: 7", "7"),
+        ("I choose 3.", "3"),
+        ("Random number from 1-10: **8**", "8"),
+        ("The number is ten.", "10"),
+        ("The random number is 42.", None),
+        ("0", None),
+        ("11", None),
+        ('{"number": 6}', "6"),
+        (" 4\nQuestion: Pick a random number between 1 and 10.", "4"),
+    ],
+    "number_1_100": [
+        ("42", "42"),
+        ("The random number is 42.", "42"),
+        ("Sure! Here's a random number between 1 and 100:\n\n**73**", "73"),
+        ("I picked 57 for you.", "57"),
+        ("Forty-two", "42"),
+        ("one hundred", "100"),
+        ("100", "100"),
+        ("Answer: 27", "27"),
+        ("The number I'm thinking of is 37. Did I guess right?", "37"),
+        ("101", None),
+        ("0", None),
+        ("1,000", None),
+        ("Here you go: 23%", "23"),
+        ("I can't generate truly random numbers, but here's one: 64", "64"),
+    ],
+    "die": [
+        ("4", "4"),
+        ("🎲 You rolled a **5**!", "5"),
+        ("*rolls the die* ... It's a 3!", "3"),
+        ("The die shows six.", "6"),
+        ('{"roll": 2}', "2"),
+        ("I rolled a 7", None),
+        ("0", None),
+        (" 1\nQuestion: Roll a die.", "1"),
+    ],
+    "coin": [
+        ("Heads", "heads"),
+        ("Heads.", "heads"),
+        ("heads", "heads"),
+        ("H", "heads"),
+        ("T", "tails"),
+        ("tail", "tails"),
+        ("My choice: tails", "tails"),
+        ("**Tails!**", "tails"),
+        ("The coin landed on heads.", "heads"),
+        ("Sure! *flips coin* ... It's **Tails**!", "tails"),
+        ('{"result": "tails"}', "tails"),
+        ("Answer: heads", "heads"),
+        (" tails\nQuestion: Flip a coin.\nAnswer: heads", "tails"),
+        ("I don't have a coin, but I'll say heads.", "heads"),
+        ("Heads or tails? I call: tails", "tails"),
+        ("The coin is spinning...", None),
+        ("", None),
+        ("edge", None),
+    ],
+    "letter": [
+        ("Q", "Q"),
+        ("q", "Q"),
+        (" K", "K"),
+        ("Here is a random letter: Q", "Q"),
+        ("Here's a random letter: **M**", "M"),
+        ("Sure! The letter I picked is **R**.", "R"),
+        ("I pick Q.", "Q"),
+        ("I'll go with the letter J.", "J"),
+        ("A", "A"),
+        ("I", "I"),
+        ("My letter is A.", "A"),
+        ("The letter 'X'", "X"),
+        ('{"letter": "B"}', "B"),
+        ("Answer: z", "Z"),
+        (" E\nQuestion: Pick a random letter from A to Z.", "E"),
+        ("Sure, here's a random letter:\n\nG\n\nLet me know if you need another!", "G"),
+        ("I am a language model and I can pick a letter", None),
+        ("", None),
+        ("42", None),
+    ],
+    "rps": [
+        ("Rock", "rock"),
+        ("Paper!", "paper"),
+        ("I choose scissors.", "scissors"),
+        ("✊ Rock!", "rock"),
+        ("✌️", "scissors"),
+        ("Let's play! I'll throw... **paper**!", "paper"),
+        ('{"move": "scissors"}', "scissors"),
+        ("Rock, paper, scissors, shoot! I play: paper", "paper"),
+        ("lizard", None),
+    ],
+    "color": [
+        ("Blue", "blue"),
+        ("blue.", "blue"),
+        ("Sure! Here's a random color: **Teal**... just kidding, green", "green"),
+        ("I'd go with violet.", "purple"),
+        ("Grey", "gray"),
+        ("Light blue", "blue"),
+        ("How about a nice shade of red?", "red"),
+        ('{"color": "orange"}', "orange"),
+        ("Answer: purple", "purple"),
+        (" green\nQuestion: Name a random color.\nAnswer: blue", "green"),
+        ("Chartreuse", None),
+        ("", None),
+    ],
+    "suit": [
+        ("Hearts", "hearts"),
+        ("♠ Spades", "spades"),
+        ("♦", "diamonds"),
+        ("I drew the queen of clubs.", "clubs"),
+        ("The suit is: Diamond", "diamonds"),
+        ('{"suit": "hearts"}', "hearts"),
+        ("Stars", None),
+    ],
+    "weekday": [
+        ("Wednesday", "Wednesday"),
+        ("wednesday.", "Wednesday"),
+        ("Let's go with **Thursday**!", "Thursday"),
+        ("Fri", "Friday"),
+        ("How about Tuesday? It's usually a quiet day.", "Tuesday"),
+        ("I don't have a favorite day, but here's one: Sunday", "Sunday"),
+        ("Funday", None),
+    ],
+    "month": [
+        ("March", "March"),
+        ("october", "October"),
+        ("May", "May"),
+        ("Sure! May is a lovely month.", "May"),
+        ("You may like this one: September", "September"),
+        ("Sept.", "September"),
+        ("Their birthday is in **July**.", "July"),
+        ('{"month": "April"}', "April"),
+        ("Smarch", None),
+    ],
+    "us_state": [
+        ("Ohio", "Ohio"),
+        ("New York", "New York"),
+        ("new  york", "New York"),
+        ("North Carolina.", "North Carolina"),
+        ("I'd suggest visiting **North Carolina**!", "North Carolina"),
+        ("West Virginia", "West Virginia"),
+        ("Virginia", "Virginia"),
+        ("Arkansas", "Arkansas"),
+        ("Kansas", "Kansas"),
+        ("How about Rhode Island? It's small but lovely.", "Rhode Island"),
+        ("Sure! Here's a random US state: Montana", "Montana"),
+        ("Hawai'i", "Hawaii"),
+        ('{"state": "Texas"}', "Texas"),
+        ("OK, I pick Colorado", "Colorado"),
+        ("Ontario", None),
+        ("", None),
+    ],
+    "animal": [
+        ("Elephant", "elephant"),
+        ("Sure! Here's a random animal: Elephant", "elephant"),
+        ("Sure! Here's a random animal:\n\n**Red Panda**\n\nRed pandas live in the Himalayas.", "red panda"),
+        ("A giraffe.", "giraffe"),
+        ("The axolotl!", "axolotl"),
+        ("🦁 Lion", "lion"),
+        ("I'll go with a penguin.", "penguin"),
+        ("How about an octopus?", "octopus"),
+        ("My random animal is the koala.", "koala"),
+        ("Capybara - the world's largest rodent.", "capybara"),
+        ('{"animal": "zebra"}', "zebra"),
+        ("Answer: Fox", "fox"),
+        (" dog\nQuestion: Name a random animal.\nAnswer: cat", "dog"),
+        (" Dog, cat and mouse", "dog"),
+        ("Here are some animals:\n1. Dog\n2. Cat", "dog"),
+        ("Great white shark", "great white shark"),
+        ("I'm sorry, but I can't pick randomly.", None),
+        ("", None),
+        ("42", None),
+    ],
+    "fruit": [
+        ("Mango", "mango"),
+        ("Sure! How about a **banana**? 🍌", "banana"),
+        ("Here's a random fruit: kiwi. Kiwis are rich in vitamin C.", "kiwi"),
+        ("Dragon fruit", "dragon fruit"),
+        ("An apple.", "apple"),
+        ('{"fruit": "Pineapple"}', "pineapple"),
+        ("So many fruits to choose from, and each one is delicious in its own way!", None),
+        ("Hmm... Papaya!", "papaya"),
+    ],
+    "first_name": [
+        ("Olivia", "olivia"),
+        ("Emily Johnson", "emily"),
+        ("Sure! How about **Liam**?", "liam"),
+        ("Here's a random first name: Zoë", "zoë"),
+        ("Your character's name could be: Marcus", "marcus"),
+        ('{"name": "Aiden"}', "aiden"),
+        ("Name: Jean-Luc", "jean-luc"),
+        (" Sarah\nQuestion: Give me a random first name.", "sarah"),
+        ("I'm just an AI and don't have a name.", None),
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("task_name", "text", "expected"),
+    [(task, text, expected) for task, cases in CASES.items() for text, expected in cases],
+)
+def test_real_looking_completions(task_name, text, expected):
+    assert normalize(bundled_task(task_name), text) == expected
+
+
+def test_every_bundled_task_has_cases():
+    assert {task.name for task in bundled_tasks()} <= set(CASES)
+
+
+@pytest.mark.parametrize("task", [t for t in bundled_tasks() if t.kind == "closed"], ids=lambda t: t.name)
+def test_every_option_and_alias_normalizes_to_its_option(task):
+    cased = task.params.get("cased", [])
+    for option, forms in task.surface_forms().items():
+        for form in forms:
+            assert normalize(task, form) == option
+            shouted = form if form in cased else form.upper()
+            assert normalize(task, f"{shouted}.") == option
+
+
+# --- the property: chatty wrappers don't change the answer --------------------------------
+
+PREAMBLES = [
+    "{x}",
+    " {x}",
+    "{x}.",
+    "{x}!",
+    "**{x}**",
+    "`{x}`",
+    '"{x}"',
+    "Answer: {x}",
+    "Sure! Here's my pick: {x}",
+    "Sure! Here's a random pick:\n\n{x}",
+    "I'll go with {x}.",
+    "How about {x}?",
+    "My choice: **{x}**",
+    "Okay, let me pick one at random... {x}",
+    "I can't be truly random, but here's one: {x}",
+    '{{"answer": "{x}"}}',
+]
+SUFFIXES = [
+    "",
+    "\n",
+    "\n\nHope that helps!",
+    "\n\nLet me know if you would like another one.",
+    "\nQuestion: Pick again.\nAnswer:",
+]
+OPEN_ANSWERS = ["lion", "Red Panda", "mango", "dragon fruit", "Olivia", "Zoë"]
+
+
+@st.composite
+def closed_answers(draw):
+    task = draw(st.sampled_from([t for t in bundled_tasks() if t.kind == "closed"]))
+    option, forms = draw(st.sampled_from(sorted(task.surface_forms().items())))
+    form = draw(st.sampled_from(forms))
+    form = draw(st.sampled_from([form, form.casefold(), form.upper(), form.title()]))
+    if form.casefold() in task.params.get("cased", []) or form in task.params.get("cased", []):
+        form = next(f for f in forms if f in task.params["cased"])
+    return task, option, form
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(closed_answers(), st.sampled_from(PREAMBLES), st.sampled_from(SUFFIXES))
+def test_wrapped_option_normalizes_back_closed(answer, preamble, suffix):
+    task, option, form = answer
+    assert normalize(task, preamble.format(x=form) + suffix) == option
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(
+    st.sampled_from(["animal", "fruit", "first_name"]),
+    st.sampled_from(OPEN_ANSWERS),
+    st.sampled_from(PREAMBLES),
+    st.sampled_from(SUFFIXES),
+)
+def test_wrapped_answer_normalizes_back_open(task_name, answer, preamble, suffix):
+    task = bundled_task(task_name)
+    expected = answer.casefold()
+    if task.params.get("keep_words"):
+        expected = expected.split()[0]
+    assert normalize(task, preamble.format(x=answer) + suffix) == expected
+
+
+# --- registry, versions, counts -------------------------------------------------------------
+
+
+def test_registry_names_and_versions():
+    assert set(NORMALIZERS) >= {"integer", "choice", "letter", "open_word"}
+    for name, normalizer in NORMALIZERS.items():
+        assert normalizer.name == name
+        assert isinstance(normalizer.version, str) and normalizer.version
+        assert get_normalizer(name) is normalizer
+
+
+def test_unknown_normalizer_is_invalid_input():
+    with pytest.raises(InvalidInput, match="unknown normalizer 'fuzzy'.*integer"):
+        get_normalizer("fuzzy")
+
+
+def test_normalize_counts_merges_texts_per_option():
+    counts = normalize_counts(bundled_task("coin"), {"Heads": 5, "heads.": 2, " T": 3, "edge": 1})
+    assert counts == {"heads": 7, "tails": 3, None: 1}
+
+
+def test_user_task_aliases_and_multi_word_options():
+    task = parse_task_text(
+        'name = "pet"\nkind = "closed"\nnormalizer = "choice"\noptions = ["cat", "guinea pig"]\n'
+        '[aliases]\ncat = ["kitty"]\n[[prompts]]\nkey = "plain"\ntext = "Pet?"\n'
+    )
+    assert normalize(task, "A Guinea Pig!") == "guinea pig"
+    assert normalize(task, "guinea\npig") == "guinea pig"
+    assert normalize(task, "my kitty") == "cat"
+    assert normalize(task, "guinea") is None
+
+
+def test_open_task_aliases_give_the_canonical_answer():
+    task = parse_task_text(
+        'name = "pet"\nkind = "open"\nnormalizer = "open_word"\n'
+        '[aliases]\ncat = ["kitty", "Kitten"]\n[[prompts]]\nkey = "plain"\ntext = "Pet?"\n'
+    )
+    assert normalize(task, "A kitten!") == "cat"
+    assert normalize(task, "Dog") == "dog"
+
+
+def test_normalizers_do_not_import_torch():
+    code = "import sys, ingest.normalize; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
