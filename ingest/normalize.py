@@ -81,6 +81,7 @@ def pick(text: str, candidates: list[Candidate]) -> Candidate | None:
 
 
 def alone_on_line(text: str, candidate: Candidate) -> bool:
+    """Nothing but markdown, quotes and punctuation around the candidate on its line."""
     line_start = text.rfind("\n", 0, candidate.start) + 1
     line_end = text.find("\n", candidate.end)
     before = text[line_start : candidate.start]
@@ -89,6 +90,7 @@ def alone_on_line(text: str, candidate: Candidate) -> bool:
 
 
 def wrapped(text: str, candidate: Candidate) -> bool:
+    """Bold, italics, backticks or quotes right around the candidate ("**7**.", "'Q'")."""
     before = text[: candidate.start]
     after = text[candidate.end :].lstrip(".!")
     return before.endswith(_OPENERS) and after.startswith(_CLOSERS)
@@ -224,8 +226,11 @@ class ChoiceNormalizer(Normalizer):
     def __call__(self, text: str, task: TaskSpec) -> str | None:
         pattern, option_of = _choice_matcher(task)
         region = answer_region(text)
+        # A match whose case-fold is not a form's ("ı" matches "i" under IGNORECASE) is skipped.
         candidates = [
-            Candidate(m.start(), m.end(), option_of[_fold(m.group())]) for m in pattern.finditer(region)
+            Candidate(m.start(), m.end(), option_of[form])
+            for m in pattern.finditer(region)
+            if (form := _fold(m.group())) in option_of
         ]
         chosen = pick(region, candidates)
         return chosen.value if chosen else None

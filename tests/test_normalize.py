@@ -328,6 +328,23 @@ def test_wrapped_answer_normalizes_back_open(task_name, answer, preamble, suffix
     assert normalize(task, preamble.format(x=answer) + suffix) == expected
 
 
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.sampled_from([t.name for t in bundled_tasks()]), st.text(max_size=80))
+def test_any_text_gives_an_option_or_none(task_name, text):
+    task = bundled_task(task_name)
+    result = normalize(task, text)
+    if task.kind == "closed":
+        assert result is None or result in task.options
+    else:
+        assert result is None or (result == result.casefold().strip() and result)
+
+
+def test_dotless_i_does_not_break_choice():
+    # "ı" matches "i" case-insensitively but does not case-fold to it.
+    assert normalize(bundled_task("us_state"), "Illınoıs") is None
+    assert normalize(bundled_task("us_state"), "Illınoıs or Ohio") == "Ohio"
+
+
 # --- registry, versions, counts -------------------------------------------------------------
 
 
