@@ -121,7 +121,8 @@ def _bundled() -> dict[str, TaskSpec]:
     specs = {}
     for entry in folder.iterdir():
         if entry.name.endswith(".toml"):
-            spec = parse_task_text(entry.read_text(encoding="utf-8"), source=f"catalog/tasks/{entry.name}")
+            text = entry.read_text(encoding="utf-8")
+            spec = parse_task_text(text, source=f"catalog/tasks/{entry.name}")
             specs[spec.name] = spec
     return dict(sorted(specs.items()))
 
@@ -195,7 +196,8 @@ def _spec_from_mapping(data: Mapping[str, Any], source: str) -> TaskSpec:
 
     normalizer = NORMALIZERS.get(spec.normalizer)
     if normalizer is None:
-        raise fail("normalizer", f"unknown normalizer {spec.normalizer!r} (known: {', '.join(NORMALIZERS)})")
+        known = ", ".join(NORMALIZERS)
+        raise fail("normalizer", f"unknown normalizer {spec.normalizer!r} (known: {known})")
     problem = normalizer.check(spec)
     if problem:
         raise InvalidInput(f"{source}: {problem}")

@@ -140,9 +140,11 @@ class IntegerNormalizer(Normalizer):
     }
     _tens = "|".join(_TENS + ["fourty"])
     _units = "|".join(sorted(_UNITS, key=len, reverse=True))
-    _below_100 = rf"(?:(?:{_tens})(?:[\s-]+(?:one|two|three|four|five|six|seven|eight|nine))?|{_units})"
+    _ones = "one|two|three|four|five|six|seven|eight|nine"
+    _below_100 = rf"(?:(?:{_tens})(?:[\s-]+(?:{_ones}))?|{_units})"
     _WORDS = re.compile(
-        rf"{_BEFORE}(?:(?:(?:a|one)\s+)?hundred(?:\s+(?:and\s+)?{_below_100})?|{_below_100}){_AFTER}",
+        rf"{_BEFORE}(?:(?:(?:a|one)\s+)?hundred(?:\s+(?:and\s+)?{_below_100})?|{_below_100})"
+        rf"{_AFTER}",
         re.IGNORECASE,
     )
 
@@ -164,7 +166,9 @@ class IntegerNormalizer(Normalizer):
     def __call__(self, text: str, task: TaskSpec) -> str | None:
         region = answer_region(text)
         masked = self._RANGE.sub(lambda m: " " * len(m.group()), region)
-        candidates = [Candidate(m.start(), m.end(), m.group()) for m in self._INTEGER.finditer(masked)]
+        candidates = [
+            Candidate(m.start(), m.end(), m.group()) for m in self._INTEGER.finditer(masked)
+        ]
         if not candidates:
             # Words only where no digits are written: "here's one: 3" is 3, not 1.
             candidates = [
@@ -209,7 +213,7 @@ class ChoiceNormalizer(Normalizer):
 
     name = "choice"
     version = "1"
-    description = "an option or alias as a whole word/phrase (case-insensitive); aliases map to options"
+    description = "an option or alias as a whole word or phrase (case-insensitive)"
 
     def check(self, task: TaskSpec) -> str | None:
         if task.kind != "closed":
@@ -260,12 +264,14 @@ class LetterNormalizer(Normalizer):
 
     def __call__(self, text: str, task: TaskSpec) -> str | None:
         region = answer_region(text)
-        candidates = [Candidate(m.start(), m.end(), m.group()) for m in self._LETTER.finditer(region)]
+        candidates = [
+            Candidate(m.start(), m.end(), m.group()) for m in self._LETTER.finditer(region)
+        ]
         chosen = next((c for c in candidates if alone_on_line(region, c)), None)
         if chosen is None:
             chosen = next((c for c in candidates if self._emphasized(region, c)), None)
         if chosen is None:
-            chosen = next((c for c in candidates if self._AFTER_LETTER.search(region, 0, c.start)), None)
+            chosen = next((c for c in candidates if self._after_letter(region, c)), None)
         if chosen is None:
             chosen = next((c for c in candidates if not self._article_or_pronoun(region, c)), None)
         if chosen is None:
@@ -276,12 +282,16 @@ class LetterNormalizer(Normalizer):
         """Bold/quoted or right after a colon ("Here is a random letter: Q")."""
         return wrapped(text, candidate) or bool(self._AFTER_COLON.search(text, 0, candidate.start))
 
+    def _after_letter(self, text: str, candidate: Candidate) -> bool:
+        """After the word "letter" ("the letter A is my pick")."""
+        return bool(self._AFTER_LETTER.search(text, 0, candidate.start))
+
     def _article_or_pronoun(self, text: str, candidate: Candidate) -> bool:
         return candidate.value in "aAI" and bool(self._WORD_AFTER.match(text, candidate.end))
 
 
 class OpenWordNormalizer(Normalizer):
-    """The answer phrase of an open task ("Sure! Here's a random animal: the Red Panda." -> "red panda").
+    """The answer phrase of an open task ("Here's one: the Red Panda." -> "red panda").
 
     Takes the first line that is not a preamble ending in a colon, the text after that
     line's last colon or ellipsis, drops lead-ins ("I'll go with", "How about"), cuts at the first
@@ -299,8 +309,8 @@ class OpenWordNormalizer(Normalizer):
     _LEAD_IN = re.compile(
         r"^(?:(?:sure|okay|ok|alright|all right|certainly|of course|absolutely|yes|hmm+|well|"
         r"here you go|here it is|let's see|let me think)\b[\s!,.…]*"
-        r"|(?:i(?:'ll| will| would|'d)?|let's|let me|we'll)\s+(?:go with|pick|choose|select|say|name|"
-        r"suggest)\s+"
+        r"|(?:i(?:'ll| will| would|'d)?|let's|let me|we'll)\s+"
+        r"(?:go with|pick|choose|select|say|name|suggest)\s+"
         r"|how about\s+|what about\s+|maybe\s+|perhaps\s+|it's\s+|it is\s+"
         r"|(?:my|the|your|a)\s+(?:random\s+)?(?:\w+\s+){0,2}?(?:answer|choice|pick|selection|"
         r"suggestion|animal|fruit|name|word)\s+(?:is|would be|will be)\s+)+",
@@ -319,7 +329,7 @@ class OpenWordNormalizer(Normalizer):
             return "kind: the open_word normalizer is for open tasks (use choice for closed ones)"
         for key in ("max_words", "keep_words"):
             value = task.params.get(key)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            if value is not None and (type(value) is not int or value < 1):
                 return f"params.{key}: must be a positive integer, got {value!r}"
         return None
 
@@ -355,7 +365,12 @@ class OpenWordNormalizer(Normalizer):
 
 NORMALIZERS: dict[str, Normalizer] = {
     normalizer.name: normalizer
-    for normalizer in (IntegerNormalizer(), ChoiceNormalizer(), LetterNormalizer(), OpenWordNormalizer())
+    for normalizer in (
+        IntegerNormalizer(),
+        ChoiceNormalizer(),
+        LetterNormalizer(),
+        OpenWordNormalizer(),
+    )
 }
 
 

@@ -181,6 +181,15 @@ BAD_FILES = {
         "params.min: must be an integer",
     ),
     "choice_on_open_task": (f'name = "n"\nkind = "open"\nnormalizer = "choice"\n{PROMPTS}', "kind: the choice normalizer"),
+    "open_word_bad_param": (
+        f'name = "n"\nkind = "open"\nnormalizer = "open_word"\n[params]\nkeep_words = 0\n{PROMPTS}',
+        "params.keep_words: must be a positive integer",
+    ),
+    "cased_form_unknown": (GOOD.replace("[aliases]", '[params]\ncased = ["Cat"]\n[aliases]'), "params.cased: 'Cat'"),
+    "letter_options_not_letters": (
+        f'name = "n"\nkind = "closed"\noptions = ["A", "BB"]\nnormalizer = "letter"\n{PROMPTS}',
+        "options[1]: 'BB' is not a single letter",
+    ),
     "name_with_space": (GOOD.replace('name = "pet"', 'name = "my pet"'), "name: 'my pet' must be"),
 }
 
