@@ -1,0 +1,337 @@
+"""Crystallization metrics as pure, vectorized NumPy functions.
+
+Every definition follows /shared/design/metrics.md ("the contract"); the docstrings quote
+the formula they implement. Logarithms are base 2.
+
+Array layout. A probability vector lives on the last axis (the task's option set ``O_t``,
+options sorted by text). Distributions of one (family, task) form an array of shape
+``(..., S, N, K)``: stages in stage order, prompts in prompt-id order, options. Any leading
+axes are a batch (bootstrap replicates), so the point estimate and every replicate go
+through exactly the same code. A boolean ``mask`` of shape ``(S, N)`` (or ``(N,)`` for one
+stage) marks the usable (stage, prompt) cells; masked-out cells must hold zeros, never NaN.
+
+Undefined values (a mean over no prompts, a ratio with a zero denominator) are NaN here;
+the reporting layer turns them into null.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+# Seed-support tolerance of the contract: 0.8 + 0.1 counts as reaching 0.9.
+SUPPORT_TOLERANCE = 1e-9
+
+
+def entropy(p: np.ndarray) -> np.ndarray:
+    """Shannon entropy in bits over the last axis, ``-sum P log2 P`` with 0 log 0 = 0."""
+    p = np.asarray(p, dtype=float)
+    logs = np.log2(p, out=np.zeros_like(p), where=p > 0)
+    return -np.sum(p * logs, axis=-1) + 0.0  # + 0.0 turns -0.0 into 0.0
+
+
+def effective_options(h: np.ndarray) -> np.ndarray:
+    """The effective number of options ``2^H``."""
+    return np.exp2(h)
+
+
+def normalized_entropy(h: np.ndarray, n_options: int) -> np.ndarray:
+    """``H / log2 |O_t|`` (closed tasks); NaN when the task has fewer than two options."""
+    if n_options < 2:
+        return np.full_like(np.asarray(h, dtype=float), np.nan)
+    return np.asarray(h, dtype=float) / np.log2(n_options)
+
+
+def jsd(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Jensen-Shannon divergence in bits: ``H(M) - (H(P) + H(Q)) / 2`` with ``M = (P+Q)/2``.
+
+    Clipped to [0, 1] to absorb rounding (a few ulps below 0 for equal distributions).
+    """
+    p = np.asarray(p, dtype=float)
+    q = np.asarray(q, dtype=float)
+    value = entropy((p + q) / 2) - (entropy(p) + entropy(q)) / 2
+    return np.clip(value, 0.0, 1.0)
+
+
+def mse(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """``(1/|O_t|) * sum over o of (P(o) - Q(o))^2``."""
+    diff = np.asarray(p, dtype=float) - np.asarray(q, dtype=float)
+    return np.mean(diff * diff, axis=-1)
+
+
+def total_variation(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """``TV(P, Q) = 0.5 * sum |P(o) - Q(o)|``."""
+    return 0.5 * np.sum(np.abs(np.asarray(p, dtype=float) - np.asarray(q, dtype=float)), axis=-1)
+
+
+def kl_from_uniform(p: np.ndarray) -> np.ndarray:
+    """``KL(P || U) = sum P(o) log2(P(o) / (1/K)) = log2 K - H(P)`` in bits (closed tasks)."""
+    p = np.asarray(p, dtype=float)
+    return np.maximum(np.log2(p.shape[-1]) - entropy(p), 0.0)
+
+
+def chi_square_from_uniform(p: np.ndarray) -> np.ndarray:
+    """Pearson chi-square divergence of P from the uniform U over K options.
+
+    ``chi2(P, U) = sum over o of (P(o) - 1/K)^2 / (1/K) = K * sum P(o)^2 - 1``:
+    0 for the uniform distribution, K - 1 for a point mass. Multiplying it by the number of
+    samples n gives Pearson's goodness-of-fit statistic against uniform for those n samples.
+    """
+    p = np.asarray(p, dtype=float)
+    k = p.shape[-1]
+    diff = p - 1.0 / k
+    return k * np.sum(diff * diff, axis=-1)
+
+
+def masked_mean(p: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean over the prompt axis (-2) of the usable prompts: ``Pbar = mean_p P[p]``.
+
+    NaN where no prompt is usable.
+    """
+    weights = np.asarray(mask, dtype=float)
+    count = weights.sum(axis=-1)
+    total = np.sum(p * weights[..., None], axis=-2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return total / count[..., None]
+
+
+def masked_prompt_mean(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean of a per-prompt value (last axis) over the usable prompts; NaN if none."""
+    weights = np.asarray(mask, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.sum(values * weights, axis=-1) / weights.sum(axis=-1)
+
+
+def liquidity(p: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``L = mean over unordered pairs p != q of JSD(P[p], P[q])`` over the usable prompts.
+
+    ``p`` has shape (..., N, K) and ``mask`` (..., N) or (N,); NaN with fewer than two
+    usable prompts. One matrix operation over all pairs (no Python loop).
+    """
+    p = np.asarray(p, dtype=float)
+    n = p.shape[-2]
+    first, second = np.triu_indices(n, k=1)
+    mask = np.broadcast_to(np.asarray(mask, dtype=bool), p.shape[:-1])
+    prompt_entropy = entropy(p)
+    pair_entropy = entropy((p[..., first, :] + p[..., second, :]) / 2)
+    divergence = np.clip(
+        pair_entropy - (prompt_entropy[..., first] + prompt_entropy[..., second]) / 2, 0.0, 1.0
+    )
+    weights = (mask[..., first] & mask[..., second]).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.sum(divergence * weights, axis=-1) / weights.sum(axis=-1)
+
+
+def distinct_argmax(p: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Number of distinct argmax options across the usable prompts (ties: first option)."""
+    p = np.asarray(p, dtype=float)
+    mask = np.broadcast_to(np.asarray(mask, dtype=bool), p.shape[:-1])
+    winners = np.argmax(p, axis=-1)
+    hit = (winners[..., None] == np.arange(p.shape[-1])) & mask[..., None]
+    return np.sum(np.any(hit, axis=-2), axis=-1)
+
+
+def choose_seed(base: np.ndarray, base_mask: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """``p* = argmin over usable base prompts p of MSE(P[base, p], target)``.
+
+    ``base`` is (..., N, K) in prompt-id order, ``target`` (..., K). Ties go to the lower
+    prompt id (argmin returns the first minimum). -1 where no prompt is usable or the
+    target is undefined.
+    """
+    errors = mse(base, np.asarray(target)[..., None, :])
+    usable = np.broadcast_to(np.asarray(base_mask, dtype=bool), errors.shape) & ~np.isnan(errors)
+    errors = np.where(usable, errors, np.inf)
+    seed = np.argmin(errors, axis=-1)
+    return np.where(usable.any(axis=-1), seed, -1)
+
+
+def take_prompt(p: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``p[..., index, :]`` per batch element; NaN rows where ``index`` is -1."""
+    index = np.asarray(index)
+    chosen = np.take_along_axis(p, np.maximum(index, 0)[..., None, None], axis=-2)[..., 0, :]
+    return np.where((index >= 0)[..., None], chosen, np.nan)
+
+
+def ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """``numerator / denominator``, NaN (reported null) where the denominator is 0."""
+    numerator = np.asarray(numerator, dtype=float)
+    denominator = np.asarray(denominator, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, numerator / denominator, np.nan)
+
+
+def nucleation_ratio(sft_mean: np.ndarray, seed: np.ndarray, base_mean: np.ndarray) -> np.ndarray:
+    """``NR = MSE(Pbar[sft], S) / MSE(Pbar[sft], Pbar[base])``; NaN if the denominator is 0."""
+    return ratio(mse(sft_mean, seed), mse(sft_mean, base_mean))
+
+
+def seed_support(seed: np.ndarray, tau: float) -> np.ndarray:
+    """Boolean mask of the seed support ``Sigma`` over the options (last axis).
+
+    The smallest set of options, taken in decreasing order of ``S(o)`` (ties: option text
+    order, which is the axis order), whose mass reaches ``tau`` within 1e-9. An option is
+    in the set exactly when the mass of the options before it is still short of ``tau``.
+    All False where the seed is undefined (NaN).
+    """
+    seed = np.asarray(seed, dtype=float)
+    order = np.argsort(-seed, axis=-1, kind="stable")
+    ranked = np.take_along_axis(seed, order, axis=-1)
+    mass_before = np.cumsum(ranked, axis=-1) - ranked
+    in_sorted = mass_before < tau - SUPPORT_TOLERANCE
+    support = np.zeros(seed.shape, dtype=bool)
+    np.put_along_axis(support, order, in_sorted, axis=-1)
+    return support & ~np.isnan(seed).any(axis=-1, keepdims=True)
+
+
+def probmass(distribution: np.ndarray, support: np.ndarray) -> np.ndarray:
+    """``ProbMass = sum over o in Sigma of Pbar(o)``; ``support`` broadcasts over stages."""
+    return np.sum(np.where(support, distribution, 0.0), axis=-1)
+
+
+def seed_rank(
+    candidates: np.ndarray, mask: np.ndarray, target: np.ndarray, seed: np.ndarray
+) -> np.ndarray:
+    """Rank (1 = best) of prompt ``seed`` among the usable ``candidates`` by MSE to ``target``.
+
+    Ordering is the seed choice's: by MSE, ties by lower prompt id. NaN where undefined.
+    """
+    errors = mse(candidates, np.asarray(target)[..., None, :])
+    usable = np.broadcast_to(np.asarray(mask, dtype=bool), errors.shape)
+    seed = np.asarray(seed)
+    reference = np.take_along_axis(errors, np.maximum(seed, 0)[..., None], axis=-1)
+    index = np.arange(errors.shape[-1])
+    ahead = usable & (
+        (errors < reference) | ((errors == reference) & (index < seed[..., None]))
+    )
+    rank = 1.0 + ahead.sum(axis=-1)
+    defined = (seed >= 0) & ~np.isnan(reference[..., 0])
+    return np.where(defined, rank, np.nan)
+
+
+@dataclass(frozen=True)
+class StageRoles:
+    """Which stage index (on the stage axis) plays which role; None where absent."""
+
+    base: int | None
+    sft: int | None
+
+
+def group_metrics(
+    p: np.ndarray,
+    mask: np.ndarray,
+    roles: StageRoles,
+    prompt_ids: Sequence[int],
+    tau: float,
+    closed: bool,
+) -> dict[str, np.ndarray]:
+    """All per-(family, task) metrics for distributions ``p`` of shape (B, S, N, K).
+
+    ``mask`` (S, N) marks usable prompts; ``prompt_ids`` (N,) are the prompt ids of the
+    prompt axis (used for the even/odd held-out split). Returns arrays with leading axis B:
+    per-stage metrics (B, S), per-group metrics (B,), seed indices (-1 when undefined) and
+    the stage means ``pbar`` (B, S, K). Metrics that need a missing base or SFT stage are
+    absent from the result.
+    """
+    p = np.asarray(p, dtype=float)
+    mask = np.asarray(mask, dtype=bool)
+    pbar = masked_mean(p, mask)
+    pooled = entropy(pbar)
+    out: dict[str, np.ndarray] = {
+        "pbar": pbar,
+        "entropy_mean_prompt": masked_prompt_mean(entropy(p), mask),
+        "entropy_pooled": pooled,
+        "liquidity": liquidity(p, mask),
+        "distinct_argmax": distinct_argmax(p, mask).astype(float),
+    }
+    if closed:
+        out["kl_uniform"] = kl_from_uniform(pbar)
+        out["chi2_uniform"] = chi_square_from_uniform(pbar)
+    if roles.sft is not None:
+        sft_mean = pbar[:, roles.sft]
+        out["tv_to_sft"] = total_variation(pbar, sft_mean[:, None, :])
+        out["probmass_proxy"] = probmass(pbar, seed_support(sft_mean, tau)[:, None, :])
+    if roles.base is None or roles.sft is None:
+        return out
+
+    base, base_mask, base_mean = p[:, roles.base], mask[roles.base], pbar[:, roles.base]
+    sft_mean = pbar[:, roles.sft]
+    seed = choose_seed(base, base_mask, sft_mean)
+    seed_distribution = take_prompt(base, seed)
+    out["seed"] = seed
+    out["nucleation_ratio"] = nucleation_ratio(sft_mean, seed_distribution, base_mean)
+    out["mse_to_seed"] = mse(pbar, seed_distribution[:, None, :])
+    out["probmass"] = probmass(pbar, seed_support(seed_distribution, tau)[:, None, :])
+
+    # Held-out check: the even-id SFT prompts choose the seed, the odd-id prompts evaluate it.
+    even = (np.asarray(prompt_ids) % 2) == 0
+    sft_p, sft_mask = p[:, roles.sft], mask[roles.sft]
+    choosing_mean = masked_mean(sft_p, sft_mask & even)
+    evaluating_mean = masked_mean(sft_p, sft_mask & ~even)
+    seed_a = choose_seed(base, base_mask, choosing_mean)
+    seed_b = choose_seed(base, base_mask, evaluating_mean)
+    heldout_mse = mse(evaluating_mean, take_prompt(base, seed_a))
+    out["heldout_seed_a"] = seed_a
+    out["heldout_seed_b"] = seed_b
+    out["heldout_mse"] = heldout_mse
+    out["heldout_nucleation_ratio"] = ratio(heldout_mse, mse(evaluating_mean, base_mean))
+    return out
+
+
+def cross_family_metrics(
+    base_a: np.ndarray,
+    base_mask_a: np.ndarray,
+    base_mean_a: np.ndarray,
+    seed_a: np.ndarray,
+    sft_mean_b: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """Does family A's seed predict family B's SFT distribution? (batched over axis 0)
+
+    ``base_a`` (B, N, K) are A's base prompt distributions, ``seed_a`` (B,) A's seed index,
+    ``sft_mean_b`` (B, K) is ``Pbar_B[sft]``. Returns ``mse = MSE(Pbar_B[sft], S_A)``, the
+    ``rank`` of ``S_A`` among A's usable base prompts by MSE to ``Pbar_B[sft]`` (1 = best),
+    ``n_candidates`` and ``predictive_ratio = mse / MSE(Pbar_B[sft], Pbar_A[base])``.
+    """
+    seed_distribution = take_prompt(base_a, seed_a)
+    error = mse(sft_mean_b, seed_distribution)
+    return {
+        "mse": error,
+        "rank": seed_rank(base_a, base_mask_a, sft_mean_b, seed_a),
+        "n_candidates": np.full(error.shape, float(np.sum(base_mask_a))),
+        "predictive_ratio": ratio(error, mse(sft_mean_b, base_mean_a)),
+    }
+
+
+def resample_distributions(
+    counts: np.ndarray, mask: np.ndarray, replicates: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Bootstrap replicates of the distributions of a (S, N, K) count array.
+
+    Each (stage, prompt) count vector is redrawn from ``Multinomial(n, P[s, p])`` with its
+    own sample size n and empirical distribution, in one vectorized call over all cells.
+    Returns (replicates, S, N, K) distributions; unusable cells stay all-zero.
+    """
+    counts = np.asarray(counts, dtype=float)
+    totals = counts.sum(axis=-1)
+    usable = np.asarray(mask, dtype=bool) & (totals > 0)
+    k = counts.shape[-1]
+    safe_totals = np.where(usable, totals, 1.0)
+    pvals = np.where(usable[..., None], counts / safe_totals[..., None], 1.0 / k)
+    draws = rng.multinomial(
+        np.where(usable, totals, 0).astype(np.int64), pvals, size=(replicates, *totals.shape)
+    )
+    return np.where(usable[..., None], draws / safe_totals[..., None], 0.0)
+
+
+def percentile_interval(replicates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """2.5 and 97.5 percentiles over axis 0, ignoring undefined (NaN) replicates."""
+    replicates = np.asarray(replicates, dtype=float)
+    flat = replicates.reshape(replicates.shape[0], -1)
+    low = np.full(flat.shape[1], np.nan)
+    high = np.full(flat.shape[1], np.nan)
+    defined = ~np.isnan(flat).all(axis=0)
+    if np.any(defined):
+        low[defined], high[defined] = np.nanpercentile(flat[:, defined], [2.5, 97.5], axis=0)
+    shape = replicates.shape[1:]
+    return low.reshape(shape), high.reshape(shape)
