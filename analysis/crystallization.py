@@ -1,0 +1,391 @@
+"""Crystallization analysis: per (family, task) results and cross-family seed prediction.
+
+``analyze(engine, ...)`` reads the store and ``analyze_data(data, ...)`` works on a
+:class:`~analysis.frames.CountData`; both return a :class:`CrystallizationResult`, which
+gives the JSON contract of ``catalog analyze`` (``to_dict``) and the same numbers as Polars
+DataFrames (``stages``, ``tasks``, ``cross_family``).
+
+Choices the contract leaves open (also in the README):
+
+- Stage roles, per (family, task), among the stages sampled for that task: *base* is the
+  stage with stage_order 0, else the stage named "base"; *sft* is the stage named "sft"
+  (case-insensitive), else the stage with stage_order 1; the stages after SFT in stage order
+  are the *settling* stages (the ones that get a ``settled`` verdict).
+- A prompt of a stage is usable when it has at least ``min_samples`` (default 1) valid
+  samples (exact mode: any positive probability on ``O_t``); others are excluded from that
+  stage and listed in ``excluded_prompts`` and ``problems``.
+- ``status``: "ok"; "missing_stage" (no base or no SFT stage sampled for the task);
+  "too_few_samples" (the base or SFT stage has no usable prompt). Metrics that can still be
+  computed (entropy, liquidity, proxy ProbMass...) are reported either way.
+- Held-out seed check: the SFT prompts with *even* prompt ids choose the seed (half a), the
+  *odd* ones evaluate it (half b): ``heldout.mse = MSE(Pbar_odd[sft], P[base, p*_even])``,
+  ``heldout.nucleation_ratio = heldout.mse / MSE(Pbar_odd[sft], Pbar[base])``;
+  ``seed_prompt_b`` is the seed the odd half would choose, ``same_seed`` compares the two.
+- Verdicts use three-valued logic: null when a needed metric is undefined, unless another
+  condition already makes the verdict false.
+- Cross-family pairs: every ordered pair of selected families that both sampled the task.
+  A pair is compared (``status`` "ok") when both have a seed and their base stages were
+  sampled on the same prompt ids; otherwise ``status`` says why and the numbers are null.
+- Bootstrap: each (family, task) has its own random stream seeded by (seed, family, task),
+  so its intervals do not depend on which other families are selected. Replicates where a
+  metric is undefined are left out of its percentiles. Cross-family intervals pair
+  replicate r of A with replicate r of B (independent resamples of independent data).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from sqlalchemy import Engine
+
+from analysis import metrics
+from analysis.frames import CountData, read_counts
+from analysis.layout import GroupSpec, Layout
+from analysis.results import (
+    CROSS_METRICS,
+    SCALAR_METRICS,
+    STAGE_METRICS,
+    CrossResult,
+    CrystallizationResult,
+    GroupResult,
+)
+from catalog.errors import InvalidInput
+
+# Bootstrap chunks hold about this many floats in the pairwise-JSD step (bounds memory).
+_CHUNK_FLOATS = 4_000_000
+
+
+@dataclass(frozen=True)
+class AnalysisOptions:
+    """Everything that changes a number; printed with every result as ``thresholds``."""
+
+    tau: float = 0.9
+    liquid_threshold: float = 0.1
+    nucleation_ratio_threshold: float = 1.0
+    probmass_threshold: float = 0.8
+    settle_tolerance: float = 0.1
+    min_samples: int = 1
+    bootstrap: int = 0
+    seed: int = 0
+
+    def validate(self, mode: str) -> None:
+        if not 0 < self.tau <= 1:
+            raise InvalidInput(f"tau must be in (0, 1], got {self.tau}")
+        if self.min_samples < 1:
+            raise InvalidInput(f"min_samples must be at least 1, got {self.min_samples}")
+        if self.bootstrap < 0:
+            raise InvalidInput(
+                f"bootstrap must be 0 (off) or a number of replicates, got {self.bootstrap}"
+            )
+        if self.bootstrap and mode == "exact":
+            raise InvalidInput(
+                "exact probabilities have no sampling noise to bootstrap; "
+                "drop --bootstrap or use --mode sampled"
+            )
+
+
+def analyze(
+    engine: Engine,
+    *,
+    families: Sequence[str] | None = None,
+    tasks: Sequence[str] | None = None,
+    mode: str = "sampled",
+    options: AnalysisOptions | None = None,
+) -> CrystallizationResult:
+    """Read the selected counts from the store and analyze them.
+
+    Example: ``analyze(engine, families=["OLMo 2 7B"], options=AnalysisOptions(bootstrap=1000))``
+    """
+    options = options or AnalysisOptions()
+    options.validate(mode)
+    return analyze_data(read_counts(engine, families=families, tasks=tasks, mode=mode), options)
+
+
+def analyze_data(data: CountData, options: AnalysisOptions | None = None) -> CrystallizationResult:
+    """Analyze counts already in memory (a pure function of the frames in ``data``)."""
+    options = options or AnalysisOptions()
+    options.validate(data.mode)
+    layout = Layout.build(data)
+    groups = [_analyze_group(layout, spec, options, data.mode) for spec in layout.groups]
+    cross: list[CrossResult] = []
+    for task in layout.task_names:
+        sampled = [g for g in groups if g.task == task and g.stages]
+        replicates = _bootstrap_task(sampled, options) if options.bootstrap else None
+        cross.extend(_cross_family(sampled, replicates))
+    return CrystallizationResult({**asdict(options), "mode": data.mode}, groups, cross)
+
+
+def stage_roles(stages: Sequence[str], orders: Sequence[int]) -> metrics.StageRoles:
+    """Base: stage_order 0, else named "base"; SFT: named "sft", else stage_order 1."""
+    names = [s.casefold() for s in stages]
+
+    def first(condition) -> int | None:
+        return next((i for i in range(len(stages)) if condition(i)), None)
+
+    base = first(lambda i: orders[i] == 0)
+    if base is None:
+        base = first(lambda i: names[i] == "base")
+    sft = first(lambda i: names[i] == "sft" and i != base)
+    if sft is None:
+        sft = first(lambda i: orders[i] == 1 and i != base)
+    return metrics.StageRoles(base=base, sft=sft)
+
+
+# ----- one (family, task) ------------------------------------------------------------------
+
+
+def _analyze_group(
+    layout: Layout, spec: GroupSpec, options: AnalysisOptions, mode: str
+) -> GroupResult:
+    task, kind = spec.task, layout.kinds[spec.task]
+    option_names, prompt_keys = layout.options[task], layout.prompt_keys[task]
+    prompt_ids = layout.prompt_ids[task]
+    roles = stage_roles(spec.stages, spec.stage_orders)
+    counts = layout.block(spec)
+    sampled = layout.cells(spec, layout.sampled)
+    totals = counts.sum(axis=-1)
+    minimum = options.min_samples if mode == "sampled" else np.finfo(float).tiny
+    usable = sampled & (totals >= minimum)
+    p = np.where(usable[..., None], counts / np.where(usable, totals, 1.0)[..., None], 0.0)
+
+    problems: list[str] = []
+    if not spec.stages:
+        problems.append("no done runs of this family for this task")
+    excluded: dict[str, list[str]] = {}
+    for i, stage in enumerate(spec.stages):
+        dropped = [prompt_keys[j] for j in np.flatnonzero(sampled[i] & ~usable[i])]
+        if dropped:
+            excluded[stage] = dropped
+            need = "a valid sample" if minimum <= 1 else f"{options.min_samples} valid samples"
+            problems.append(
+                f"stage {stage}: {len(dropped)} prompt(s) excluded for having fewer than "
+                f"{need}: {_shorten(dropped)}"
+            )
+    if task in layout.outside_options and spec.stages:
+        problems.append(
+            f"{layout.outside_options[task]:g} samples (all families) with options outside "
+            "the task's closed option list were left out"
+        )
+
+    status = "ok"
+    for role, index in (("base", roles.base), ("SFT", roles.sft)):
+        if not spec.stages:
+            break
+        if index is None:
+            status = "missing_stage"
+            rule = "stage_order 0 or named 'base'" if role == "base" else "named 'sft' or stage_order 1"
+            problems.append(f"no {role} stage ({rule}) was sampled for this task")
+        elif not usable[index].any():
+            status = "too_few_samples" if status == "ok" else status
+            problems.append(f"the {role} stage {spec.stages[index]} has no usable prompt")
+    for i, stage in enumerate(spec.stages):
+        if usable[i].sum() == 1:
+            problems.append(f"stage {stage}: only one usable prompt, liquidity is undefined")
+    if roles.base is not None and roles.sft is not None and usable[roles.sft].any():
+        for parity, name in ((0, "even"), (1, "odd")):
+            if not (usable[roles.sft] & (prompt_ids % 2 == parity)).any():
+                problems.append(f"held-out check: no usable SFT prompt with an {name} prompt id")
+
+    closed = kind == "closed"
+    point = metrics.group_metrics(p[None], usable, roles, prompt_ids, options.tau, closed)
+    values = {k: v[0] for k, v in _with_derived(point, len(option_names), closed).items()}
+
+    support: list[str] = []
+    seed = int(values.get("seed", -1))
+    if seed >= 0:
+        seed_distribution = p[roles.base, seed]
+        in_support = metrics.seed_support(seed_distribution, options.tau)
+        order = np.argsort(-seed_distribution, kind="stable")
+        support = [option_names[i] for i in order if in_support[i]]
+
+    group = GroupResult(
+        family=spec.family,
+        task=task,
+        kind=kind,
+        options=option_names,
+        stages=spec.stages,
+        stage_orders=spec.stage_orders,
+        roles=roles,
+        status="missing_stage" if not spec.stages else status,
+        problems=problems,
+        prompt_keys=prompt_keys,
+        prompt_ids=prompt_ids,
+        n_prompts=usable.sum(axis=1),
+        excluded_prompts=excluded,
+        validity=_validity(layout, spec, mode),
+        values=values,
+        seed_support=support,
+        verdict={},
+        counts=counts,
+        distributions=p,
+        sampled=sampled,
+        usable=usable,
+    )
+    group.verdict = _verdict(group, options)
+    return group
+
+
+def _validity(layout: Layout, spec: GroupSpec, mode: str) -> np.ndarray:
+    """Per stage: valid / (valid + invalid) samples; exact mode: mean covered mass."""
+    if mode == "sampled":
+        valid = layout.cells(spec, layout.n_valid).sum(axis=1)
+        invalid = layout.cells(spec, layout.n_invalid).sum(axis=1)
+        return metrics.ratio(valid, valid + invalid)
+    covered = np.where(layout.cells(spec, layout.sampled), layout.cells(spec, layout.covered_mass), np.nan)
+    known = ~np.isnan(covered)
+    return metrics.ratio(np.where(known, covered, 0.0).sum(axis=1), known.sum(axis=1))
+
+
+def _with_derived(values: dict[str, np.ndarray], n_options: int, closed: bool) -> dict[str, np.ndarray]:
+    """Add 2^H and (closed tasks) H / log2 |O_t| for the mean-prompt and pooled entropies."""
+    out = dict(values)
+    for which in ("mean_prompt", "pooled"):
+        h = values[f"entropy_{which}"]
+        out[f"effective_options_{which}"] = metrics.effective_options(h)
+        if closed:
+            out[f"normalized_entropy_{which}"] = metrics.normalized_entropy(h, n_options)
+    return out
+
+
+def _verdict(group: GroupResult, options: AnalysisOptions) -> dict:
+    """Phase verdicts (metrics.md section 7), three-valued: None where undefined."""
+    v, roles = group.values, group.roles
+
+    def at(name: str, index: int | None) -> float:
+        return np.nan if index is None or name not in v else float(v[name][index])
+
+    liquidity_base = at("liquidity", roles.base)
+    probmass_sft = at("probmass", roles.sft)
+    nucleated = _all(
+        [
+            _test(float(v.get("nucleation_ratio", np.nan)), lambda x: x < options.nucleation_ratio_threshold),
+            _test(at("liquidity", roles.sft) - liquidity_base, lambda x: x < 0),
+            _test(probmass_sft, lambda x: x >= options.probmass_threshold),
+        ]
+    )
+    settled = {}
+    if roles.sft is not None:
+        floor = probmass_sft - options.settle_tolerance  # NaN when ProbMass[sft] is
+        for i in range(roles.sft + 1, len(group.stages)):
+            settled[group.stages[i]] = _test(at("probmass", i) - floor, lambda x: x >= 0)
+    return {
+        "liquid": _test(liquidity_base, lambda x: x >= options.liquid_threshold),
+        "nucleated": nucleated,
+        "settled": settled,
+    }
+
+
+def _test(value: float, condition) -> bool | None:
+    return None if np.isnan(value) else bool(condition(value))
+
+
+def _all(values: list[bool | None]) -> bool | None:
+    if any(v is False for v in values):
+        return False
+    return None if any(v is None for v in values) else True
+
+
+# ----- bootstrap ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Replicates:
+    """A family's bootstrap arrays that its task's cross-family intervals need."""
+
+    base: np.ndarray  # (B, N, K) base prompt distributions
+    base_mean: np.ndarray  # (B, K)
+    sft_mean: np.ndarray  # (B, K)
+    seed: np.ndarray  # (B,)
+
+
+def _bootstrap_task(
+    groups: list[GroupResult], options: AnalysisOptions
+) -> dict[str, _Replicates]:
+    """Bootstrap each family of one task: fills ``ci`` and ``seed_stability`` in place."""
+    kept: dict[str, _Replicates] = {}
+    for g in groups:
+        s, n, k = g.counts.shape
+        per_replicate = s * max(n * (n - 1) // 2, n, 1) * max(k, 1)
+        chunk = max(1, min(options.bootstrap, _CHUNK_FLOATS // per_replicate))
+        rng = np.random.default_rng(
+            [options.seed, zlib.crc32(g.family.encode()), zlib.crc32(g.task.encode())]
+        )
+        closed = g.kind == "closed"
+        parts: dict[str, list[np.ndarray]] = {}
+        for start in range(0, options.bootstrap, chunk):
+            p = metrics.resample_distributions(
+                g.counts, g.usable, min(chunk, options.bootstrap - start), rng
+            )
+            out = metrics.group_metrics(p, g.usable, g.roles, g.prompt_ids, options.tau, closed)
+            out = _with_derived(out, len(g.options), closed)
+            if "seed" in out:
+                out["base"] = p[:, g.roles.base]
+                out["base_mean"] = out["pbar"][:, g.roles.base]
+                out["sft_mean"] = out["pbar"][:, g.roles.sft]
+            for name, array in out.items():
+                parts.setdefault(name, []).append(array)
+        arrays = {name: np.concatenate(chunks) for name, chunks in parts.items()}
+        g.ci = {
+            name: metrics.percentile_interval(arrays[name])
+            for name in (*STAGE_METRICS, *SCALAR_METRICS)
+            if name in arrays
+        }
+        if g.seed_index >= 0:
+            g.seed_stability = float(np.mean(arrays["seed"] == g.seed_index))
+            kept[g.family] = _Replicates(
+                arrays["base"], arrays["base_mean"], arrays["sft_mean"], arrays["seed"]
+            )
+    return kept
+
+
+# ----- cross-family ------------------------------------------------------------------------
+
+
+def _cross_family(
+    groups: list[GroupResult], replicates: dict[str, _Replicates] | None
+) -> list[CrossResult]:
+    """Seed prediction for every ordered pair of families sampled on one task."""
+    results = []
+    for a in groups:
+        for b in groups:
+            if a is b:
+                continue
+            seed_a, seed_b = a.seed_index, b.seed_index
+            result = CrossResult(
+                a.family, b.family, a.task, "ok", a.prompt_key(seed_a), b.prompt_key(seed_b)
+            )
+            results.append(result)
+            if seed_a < 0 or seed_b < 0:
+                lacking = [f"{g.family} ({g.status})" for g in (a, b) if g.seed_index < 0]
+                result.status = "no seed for " + " and ".join(lacking)
+                continue
+            if not np.array_equal(a.sampled[a.roles.base], b.sampled[b.roles.base]):
+                result.status = "the base stages were sampled on different prompt sets"
+                continue
+            point = metrics.cross_family_metrics(
+                a.distributions[a.roles.base][None],
+                a.usable[a.roles.base],
+                a.values["pbar"][a.roles.base][None],
+                np.array([seed_a]),
+                b.values["pbar"][b.roles.sft][None],
+            )
+            result.values = {name: float(array[0]) for name, array in point.items()}
+            result.same_seed_prompt = bool(a.prompt_ids[seed_a] == b.prompt_ids[seed_b])
+            if replicates is not None:
+                ra, rb = replicates[a.family], replicates[b.family]
+                boot = metrics.cross_family_metrics(
+                    ra.base, a.usable[a.roles.base], ra.base_mean, ra.seed, rb.sft_mean
+                )
+                result.ci = {}
+                for name in CROSS_METRICS:
+                    low, high = metrics.percentile_interval(boot[name])
+                    result.ci[name] = (float(low), float(high))
+    return results
+
+
+def _shorten(names: list[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")

@@ -1,0 +1,271 @@
+"""Counts from the store as lean Polars frames, and the dense arrays the metrics work on.
+
+``read_counts`` reads one mode's counts (sampled counts by default; ``mode="exact"`` reads
+exact probabilities instead, the two are never mixed) for the selected families and tasks
+through the public views, in three queries:
+
+- ``v_runs``: one row per done run, for the (family, stage, task, prompt) of each run and its
+  invalid count (a run whose samples are all invalid has no ``v_counts`` rows, so validity
+  must come from here);
+- ``v_counts`` (sampled) or ``v_distributions`` (exact): the option counts, read as just
+  ``run_id, option, count`` so that millions of rows stay small (no repeated names);
+- ``tasks``: each task's kind and closed option list.
+
+Several done runs of the same (model, task, prompt, mode) are pooled into one *unit*: their
+counts are added (exact probabilities are averaged by ``v_distributions``).
+
+``CountData`` holds the result; ``counts_from_frame`` builds the same thing from an
+import-style long frame (family, stage, stage_order, task, prompt, prompt_id, option,
+count), which is how the metrics are tested without a database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import polars as pl
+from sqlalchemy import Engine, column, literal_column, select, table
+
+from catalog.errors import InvalidInput, NotFound
+
+MODES = ("sampled", "exact")
+UNIT_KEYS = ["family", "stage", "stage_order", "task", "prompt", "prompt_id"]
+
+
+@dataclass(frozen=True)
+class CountData:
+    """One mode's counts for a selection of families and tasks.
+
+    - ``units``: one row per pooled (family, stage, task, prompt): ``unit`` (UInt32 row
+      number), family, stage, stage_order, task, prompt (key), prompt_id, ``n_invalid``
+      (summed over the pooled runs), ``covered_mass`` (mean over exact runs, else null).
+    - ``counts``: ``unit``, ``option``, ``value`` (a sample count, or an exact probability);
+      only rows with a positive value.
+    - ``tasks``: ``task``, ``kind`` ("closed"/"open"), ``options`` (the closed option list;
+      empty for open tasks).
+    """
+
+    mode: str
+    units: pl.DataFrame
+    counts: pl.DataFrame
+    tasks: pl.DataFrame
+
+
+def read_counts(
+    engine: Engine,
+    *,
+    families: Sequence[str] | None = None,
+    tasks: Sequence[str] | None = None,
+    mode: str = "sampled",
+) -> CountData:
+    """Read the store's done runs of one mode for the selected families and tasks.
+
+    Raises NotFound when the selection has no runs at all, or names a family or task that
+    has none, saying what the store holds.
+    """
+    from catalog.views import read_sql
+
+    _check_mode(mode)
+    filters = {"mode": [mode], "family": families, "task": tasks}
+    runs = read_sql(
+        engine,
+        _select_sql(
+            engine,
+            "v_runs",
+            [*UNIT_KEYS, "run_id", "n_invalid", "covered_mass"],
+            filters,
+        ),
+    )
+    _check_selection(engine, runs, families, tasks, mode)
+    runs = runs.with_columns(
+        pl.col("stage_order", "prompt_id").cast(pl.Int64),
+        pl.col("n_invalid").fill_null(0).cast(pl.Int64),
+        pl.col("covered_mass").cast(pl.Float64),
+    )
+    units = _pool_units(runs)
+    run_to_unit = runs.join(units.select(*UNIT_KEYS, "unit"), on=UNIT_KEYS, nulls_equal=True)
+    if mode == "sampled":
+        counts = read_sql(
+            engine, _select_sql(engine, "v_counts", ["run_id", "option", "count"], filters)
+        )
+        counts = (
+            counts.lazy()
+            .filter(pl.col("count") > 0)
+            .join(run_to_unit.lazy().select("run_id", "unit"), on="run_id")
+            .select("unit", "option", pl.col("count").cast(pl.Int64).alias("value"))
+            .collect()
+        )
+    else:
+        # Repeated exact runs are averaged and renormalized by the view itself.
+        keys = ["family", "stage", "task", "prompt_id"]
+        exact = read_sql(
+            engine,
+            _select_sql(engine, "v_distributions", [*keys, "option", "probability"], filters),
+        )
+        counts = (
+            exact.with_columns(pl.col("prompt_id").cast(pl.Int64))
+            .filter(pl.col("probability") > 0)
+            .join(units.select(*keys, "unit"), on=keys)
+            .select("unit", "option", pl.col("probability").cast(pl.Float64).alias("value"))
+        )
+    task_names = units["task"].unique().sort().to_list()
+    return CountData(mode, units, counts, read_task_info(engine, task_names))
+
+
+def read_task_info(engine: Engine, names: Sequence[str]) -> pl.DataFrame:
+    """Kind and closed option list of the named tasks (a few rows; read with SQLAlchemy)."""
+    from catalog.schema import Task
+
+    query = select(Task.name, Task.kind, Task.options).where(Task.name.in_(list(names)))
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    return task_frame(
+        {name: (list(options or []) if kind == "closed" else None) for name, kind, options in rows}
+    )
+
+
+def task_frame(closed_options: Mapping[str, Sequence[str] | None]) -> pl.DataFrame:
+    """A ``tasks`` frame from {task: closed option list, or None for an open task}."""
+    names = sorted(closed_options)
+    return pl.DataFrame(
+        {
+            "task": names,
+            "kind": ["open" if closed_options[n] is None else "closed" for n in names],
+            "options": [[str(o) for o in (closed_options[n] or [])] for n in names],
+        },
+        schema={"task": pl.String, "kind": pl.String, "options": pl.List(pl.String)},
+    )
+
+
+def counts_from_frame(
+    frame: pl.DataFrame,
+    closed_options: Mapping[str, Sequence[str] | None] | None = None,
+    mode: str = "sampled",
+) -> CountData:
+    """``CountData`` from a long frame like the import format (no database involved).
+
+    Columns: family, stage, stage_order, task, prompt, prompt_id, option and ``count``
+    (sampled) or ``probability`` (exact); optional ``n_invalid`` per row of a (family,
+    stage, task, prompt). A null option with a count stands for invalid samples only.
+    ``closed_options`` maps a task to its option list (None or absent: open task).
+    """
+    _check_mode(mode)
+    value = "count" if mode == "sampled" else "probability"
+    missing = [c for c in [*UNIT_KEYS, "option", value] if c not in frame.columns]
+    if missing:
+        raise InvalidInput(f"the counts frame lacks column(s) {', '.join(missing)}")
+    if "n_invalid" not in frame.columns:
+        frame = frame.with_columns(n_invalid=pl.lit(0, pl.Int64))
+    runs = frame.with_columns(
+        pl.col("stage_order", "prompt_id", "n_invalid").cast(pl.Int64),
+        covered_mass=pl.lit(None, pl.Float64),
+    )
+    # n_invalid is per (model, prompt): take it once per unit, not once per option row.
+    units = _pool_units(runs.unique(subset=UNIT_KEYS, keep="first", maintain_order=True))
+    counts = (
+        runs.filter(pl.col("option").is_not_null() & (pl.col(value) > 0))
+        .join(units.select(*UNIT_KEYS, "unit"), on=UNIT_KEYS)
+        .select("unit", pl.col("option").cast(pl.String), pl.col(value).alias("value"))
+    )
+    if mode == "sampled":
+        counts = counts.with_columns(pl.col("value").cast(pl.Int64))
+    else:
+        counts = counts.with_columns(pl.col("value").cast(pl.Float64))
+    names = units["task"].unique().to_list()
+    closed_options = closed_options or {}
+    return CountData(mode, units, counts, task_frame({n: closed_options.get(n) for n in names}))
+
+
+def option_sets(data: CountData) -> pl.DataFrame:
+    """The option set ``O_t`` of every task: ``task, option, option_index`` (text order).
+
+    Closed task: its option list. Open task: the union of options observed with a positive
+    value for that task across every family and stage in ``data``. Options are indexed in
+    text (code point) order within their task, the tie order of the seed support.
+    """
+    observed = (
+        data.counts.lazy()
+        .join(data.units.lazy().select("unit", "task"), on="unit")
+        .select("task", "option")
+        .unique()
+        .join(data.tasks.lazy().filter(pl.col("kind") == "open").select("task"), on="task")
+    )
+    closed = (
+        data.tasks.lazy()
+        .filter(pl.col("kind") == "closed")
+        .explode("options")
+        .select("task", pl.col("options").alias("option"))
+        .drop_nulls()
+        .unique()
+    )
+    return (
+        pl.concat([observed, closed])
+        .sort("task", "option")
+        .with_columns(option_index=pl.int_range(pl.len(), dtype=pl.Int64).over("task"))
+        .collect()
+    )
+
+
+def _pool_units(runs: pl.DataFrame) -> pl.DataFrame:
+    """One row per (family, stage, task, prompt), runs pooled, numbered in a stable order."""
+    return (
+        runs.group_by(UNIT_KEYS)
+        .agg(pl.col("n_invalid").sum(), pl.col("covered_mass").mean())
+        .sort("family", "task", "stage_order", "stage", "prompt_id")
+        .with_row_index("unit")
+    )
+
+
+def _select_sql(
+    engine: Engine, view: str, columns: Iterable[str], filters: Mapping[str, Sequence[str] | None]
+) -> str:
+    """A SELECT of ``columns`` from ``view`` with IN filters, values rendered as literals.
+
+    connectorx takes no bound parameters; SQLAlchemy quotes the literal values.
+    """
+    query = select(*(literal_column(c) for c in columns)).select_from(table(view))
+    for name, values in filters.items():
+        if values is not None:
+            query = query.where(column(name).in_(list(values)))
+    return str(query.compile(engine, compile_kwargs={"literal_binds": True}))
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise InvalidInput(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+
+
+def _check_selection(
+    engine: Engine,
+    runs: pl.DataFrame,
+    families: Sequence[str] | None,
+    tasks: Sequence[str] | None,
+    mode: str,
+) -> None:
+    """Refuse a selection that matches nothing, naming what is missing and what exists."""
+    for label, wanted, column_name in (("family", families, "family"), ("task", tasks, "task")):
+        if wanted is None:
+            continue
+        missing = sorted(set(wanted) - set(runs[column_name].to_list()))
+        if missing:
+            query = (
+                select(column(column_name))
+                .select_from(table("v_runs"))
+                .where(column("mode") == mode)
+                .distinct()
+            )
+            with engine.connect() as conn:
+                present = sorted(conn.execute(query).scalars().all())
+            known = ", ".join(present) if present else "none"
+            raise NotFound(
+                f"no done {mode} runs for {label} {', '.join(missing)}; "
+                f"{label} names with {mode} runs: {known}"
+            )
+    if runs.is_empty():
+        raise NotFound(
+            f"the store has no done {mode} runs to analyze; import counts with "
+            "`catalog import-counts FILE` or sample with `catalog ingest`"
+            + ("" if mode == "exact" else " (or try --mode exact)")
+        )
+

@@ -1,0 +1,185 @@
+"""Text renderings of a crystallization result: a terminal table, JSON and CSV.
+
+The table shows, per (family, task), its stages in order with entropy, liquidity, MSE to
+the seed, ProbMass and validity; then the seed prompt, nucleation ratio, held-out check and
+verdict lines; then the cross-family table. The thresholds come first, so a pasted table
+always says how it was computed.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import polars as pl
+
+from analysis.results import CrystallizationResult, GroupResult, group_dict
+
+FORMATS = ("table", "json", "csv")
+
+
+def render(result: CrystallizationResult, fmt: str) -> str:
+    """The result as ``table``, ``json`` or ``csv`` text."""
+    if fmt == "json":
+        return result.to_json() + "\n"
+    if fmt == "csv":
+        return to_csv(result)
+    if fmt == "table":
+        return to_table(result)
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def to_csv(result: CrystallizationResult) -> str:
+    """One row per (family, task, stage): per-stage metrics plus the group's seed, ratios
+    and verdicts (list columns joined with "; "). Cross-family rows are in JSON and tables."""
+    per_group = result.tasks.with_columns(
+        pl.col("problems").list.join("; "), pl.col("stages").list.join("; ")
+    ).drop("stages")
+    frame = result.stages.join(per_group, on=["family", "task"], how="left")
+    buffer = io.StringIO()
+    frame.write_csv(buffer)
+    return buffer.getvalue()
+
+
+def to_table(result: CrystallizationResult) -> str:
+    t = result.thresholds
+    lines = [
+        (
+            f"thresholds: tau {t['tau']:g}; liquid: L[base] >= {t['liquid_threshold']:g}; "
+            f"nucleated: NR < {t['nucleation_ratio_threshold']:g}, L[sft] < L[base], "
+            f"ProbMass[sft] >= {t['probmass_threshold']:g}; settled: ProbMass[s] >= "
+            f"ProbMass[sft] - {t['settle_tolerance']:g}"
+        ),
+        (
+            f"mode {t['mode']}; min samples per prompt {t['min_samples']}; bootstrap "
+            + (f"{t['bootstrap']} replicates, seed {t['seed']}" if t["bootstrap"] else "off")
+        ),
+        "",
+    ]
+    for group in result.groups:
+        lines += _group_block(group, bool(t["bootstrap"]))
+        lines.append("")
+    lines += _cross_block(result, bool(t["bootstrap"]))
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _group_block(g: GroupResult, bootstrapped: bool) -> list[str]:
+    d = group_dict(g)
+    header = f"== {g.family} / {g.task} ({g.kind}, {len(g.options)} options) — status: {g.status}"
+    lines = [header]
+    if g.stages:
+        headers = ["stage", "order", "prompts", "valid", "H prompt", "H pooled", "2^H",
+                   "liquidity", "argmax", "MSE to seed", "ProbMass", "proxy PM", "TV to sft"]
+        rows = []
+        for i, stage in enumerate(g.stages):
+
+            def cell(name: str, digits: int = 4, i: int = i) -> str:
+                return _cell(g, name, i, digits, bootstrapped)
+
+            rows.append([
+                stage + ("" if g.role(i) in ("other", "settling") else f" ({g.role(i)})"),
+                str(g.stage_orders[i]),
+                str(int(g.n_prompts[i])),
+                _percent(d["validity"][stage]),
+                cell("entropy_mean_prompt", 3),
+                cell("entropy_pooled", 3),
+                cell("effective_options_pooled", 2),
+                cell("liquidity"),
+                cell("distinct_argmax", 0),
+                cell("mse_to_seed", 6),
+                cell("probmass"),
+                cell("probmass_proxy"),
+                cell("tv_to_sft"),
+            ])
+        lines += ["  " + line for line in _columns(headers, rows)]
+    if d["seed_prompt"] is not None:
+        nr = _number(d["nucleation_ratio"], 4) + _interval(d, "nucleation_ratio", 4)
+        stability = "" if g.seed_stability is None else f"; seed stability {g.seed_stability:.0%}"
+        lines.append(
+            f"  seed prompt: {d['seed_prompt']} (id {d['seed_prompt_id']}); NR = {nr}{stability}"
+        )
+        lines.append(f"  seed support: {', '.join(d['seed_support'])}")
+        h = d["heldout"]
+        same = {True: "same seed", False: "different seeds", None: "undefined"}[h["same_seed"]]
+        lines.append(
+            f"  held-out (even ids choose, odd evaluate): {h['seed_prompt_a'] or '-'} / "
+            f"{h['seed_prompt_b'] or '-'} ({same}); NR on odd half = "
+            f"{_number(h['nucleation_ratio'], 4)}"
+        )
+    v = d["verdict"]
+    settled = ", ".join(f"{s} {_yes(x)}" for s, x in v["settled"].items()) or "-"
+    lines.append(
+        f"  verdict: liquid at base {_yes(v['liquid'])}; nucleated at sft {_yes(v['nucleated'])}; "
+        f"settled {settled}"
+    )
+    lines += [f"  problem: {p}" for p in g.problems]
+    return lines
+
+
+def _cross_block(result: CrystallizationResult, bootstrapped: bool) -> list[str]:
+    if not result.cross:
+        return ["cross-family: fewer than two families sampled a task"]
+    headers = ["task", "family A", "family B", "seed A", "seed B", "MSE",
+               "rank", "pred. ratio", "same seed"]
+    rows = []
+    problems = []
+    for c in result.cross_family.iter_rows(named=True):
+        if c["status"] != "ok":
+            problems.append(f"  {c['task']}: {c['family_a']} -> {c['family_b']}: {c['status']}")
+            continue
+        rank = f"{c['rank']}/{c['n_candidates']}"
+        ratio = _number(c["predictive_ratio"], 4)
+        if bootstrapped and c.get("predictive_ratio_ci_low") is not None:
+            ratio += f" [{_number(c['predictive_ratio_ci_low'], 3)}, {_number(c['predictive_ratio_ci_high'], 3)}]"
+        rows.append([c["task"], c["family_a"], c["family_b"], c["seed_prompt_a"],
+                     c["seed_prompt_b"], _number(c["mse"], 6), rank, ratio,
+                     _yes(c["same_seed_prompt"])])
+    lines = ["cross-family seed prediction (A's seed vs B's SFT distribution):"]
+    lines += ["  " + line for line in _columns(headers, rows)] if rows else ["  no comparable pair"]
+    return lines + problems
+
+
+def _cell(g: GroupResult, name: str, i: int, digits: int, bootstrapped: bool) -> str:
+    if name not in g.values:
+        return "-"
+    text = _number(g.values[name][i], digits)
+    if bootstrapped and g.ci and name in ("liquidity", "mse_to_seed", "probmass"):
+        low, high = g.ci[name]
+        if not math.isnan(low[i]):
+            text += f" [{_number(low[i], digits)}, {_number(high[i], digits)}]"
+    return text
+
+
+def _interval(d: dict[str, Any], name: str, digits: int) -> str:
+    bounds = (d["ci"] or {}).get(name, {}).get("value")
+    if not bounds or bounds[0] is None:
+        return ""
+    return f" [{_number(bounds[0], digits)}, {_number(bounds[1], digits)}]"
+
+
+def _number(value: Any, digits: int) -> str:
+    if value is None or math.isnan(value):
+        return "-"
+    return f"{float(value):.{digits}f}"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _yes(value: bool | None) -> str:
+    return {True: "yes", False: "no", None: "undefined"}[value]
+
+
+def _columns(headers: Sequence[str], rows: list[list[str]]) -> list[str]:
+    """Left-aligned first column, right-aligned numbers, two spaces between columns."""
+    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
+
+    def line(cells: Sequence[str]) -> str:
+        first = str(cells[0]).ljust(widths[0])
+        rest = [str(c).rjust(w) for c, w in zip(cells[1:], widths[1:])]
+        return "  ".join([first, *rest]).rstrip()
+
+    return [line(headers), *(line(r) for r in rows)]

@@ -1,0 +1,372 @@
+"""Results of a crystallization analysis: the JSON contract and the same numbers as frames.
+
+``CrystallizationResult.to_dict()`` is the stable JSON contract of ``catalog analyze``
+(``{"thresholds": {...}, "tasks": [...], "cross_family": [...]}``); ``stages``, ``tasks``
+and ``cross_family`` give the same values as Polars DataFrames. Undefined values (NaN in
+the metric arrays) are null, never NaN or infinity.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from analysis.metrics import StageRoles
+
+# Per-stage metrics (arrays over the stage axis) and per-group scalars, in output order.
+STAGE_METRICS = (
+    "entropy_mean_prompt",
+    "entropy_pooled",
+    "effective_options_mean_prompt",
+    "effective_options_pooled",
+    "normalized_entropy_mean_prompt",
+    "normalized_entropy_pooled",
+    "liquidity",
+    "distinct_argmax",
+    "mse_to_seed",
+    "probmass",
+    "probmass_proxy",
+    "tv_to_sft",
+    "kl_uniform",
+    "chi2_uniform",
+)
+SCALAR_METRICS = ("nucleation_ratio", "heldout_mse", "heldout_nucleation_ratio")
+CROSS_METRICS = ("mse", "rank", "predictive_ratio")
+# Per-stage metrics reported as plain {stage: value} maps in the JSON (entropy-like ones
+# are grouped as {stage: {mean_prompt, pooled}}).
+_PLAIN_STAGE_METRICS = (
+    "liquidity",
+    "distinct_argmax",
+    "mse_to_seed",
+    "probmass",
+    "probmass_proxy",
+    "tv_to_sft",
+    "kl_uniform",
+    "chi2_uniform",
+)
+
+
+_STAGE_SCHEMA = {
+    "family": pl.String,
+    "task": pl.String,
+    "stage": pl.String,
+    "stage_order": pl.Int64,
+    "role": pl.String,
+    "n_prompts": pl.Int64,
+    "n_excluded": pl.Int64,
+    "validity": pl.Float64,
+    **{name: pl.Float64 for name in STAGE_METRICS},
+    "settled": pl.Boolean,
+}
+_TASK_SCHEMA = {
+    "family": pl.String,
+    "task": pl.String,
+    "kind": pl.String,
+    "status": pl.String,
+    "problems": pl.List(pl.String),
+    "stages": pl.List(pl.String),
+    "n_options": pl.Int64,
+    "seed_prompt": pl.String,
+    "seed_prompt_id": pl.Int64,
+    "nucleation_ratio": pl.Float64,
+    "heldout_seed_prompt_a": pl.String,
+    "heldout_seed_prompt_b": pl.String,
+    "heldout_same_seed": pl.Boolean,
+    "heldout_mse": pl.Float64,
+    "heldout_nucleation_ratio": pl.Float64,
+    "liquid": pl.Boolean,
+    "nucleated": pl.Boolean,
+    "seed_stability": pl.Float64,
+}
+_CROSS_SCHEMA = {
+    "family_a": pl.String,
+    "family_b": pl.String,
+    "task": pl.String,
+    "status": pl.String,
+    "seed_prompt_a": pl.String,
+    "seed_prompt_b": pl.String,
+    "mse": pl.Float64,
+    "rank": pl.Int64,
+    "n_candidates": pl.Int64,
+    "predictive_ratio": pl.Float64,
+    "same_seed_prompt": pl.Boolean,
+}
+
+
+@dataclass
+class GroupResult:
+    """The analysis of one (family, task); arrays run over ``stages`` unless scalar."""
+
+    family: str
+    task: str
+    kind: str
+    options: list[str]
+    stages: list[str]
+    stage_orders: list[int]
+    roles: StageRoles
+    status: str
+    problems: list[str]
+    prompt_keys: list[str]
+    prompt_ids: np.ndarray
+    n_prompts: np.ndarray
+    excluded_prompts: dict[str, list[str]]
+    validity: np.ndarray
+    values: dict[str, np.ndarray]
+    seed_support: list[str]
+    verdict: dict[str, Any]
+    ci: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+    seed_stability: float | None = None
+    # The arrays behind the numbers: pooled counts (or probabilities) on O_t, (S, N, K);
+    # distributions P[s, p], (S, N, K); sampled and usable (stage, prompt) cells, (S, N).
+    counts: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0)), repr=False)
+    distributions: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0)), repr=False)
+    sampled: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), bool), repr=False)
+    usable: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), bool), repr=False)
+
+    def role(self, index: int) -> str:
+        """"base", "sft", "settling" (after SFT) or "other" for a stage index."""
+        if index == self.roles.base:
+            return "base"
+        if index == self.roles.sft:
+            return "sft"
+        if self.roles.sft is not None and index > self.roles.sft:
+            return "settling"
+        return "other"
+
+    def prompt_key(self, index: int) -> str | None:
+        """The prompt key at a prompt-axis index (None for -1, "undefined")."""
+        return None if index < 0 else self.prompt_keys[int(index)]
+
+    @property
+    def seed_index(self) -> int:
+        return int(self.values.get("seed", -1))
+
+
+@dataclass
+class CrossResult:
+    """Cross-family seed prediction for one ordered (family_a, family_b, task)."""
+
+    family_a: str
+    family_b: str
+    task: str
+    status: str
+    seed_prompt_a: str | None = None
+    seed_prompt_b: str | None = None
+    values: dict[str, float] = field(default_factory=dict)
+    same_seed_prompt: bool | None = None
+    ci: dict[str, tuple[float, float]] | None = None
+
+
+@dataclass
+class CrystallizationResult:
+    """Results of one analysis: the JSON contract (``to_dict``) and Polars frames."""
+
+    thresholds: dict[str, Any]
+    groups: list[GroupResult]
+    cross: list[CrossResult]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "thresholds": dict(self.thresholds),
+            "tasks": [group_dict(g) for g in self.groups],
+            "cross_family": [cross_dict(c) for c in self.cross],
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    @property
+    def stages(self) -> pl.DataFrame:
+        """One row per (family, task, stage): every per-stage metric (and CI bounds)."""
+        rows = []
+        for g in self.groups:
+            for i, stage in enumerate(g.stages):
+                row: dict[str, Any] = {
+                    "family": g.family,
+                    "task": g.task,
+                    "stage": stage,
+                    "stage_order": int(g.stage_orders[i]),
+                    "role": g.role(i),
+                    "n_prompts": int(g.n_prompts[i]),
+                    "n_excluded": len(g.excluded_prompts.get(stage, [])),
+                    "validity": json_number(g.validity[i]),
+                }
+                for name in STAGE_METRICS:
+                    row[name] = json_number(g.values[name][i]) if name in g.values else None
+                row["settled"] = g.verdict["settled"].get(stage)
+                if g.ci is not None:
+                    for name in STAGE_METRICS:
+                        bounds = g.ci.get(name)
+                        row[f"{name}_ci_low"] = None if bounds is None else json_number(bounds[0][i])
+                        row[f"{name}_ci_high"] = None if bounds is None else json_number(bounds[1][i])
+                rows.append(row)
+        return _frame(rows, _STAGE_SCHEMA)
+
+    @property
+    def tasks(self) -> pl.DataFrame:
+        """One row per (family, task): status, seed, ratios, verdicts, seed stability."""
+        rows = []
+        for g in self.groups:
+            d = group_dict(g)
+            heldout = {
+                f"heldout_{k}": v
+                for k, v in d["heldout"].items()
+                if k not in ("choosing_half", "evaluating_half")
+            }
+            row: dict[str, Any] = {
+                "family": g.family,
+                "task": g.task,
+                "kind": g.kind,
+                "status": g.status,
+                "problems": list(g.problems),
+                "stages": list(g.stages),
+                "n_options": len(g.options),
+                "seed_prompt": d["seed_prompt"],
+                "seed_prompt_id": d["seed_prompt_id"],
+                "nucleation_ratio": d["nucleation_ratio"],
+                **heldout,
+                "liquid": g.verdict["liquid"],
+                "nucleated": g.verdict["nucleated"],
+                "seed_stability": g.seed_stability,
+            }
+            if g.ci is not None:
+                for name in SCALAR_METRICS:
+                    bounds = g.ci.get(name)
+                    row[f"{name}_ci_low"] = None if bounds is None else json_number(bounds[0])
+                    row[f"{name}_ci_high"] = None if bounds is None else json_number(bounds[1])
+            rows.append(row)
+        return _frame(rows, _TASK_SCHEMA)
+
+    @property
+    def cross_family(self) -> pl.DataFrame:
+        """One row per ordered (family_a, family_b, task) pair (CI bounds when bootstrapped)."""
+        return _frame([_flat_cross(c) for c in self.cross], _CROSS_SCHEMA)
+
+
+def _flat_cross(c: CrossResult) -> dict[str, Any]:
+    d = cross_dict(c)
+    row = {k: d[k] for k in _CROSS_SCHEMA}
+    for name, (low, high) in (d["ci"] or {}).items():
+        row[f"{name}_ci_low"], row[f"{name}_ci_high"] = low, high
+    return row
+
+
+def _frame(rows: list[dict[str, Any]], schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """Rows with a fixed schema; bootstrap bound columns (``*_ci_low/high``) are Float64."""
+    columns = dict(schema)
+    for row in rows:
+        for name in row:
+            columns.setdefault(name, pl.Float64)
+    return pl.DataFrame(rows, schema=columns)
+
+
+def json_number(value: Any) -> float | None:
+    """A JSON-safe number: NaN and infinities become None, NumPy scalars Python floats."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def _per_stage(g: GroupResult, name: str) -> dict[str, float | None]:
+    array = g.values.get(name)
+    return {s: None if array is None else json_number(array[i]) for i, s in enumerate(g.stages)}
+
+
+def _mean_and_pooled(g: GroupResult, prefix: str) -> dict[str, dict[str, float | None]]:
+    mean_prompt = _per_stage(g, f"{prefix}_mean_prompt")
+    pooled = _per_stage(g, f"{prefix}_pooled")
+    return {s: {"mean_prompt": mean_prompt[s], "pooled": pooled[s]} for s in g.stages}
+
+
+def group_dict(g: GroupResult) -> dict[str, Any]:
+    """One element of the JSON contract's ``tasks`` list."""
+    v = g.values
+    seed = g.seed_index
+    seed_a, seed_b = int(v.get("heldout_seed_a", -1)), int(v.get("heldout_seed_b", -1))
+    d: dict[str, Any] = {
+        "family": g.family,
+        "task": g.task,
+        "kind": g.kind,
+        "status": g.status,
+        "problems": list(g.problems),
+        "stages": list(g.stages),
+        "stage_orders": {s: int(o) for s, o in zip(g.stages, g.stage_orders)},
+        "roles": {
+            "base": None if g.roles.base is None else g.stages[g.roles.base],
+            "sft": None if g.roles.sft is None else g.stages[g.roles.sft],
+            "settling": [s for i, s in enumerate(g.stages) if g.role(i) == "settling"],
+        },
+        "n_options": len(g.options),
+        "n_prompts": {s: int(n) for s, n in zip(g.stages, g.n_prompts)},
+        "excluded_prompts": {s: list(keys) for s, keys in g.excluded_prompts.items()},
+        "seed_prompt": g.prompt_key(seed),
+        "seed_prompt_id": None if seed < 0 else int(g.prompt_ids[seed]),
+        "seed_support": list(g.seed_support),
+        "nucleation_ratio": json_number(v.get("nucleation_ratio")),
+        "heldout": {
+            "choosing_half": "even prompt ids",
+            "evaluating_half": "odd prompt ids",
+            "seed_prompt_a": g.prompt_key(seed_a),
+            "seed_prompt_b": g.prompt_key(seed_b),
+            "same_seed": None if seed_a < 0 or seed_b < 0 else seed_a == seed_b,
+            "mse": json_number(v.get("heldout_mse")),
+            "nucleation_ratio": json_number(v.get("heldout_nucleation_ratio")),
+        },
+        "entropy": _mean_and_pooled(g, "entropy"),
+        "effective_options": _mean_and_pooled(g, "effective_options"),
+        "normalized_entropy": _mean_and_pooled(g, "normalized_entropy"),
+    }
+    for name in _PLAIN_STAGE_METRICS:
+        d[name] = _per_stage(g, name)
+    d["distinct_argmax"] = {
+        s: None if x is None else int(x) for s, x in d["distinct_argmax"].items()
+    }
+    d["verdict"] = {
+        "liquid": g.verdict["liquid"],
+        "nucleated": g.verdict["nucleated"],
+        "settled": dict(g.verdict["settled"]),
+    }
+    d["validity"] = {s: json_number(x) for s, x in zip(g.stages, g.validity)}
+    d["ci"] = None if g.ci is None else _ci_dict(g)
+    d["seed_stability"] = g.seed_stability
+    return d
+
+
+def _ci_dict(g: GroupResult) -> dict[str, Any]:
+    ci: dict[str, Any] = {}
+    for name, (low, high) in (g.ci or {}).items():
+        if name in SCALAR_METRICS:
+            ci[name] = {"value": [json_number(low), json_number(high)]}
+        else:
+            ci[name] = {
+                s: [json_number(low[i]), json_number(high[i])] for i, s in enumerate(g.stages)
+            }
+    return ci
+
+
+def cross_dict(c: CrossResult) -> dict[str, Any]:
+    """One element of the JSON contract's ``cross_family`` list."""
+    v = c.values
+    rank = json_number(v.get("rank"))
+    candidates = json_number(v.get("n_candidates"))
+    return {
+        "family_a": c.family_a,
+        "family_b": c.family_b,
+        "task": c.task,
+        "status": c.status,
+        "seed_prompt_a": c.seed_prompt_a,
+        "seed_prompt_b": c.seed_prompt_b,
+        "mse": json_number(v.get("mse")),
+        "rank": None if rank is None else int(rank),
+        "n_candidates": None if candidates is None else int(candidates),
+        "predictive_ratio": json_number(v.get("predictive_ratio")),
+        "same_seed_prompt": c.same_seed_prompt,
+        "ci": None
+        if c.ci is None
+        else {k: [json_number(low), json_number(high)] for k, (low, high) in c.ci.items()},
+    }
