@@ -1,0 +1,299 @@
+"""Loading models safely through transformers' Auto classes, and the transformers backend.
+
+Loading rules (every refusal is a :class:`ModelLoadError` with a one-line message):
+
+- ``source`` is a local directory (it exists, or it looks like a path: starts with ``/``,
+  ``.`` or ``~``, or has more than one ``/``) or else a Hugging Face Hub id, loaded at
+  ``revision``; the commit the hub resolves it to is recorded as the model revision. Local
+  directories are recorded as ``sha256:<hash of their files>`` (``stat:<hash of names, sizes
+  and times>`` above 2 GiB, where hashing would take too long).
+- Weights must be safetensors. A checkpoint with only pickle weights (``pytorch_model.bin``),
+  which can run arbitrary code when loaded, needs ``allow_pickle=True`` (``--allow-pickle``).
+- ``trust_remote_code`` is honoured only with a pinned 40-hex commit ``revision``, so the code
+  that runs is the code that was reviewed.
+- ``gguf_file`` loads a GGUF file in ``source`` through transformers (dequantized), which
+  needs the ``gguf`` extra (``pip install 'catalog[gguf]'``).
+- ``device``: auto|cpu|cuda (auto = cuda if available). ``dtype``: auto|float32|bfloat16|
+  float16 (auto = bfloat16 on CUDA if the GPU supports it, else float16; float32 on CPU).
+
+torch and transformers are imported inside functions, never at module import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from catalog.errors import InvalidInput, ModelLoadError
+from ingest import prompting
+from ingest.backends import Backend, ExactDistribution, ModelSpec, SamplingParams
+
+PINNED_REVISION = re.compile(r"[0-9a-f]{40}")
+FULL_HASH_LIMIT = 2 * 1024**3
+SAFETENSORS_PATTERNS = ("*.safetensors", "*.safetensors.index.json")
+PICKLE_PATTERNS = ("pytorch_model*.bin", "pytorch_model*.bin.index.json")
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode with its tokenizer and the facts recorded as provenance."""
+
+    model: Any
+    tokenizer: Any
+    device: str
+    dtype: str
+    revision: str | None
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """End-of-sequence ids: the generation config's (all of them), else the tokenizer's."""
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.model.config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        ids = [eos] if isinstance(eos, int) else list(eos or [])
+        return sorted(set(ids))
+
+
+def load_model(
+    spec: ModelSpec, *, device: str = "auto", dtype: str = "auto", allow_pickle: bool = False
+) -> LoadedModel:
+    """Load ``spec`` by the rules of this module; return the model in eval mode."""
+    check_remote_code(spec)
+    local = local_directory(spec.source)
+    if local is not None:
+        check_local_weights(local, spec, allow_pickle)
+    if spec.gguf_file and importlib.util.find_spec("gguf") is None:
+        raise ModelLoadError("GGUF models need the gguf extra: pip install 'catalog[gguf]'")
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    source = str(local) if local is not None else spec.source
+    options = {"trust_remote_code": spec.trust_remote_code, "gguf_file": spec.gguf_file}
+    try:
+        config = AutoConfig.from_pretrained(source, revision=spec.revision, **options)
+        # Load tokenizer and weights from the very commit the config resolved to.
+        commit = getattr(config, "_commit_hash", None)
+        options["revision"] = commit or spec.revision
+        tokenizer = AutoTokenizer.from_pretrained(source, **options)
+        model = AutoModelForCausalLM.from_pretrained(
+            source,
+            config=config,
+            dtype=torch_dtype,
+            device_map=torch_device,
+            # gguf_file is its own format; otherwise pickles only when explicitly allowed
+            use_safetensors=None if (allow_pickle or spec.gguf_file) else True,
+            **options,
+        )
+    except Exception as exc:  # noqa: BLE001 - any failure inside transformers means "cannot load"
+        raise ModelLoadError(_load_failure(spec, local, exc, allow_pickle)) from None
+    model.eval()
+    revision = commit if local is None else local_fingerprint(local, spec.gguf_file)
+    return LoadedModel(model, tokenizer, describe_device(model.device), str(torch_dtype).removeprefix("torch."), revision)
+
+
+def check_remote_code(spec: ModelSpec) -> None:
+    if spec.trust_remote_code and not PINNED_REVISION.fullmatch(spec.revision or ""):
+        raise ModelLoadError(
+            f"trust_remote_code for {spec.source!r} needs a pinned 40-hex commit revision "
+            f"(got {spec.revision!r}); pin the commit whose code you have reviewed"
+        )
+
+
+def looks_like_path(source: str) -> bool:
+    """Hub ids are "name" or "org/name"; anything else path-shaped is meant as a directory."""
+    return source.startswith(("/", ".", "~")) or source.count("/") > 1 or "\\" in source
+
+
+def local_directory(source: str) -> Path | None:
+    """The local directory ``source`` names, None for a hub id; error if a path is missing."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    if looks_like_path(source):
+        if path.exists():
+            raise ModelLoadError(
+                f"model source {source!r} is a file, not a directory; give its directory "
+                "(and the file name as the GGUF file, if it is one)"
+            )
+        raise ModelLoadError(f"model directory {source!r} does not exist")
+    return None
+
+
+def check_local_weights(directory: Path, spec: ModelSpec, allow_pickle: bool) -> None:
+    def has(patterns: Sequence[str]) -> bool:
+        return any(any(directory.glob(pattern)) for pattern in patterns)
+
+    if spec.gguf_file:
+        if not (directory / spec.gguf_file).is_file():
+            raise ModelLoadError(f"GGUF file {spec.gguf_file!r} not found in {str(directory)!r}")
+    elif has(SAFETENSORS_PATTERNS):
+        return
+    elif has(PICKLE_PATTERNS):
+        if not allow_pickle:
+            raise ModelLoadError(
+                f"model directory {str(directory)!r} has only pickle weights (pytorch_model.bin), "
+                "which can run code when loaded; convert them to safetensors, or pass "
+                "--allow-pickle if you trust them"
+            )
+    else:
+        raise ModelLoadError(
+            f"model directory {str(directory)!r} has no weights (no *.safetensors, "
+            "pytorch_model.bin or GGUF file)"
+        )
+
+
+def _load_failure(spec: ModelSpec, local: Path | None, exc: Exception, allow_pickle: bool) -> str:
+    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    if local is None and isinstance(exc, OSError):
+        hint = ""
+        if "safetensors" in first_line and not allow_pickle:
+            hint = "; it may have only pickle weights: pass --allow-pickle if you trust them"
+        return (
+            f"cannot load model {spec.source!r} (revision {spec.revision or 'main'}): not a local "
+            f"directory, and the Hugging Face Hub did not provide it ({first_line}){hint}"
+        )
+    return f"cannot load model {spec.source!r}: {type(exc).__name__}: {first_line}"
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("CUDA is not available on this machine; use --device cpu (or auto)")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        if device == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return getattr(torch, dtype)
+
+
+def describe_device(device) -> str:
+    """``cpu`` or ``cuda:0 (NVIDIA H100 80GB HBM3)``: the GPU model is part of the setup."""
+    import torch
+
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def local_fingerprint(directory: Path, gguf_file: str | None = None) -> str:
+    """A revision for a local checkpoint: a hash of its files (their stats if over 2 GiB)."""
+    files = [directory / gguf_file] if gguf_file else sorted(p for p in directory.iterdir() if p.is_file())
+    digest = hashlib.sha256()
+    if sum(p.stat().st_size for p in files) > FULL_HASH_LIMIT:
+        for p in files:
+            stat = p.stat()
+            digest.update(f"{p.name}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+        return "stat:" + digest.hexdigest()
+    for p in files:
+        digest.update(p.name.encode() + b"\0")
+        with p.open("rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return "sha256:" + digest.hexdigest()
+
+
+def chat_template_hash(tokenizer) -> str | None:
+    template = getattr(tokenizer, "chat_template", None)
+    if template is None:
+        return None
+    if not isinstance(template, str):  # several named templates
+        template = json.dumps(template, sort_keys=True)
+    return prompting.text_hash(template)
+
+
+def library_versions(gguf: bool = False) -> dict[str, str]:
+    names = ["torch", "transformers", "tokenizers", "safetensors"] + (["gguf"] if gguf else [])
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+class TransformersBackend(Backend):
+    """A transformers causal LM: the tree sampler (:mod:`ingest.sampling`) and exact mode
+    (:mod:`ingest.exact`) over one model loaded by :func:`load_model`."""
+
+    name = "transformers"
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        allow_pickle: bool = False,
+        batch_size: int | str = "auto",
+    ) -> None:
+        from ingest.sampling import TreeSampler
+
+        super().__init__(spec)
+        self.loaded = load_model(spec, device=device, dtype=dtype, allow_pickle=allow_pickle)
+        self.sampler = TreeSampler(
+            self.loaded.model, self.loaded.tokenizer, self.loaded.eos_token_ids, batch_size=batch_size
+        )
+
+    def render(self, prompt_text: str, prompt_format: str | None = None) -> str:
+        prompt_format = prompt_format or self.spec.prompt_format
+        if prompt_format == "chat" and not getattr(self.loaded.tokenizer, "chat_template", None):
+            raise InvalidInput(
+                f"model {self.spec.source!r} has no chat template; register it with prompt format plain"
+            )
+        return prompting.render(self.loaded.tokenizer, prompt_text, prompt_format)
+
+    def sample(self, rendered: str, params: SamplingParams, seed: int) -> dict[str, int]:
+        return self.sampler.sample(rendered, params, seed).counts
+
+    def option_probabilities(
+        self, rendered: str, options: Mapping[str, Sequence[str]]
+    ) -> ExactDistribution:
+        from ingest.exact import option_probabilities
+
+        return option_probabilities(
+            self.loaded.model,
+            self.loaded.tokenizer,
+            rendered,
+            options,
+            eos_token_ids=self.loaded.eos_token_ids,
+            newline_ends_answer=self.spec.prompt_format == "plain",
+        )
+
+    def provenance(self) -> dict[str, Any]:
+        return {
+            "model_revision": self.loaded.revision,
+            "dtype": self.loaded.dtype,
+            "device": self.loaded.device,
+            "chat_template_hash": chat_template_hash(self.loaded.tokenizer),
+            "library_versions": library_versions(gguf=bool(self.spec.gguf_file)),
+        }
+
+    def close(self) -> None:
+        import gc
+
+        import torch
+
+        self.loaded = self.sampler = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

@@ -1,0 +1,169 @@
+"""Tiny real transformers causal LMs for tests, built in seconds and saved like hub models.
+
+:func:`build_tiny_model` writes a directory that ``AutoModelForCausalLM`` / ``AutoTokenizer``
+(and so :func:`ingest.models.load_model`) load exactly as they load a hub checkpoint: a
+``LlamaForCausalLM`` (2 layers, hidden size 64) in safetensors, a byte-level BPE tokenizer
+made with the ``tokenizers`` library wrapped in ``PreTrainedTokenizerFast`` with a ChatML
+chat template, and a ``generation_config.json`` whose ``eos_token_id`` lists ``<|im_end|>``
+and ``<|endoftext|>``.
+
+With ``train_steps=0`` the weights are random (``init_std`` sets how peaked the next-token
+distributions are). With ``train_steps > 0`` the model is first trained briefly on
+:data:`TRAINING_ANSWERS`, so that it answers the tiny prompts with a short answer and then
+``<|im_end|>`` most of the time (realistic trees: a few likely answers, EOS, some chatter).
+Everything is deterministic given ``seed``.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
+
+# prompt -> (answer, weight): the planted answer distributions of the trained variant
+TRAINING_ANSWERS: dict[str, list[tuple[str, float]]] = {
+    "Pick a random digit.": [
+        ("7", 0.35), ("3", 0.2), ("4", 0.1), ("Sure! 7", 0.1), ("I pick 5.", 0.1),
+        ("9", 0.05), ("2\n", 0.05), ("My digit is 8", 0.05),
+    ],
+    "Flip a coin.": [("Heads", 0.5), ("Tails", 0.3), ("heads.", 0.1), ("It is tails", 0.1)],
+    "Name a color.": [("blue", 0.4), ("red", 0.3), ("green", 0.2), ("Blue!", 0.1)],
+}
+PROMPTS = tuple(TRAINING_ANSWERS)
+
+
+def make_tokenizer(corpus: list[str]):
+    """A small byte-level BPE tokenizer (vocabulary ~ 350) with ChatML special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=350,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|pad|>",
+        unk_token=None,
+        additional_special_tokens=["<|im_start|>", "<|endoftext|>"],
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def chat_text(prompt: str, answer: str) -> str:
+    return (
+        f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n{answer}<|im_end|>"
+    )
+
+
+def training_texts(seed: int, per_prompt: int = 40) -> list[str]:
+    rng = random.Random(seed)
+    texts = []
+    for prompt, answers in TRAINING_ANSWERS.items():
+        options, weights = zip(*answers)
+        texts += [chat_text(prompt, a) for a in rng.choices(options, weights, k=per_prompt)]
+        # the plain scaffold of ingest.prompting, answers ending at a newline
+        texts += [f"Question: {prompt}\nAnswer: {a.strip()}\n" for a in options]
+    rng.shuffle(texts)
+    return texts
+
+
+def build_tiny_model(
+    directory: str | Path,
+    *,
+    seed: int = 0,
+    train_steps: int = 0,
+    init_std: float = 0.02,
+    weights: str = "safetensors",
+) -> Path:
+    """Build, optionally train, and save a tiny chat model in ``directory``; return the path.
+
+    ``weights``: "safetensors" (default), "pickle" (only ``pytorch_model.bin``, as old hub
+    checkpoints) or "none" (config and tokenizer only).
+    """
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    directory = Path(directory)
+    texts = training_texts(seed)
+    tokenizer = make_tokenizer(texts)
+    eos_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        initializer_range=init_std,
+        bos_token_id=None,
+        eos_token_id=eos_ids,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    if train_steps:
+        _train(model, tokenizer, texts, train_steps, seed)
+    model.eval()
+    # sampling defaults that a hub checkpoint might ship; the catalog must ignore them
+    model.generation_config = GenerationConfig(
+        eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id, top_k=20, temperature=0.8,
+        do_sample=True,
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(directory)
+    model.save_pretrained(directory)
+    if weights != "safetensors":
+        (directory / "model.safetensors").unlink()
+    if weights == "pickle":
+        # transformers 5 writes only safetensors; old hub checkpoints look like this
+        torch.save(model.state_dict(), directory / "pytorch_model.bin")
+    return directory
+
+
+def _train(model, tokenizer, texts: list[str], steps: int, seed: int) -> None:
+    """A few hundred full-batch AdamW steps on the tiny corpus (about a second on a CPU)."""
+    import torch
+
+    batch = tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        rows = torch.randperm(len(texts), generator=generator)[:64]
+        loss = model(
+            input_ids=batch["input_ids"][rows],
+            attention_mask=batch["attention_mask"][rows],
+            labels=labels[rows],
+        ).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+_BUILT: dict[tuple, Path] = {}
+
+
+def cached_tiny_model(tmp_path_factory, **kwargs) -> Path:
+    """:func:`build_tiny_model` once per test session for each set of arguments."""
+    key = tuple(sorted(kwargs.items()))
+    if key not in _BUILT:
+        _BUILT[key] = build_tiny_model(tmp_path_factory.mktemp("tiny_model"), **kwargs)
+    return _BUILT[key]
