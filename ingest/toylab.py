@@ -1,0 +1,720 @@
+"""A small synthetic alignment lab: a toy model family whose seed we know.
+
+:func:`train_family` trains a tiny transformers causal LM (LlamaForCausalLM, a word-level
+tokenizer built with the ``tokenizers`` library) through three stages on the CPU:
+
+- ``base`` (prompt format "plain"): pretrained on text in the catalog's plain scaffold,
+  ``Question: {prompt}\\nAnswer: {answer}</s>``, where every prompt variant of every task has
+  its own planted answer distribution (peaked on different options, some flatter), so the
+  base model is *liquid*;
+- ``sft`` (prompt format "chat"): fine-tuned from base on the same prompts rendered through
+  the chat template, every prompt answered with one planted base prompt's distribution (the
+  *seed*), so the model *nucleates* onto it;
+- ``dpo`` (prompt format "chat"): a DPO loss against the frozen SFT model on preference pairs
+  that prefer some options inside the seed's support over the rest, so probability moves
+  inside the support but stays on it (*settling*).
+
+Answers are not sampled: each training prompt is paired with every option, weighted by the
+option's planted probability, which is the expected loss over infinitely many sampled
+answers. The model therefore learns the planted distributions without sampling noise, and a
+family trains in seconds. Everything is deterministic given the settings (seeded RNGs,
+deterministic kernels, one CPU thread), and a trained family is cached in a directory named
+after the hash of its settings, with a ``manifest.json`` holding the planted ground truth.
+
+torch and transformers are imported inside functions, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tokenizers import pre_tokenizers
+
+from catalog.errors import InvalidInput
+from catalog.tasks import PromptSpec, TaskSpec
+from ingest.prompting import render_plain
+
+# Bump when a change in this module changes what a given set of settings trains: the version
+# is part of the settings hash, so stale cached families are not reused.
+TOYLAB_VERSION = "1"
+
+DEFAULT_TASKS = ("digit", "coin", "color")
+MANIFEST = "manifest.json"
+
+# (stage name, prompt format), in stage order.
+STAGES = (("base", "plain"), ("sft", "chat"), ("dpo", "chat"))
+
+PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
+ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
+# One user turn renders as "<|user|> {content} <|assistant|>"; an assistant turn ends in eos.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|{{ message['role'] }}|> {{ message['content'] }} "
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+# How text splits into the toy vocabulary's words: \w+ runs and punctuation runs.
+WORDS = pre_tokenizers.Whitespace()
+
+# Seed support threshold, as in the metrics contract (ProbMass, tau = 0.9).
+SUPPORT_TAU = 0.9
+# The planted peak mass of a prompt lies in [PEAK_LOW, PEAK_HIGH]: from flat to sharp, so the
+# base model is liquid even on a two-option task (coin: mean pairwise JSD ~0.17).
+PEAK_LOW, PEAK_HIGH = 0.35, 0.97
+# Share of every planted distribution spread uniformly, so no option is impossible at base.
+UNIFORM_FLOOR = 0.02
+
+
+@dataclass(frozen=True)
+class ToyFamilySettings:
+    """Everything that determines a toy family; its hash names the cache directory.
+
+    ``tasks``: closed tasks to train on (default: the bundled digit, coin and color).
+    ``seed_prompts``: task name -> prompt key planted as that task's seed; a task not named
+    gets its prompt at ``default_seed_position`` (not 0 by default, so a seed that an
+    analysis finds only by breaking ties towards the lowest prompt id cannot pass for the
+    planted one). ``prompts_per_task``: use the first K prompts of each task (None: all).
+    """
+
+    tasks: tuple[TaskSpec, ...] | None = None
+    seed_prompts: Mapping[str, str] = field(default_factory=dict)
+    default_seed_position: int = 2
+    prompts_per_task: int | None = 12
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    base_steps: int = 200
+    sft_steps: int = 80
+    dpo_steps: int = 12
+    base_lr: float = 5e-3
+    sft_lr: float = 2e-3
+    dpo_lr: float = 3e-4
+    dpo_beta: float = 0.5
+    seed: int = 0
+
+    def resolved_tasks(self) -> tuple[TaskSpec, ...]:
+        """The tasks, cut to the first ``prompts_per_task`` prompts, validated."""
+        tasks = self.tasks
+        if tasks is None:
+            from catalog.tasks import bundled_task
+
+            tasks = tuple(bundled_task(name) for name in DEFAULT_TASKS)
+        resolved = tuple(_cut_prompts(task, self.prompts_per_task) for task in tasks)
+        _check_tasks(resolved, self)
+        return resolved
+
+    def seed_key(self, task: TaskSpec) -> str:
+        if task.name in self.seed_prompts:
+            return self.seed_prompts[task.name]
+        return task.prompts[self.default_seed_position].key
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able form holding everything training depends on (the hash input)."""
+        data = asdict(self)
+        data["tasks"] = [_task_dict(task) for task in self.resolved_tasks()]
+        data["seed_prompts"] = {t.name: self.seed_key(t) for t in self.resolved_tasks()}
+        data["toylab_version"] = TOYLAB_VERSION
+        return data
+
+    def settings_hash(self) -> str:
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class PlantedTask:
+    """The ground truth planted for one task."""
+
+    task: str
+    options: tuple[str, ...]
+    base: Mapping[str, tuple[float, ...]]  # prompt key -> answer distribution over options
+    seed_key: str
+    preferred: tuple[str, ...]  # options DPO prefers (inside the seed support)
+
+    @property
+    def seed(self) -> tuple[float, ...]:
+        return self.base[self.seed_key]
+
+    @property
+    def support(self) -> tuple[str, ...]:
+        """The seed support at tau = 0.9, built as the metrics contract builds it."""
+        return seed_support(self.options, self.seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "options": list(self.options),
+            "base": {key: list(probs) for key, probs in self.base.items()},
+            "seed_prompt": self.seed_key,
+            "support": list(self.support),
+            "preferred": list(self.preferred),
+        }
+
+    @classmethod
+    def from_dict(cls, task: str, data: Mapping[str, Any]) -> PlantedTask:
+        return cls(
+            task=task,
+            options=tuple(data["options"]),
+            base={key: tuple(probs) for key, probs in data["base"].items()},
+            seed_key=data["seed_prompt"],
+            preferred=tuple(data["preferred"]),
+        )
+
+
+@dataclass(frozen=True)
+class ToyStage:
+    name: str
+    order: int
+    prompt_format: str  # "plain" or "chat", as the model registry records it
+    path: Path
+
+
+@dataclass(frozen=True)
+class ToyFamily:
+    """A trained toy family: its stage directories and the planted ground truth."""
+
+    root: Path
+    settings: ToyFamilySettings
+    settings_hash: str
+    stages: tuple[ToyStage, ...]
+    planted: Mapping[str, PlantedTask]
+    train_seconds: Mapping[str, float]
+    reused: bool  # True when this call found the family in the cache
+
+    def stage(self, name: str) -> ToyStage:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise InvalidInput(f"toy families have stages {', '.join(s for s, _ in STAGES)}, not {name!r}")
+
+
+# --------------------------------------------------------------------------- planting
+
+
+def seed_support(options: Sequence[str], dist: Sequence[float], tau: float = SUPPORT_TAU) -> tuple[str, ...]:
+    """Smallest set of options, by decreasing probability (ties: option text), with mass >= tau."""
+    ranked = sorted(zip(options, dist), key=lambda pair: (-pair[1], pair[0]))
+    support, mass = [], 0.0
+    for option, prob in ranked:
+        support.append(option)
+        mass += prob
+        if mass >= tau - 1e-9:
+            break
+    return tuple(support)
+
+
+def plant_task(task: TaskSpec, seed_key: str, rng: np.random.Generator) -> PlantedTask:
+    """Plant one answer distribution per prompt, and the DPO preferences inside the seed support.
+
+    Prompt i peaks on option ``order[i % n]`` (a random order, so argmaxes differ across
+    prompts). Prompts sharing a peak option get peak masses spread evenly over
+    [low, PEAK_HIGH] so that no two prompts plant nearly the same distribution; the rest of
+    the mass goes to the other options by a Dirichlet draw, which makes low-peak prompts flat
+    and high-peak prompts sharp. DPO prefers a random half of the seed support.
+    """
+    n = len(task.options)
+    low = max(PEAK_LOW, 1.0 / n + 0.05)  # the peak must stay the argmax (coin: > 0.5)
+    order = rng.permutation(n)
+    by_peak: dict[int, list[int]] = {}
+    for i in range(len(task.prompts)):
+        by_peak.setdefault(int(order[i % n]), []).append(i)
+    peak_mass = np.empty(len(task.prompts))
+    for group in by_peak.values():
+        if len(group) == 1:
+            levels = np.array([rng.uniform(low, PEAK_HIGH)])
+        else:
+            levels = np.linspace(low, PEAK_HIGH, len(group))
+        peak_mass[group] = rng.permutation(levels)
+    dists = []
+    for i in range(len(task.prompts)):
+        rest = rng.dirichlet(np.full(n - 1, 0.5)) * (1.0 - peak_mass[i])
+        dist = np.insert(rest, int(order[i % n]), peak_mass[i])
+        dist = (1.0 - UNIFORM_FLOOR) * dist + UNIFORM_FLOOR / n
+        dists.append(tuple(float(p) for p in dist / dist.sum()))
+    # DPO moves mass inside the seed support, so the seed needs two or more options there:
+    # if its distribution is too sharp, it trades distributions with the nearest prompt
+    # whose distribution is broad enough.
+    seed_index = [p.key for p in task.prompts].index(seed_key)
+    broad = [i for i, d in enumerate(dists) if len(seed_support(task.options, d)) >= 2]
+    swap = min(broad, key=lambda i: (abs(i - seed_index), i))
+    dists[seed_index], dists[swap] = dists[swap], dists[seed_index]
+    base = {prompt.key: dist for prompt, dist in zip(task.prompts, dists)}
+    support = seed_support(task.options, base[seed_key])
+    n_preferred = math.ceil(len(support) / 2)
+    preferred = tuple(sorted(rng.choice(support, size=n_preferred, replace=False).tolist()))
+    return PlantedTask(task.name, tuple(task.options), base, seed_key, preferred)
+
+
+def plant(settings: ToyFamilySettings) -> dict[str, PlantedTask]:
+    """The planted ground truth of every task, from the settings' seed."""
+    planted = {}
+    for index, task in enumerate(settings.resolved_tasks()):
+        rng = np.random.default_rng([settings.seed, index])
+        planted[task.name] = plant_task(task, settings.seed_key(task), rng)
+    return planted
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+def build_tokenizer(tasks: Sequence[TaskSpec]):
+    """A word-level tokenizer over every word of the scaffold, the prompts and the options.
+
+    Words are split by the ``Whitespace`` pre-tokenizer (``\\w+|[^\\w\\s]+``); decoding joins
+    tokens with spaces, so an answer decodes to the bare option ("7", "heads", "red"). No
+    token is added automatically (no BOS), so ``tokenizer(text)`` and
+    ``apply_chat_template(..., tokenize=True)`` give the same ids.
+    """
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [render_plain("")] + [p.text for t in tasks for p in t.prompts]
+    texts += [o for t in tasks for o in t.options]
+    words = sorted({word for text in texts for word, _ in WORDS.pre_tokenize_str(text)})
+    specials = [PAD, BOS, EOS, UNK, *ROLE_TOKENS]
+    vocab = {token: i for i, token in enumerate(specials + words)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    backend.pre_tokenizer = WORDS
+    backend.add_special_tokens(specials)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        unk_token=UNK,
+        additional_special_tokens=list(ROLE_TOKENS),
+        chat_template=CHAT_TEMPLATE,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+# --------------------------------------------------------------------------- training data
+
+
+def _render(tokenizer, prompt: str, prompt_format: str) -> str:
+    from ingest.prompting import render
+
+    return render(tokenizer, prompt, prompt_format)
+
+
+def _option_ids(tokenizer, task: TaskSpec) -> list[int]:
+    """The token of each option's answer text " option" (one word each, see _check_tasks)."""
+    return [tokenizer.convert_tokens_to_ids(option) for option in task.options]
+
+
+@dataclass
+class _Batch:
+    """Right-padded rows, the positions scored with hard targets, and soft answer targets."""
+
+    input_ids: Any
+    attention_mask: Any
+    loss_mask: Any  # (rows, width): 1 where the token at this position is scored
+    answer_position: Any = None  # (rows,): position whose next token is the answer
+    answer_target: Any = None  # (rows, vocab): the answer distribution there
+
+
+def _pad(tokenizer, rows: Sequence[list[int]], scored: Sequence[range]) -> _Batch:
+    import torch
+
+    width = max(len(ids) for ids in rows)
+    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    loss_mask = torch.zeros((len(rows), width), dtype=torch.float32)
+    for row, (ids, positions) in enumerate(zip(rows, scored)):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+        loss_mask[row, positions.start : positions.stop] = 1.0
+    return _Batch(input_ids, attention_mask, loss_mask)
+
+
+class _AnswerData:
+    """One row per prompt: prompt, an answer slot, eos; the answer is a soft target.
+
+    The loss at the answer position is the cross-entropy to the target distribution, which
+    is the expected loss over answers drawn from it, without sampling noise. The slot holds
+    option ``(step + row) % n``, so over ``n`` steps every option is seen followed by eos.
+    Base pretraining also scores the prompt tokens (it is language modelling on whole texts);
+    SFT scores only the answer, as instruction tuning does.
+    """
+
+    def __init__(self, tokenizer, tasks, targets: Mapping[str, Mapping[str, Sequence[float]]], prompt_format: str):
+        import torch
+
+        self.tokenizer = tokenizer
+        self.score_prompt = prompt_format == "plain"
+        self.prompts, self.options, targets_rows = [], [], []
+        for task in tasks:
+            option_ids = _option_ids(tokenizer, task)
+            for prompt in task.prompts:
+                self.prompts.append(tokenizer(_render(tokenizer, prompt.text, prompt_format))["input_ids"])
+                self.options.append(option_ids)
+                target = torch.zeros(len(tokenizer))
+                target[option_ids] = torch.tensor(targets[task.name][prompt.key], dtype=torch.float32)
+                targets_rows.append(target)
+        self.answer_target = torch.stack(targets_rows)
+        self.answer_position = torch.tensor([len(ids) - 1 for ids in self.prompts])
+
+    def batch(self, step: int) -> _Batch:
+        rows, scored = [], []
+        for row, (prompt, options) in enumerate(zip(self.prompts, self.options)):
+            rows.append(prompt + [options[(step + row) % len(options)], self.tokenizer.eos_token_id])
+            # Position i scores token i; the answer slot (len(prompt)) is scored softly instead.
+            first = 1 if self.score_prompt else len(prompt) + 1
+            hard = range(first, len(prompt) + 2)
+            scored.append(hard)
+        batch = _pad(self.tokenizer, rows, scored)
+        batch.loss_mask[:, self.answer_position + 1] = 0.0
+        batch.answer_position, batch.answer_target = self.answer_position, self.answer_target
+        return batch
+
+
+def _token_logprobs(model, batch: _Batch, logits=None):
+    """Log-probability of each scored token, shape (rows, width - 1), zero elsewhere."""
+    import torch
+
+    if logits is None:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    picked = logprobs.gather(-1, batch.input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return picked * batch.loss_mask[:, 1:]
+
+
+def _answer_loss(model, batch: _Batch):
+    """Mean over rows of: hard NLL of the scored tokens + cross-entropy to the answer target."""
+    import torch
+
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    hard = -_token_logprobs(model, batch, logits).sum(dim=1)
+    rows = torch.arange(len(logits))
+    answer_logprobs = torch.log_softmax(logits[rows, batch.answer_position].float(), dim=-1)
+    soft = -(batch.answer_target * answer_logprobs).sum(dim=1)
+    return (hard + soft).mean()
+
+
+def _fit(model, loss_at_step, steps: int, lr: float) -> None:
+    import torch
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for step in range(steps):
+        optimizer.zero_grad()
+        loss_at_step(step).backward()
+        optimizer.step()
+    model.eval()
+
+
+def dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta: float):
+    """The DPO loss (Rafailov et al. 2023) per pair, from sequence log-probabilities."""
+    import torch.nn.functional as F
+
+    margin = (policy_chosen - reference_chosen) - (policy_rejected - reference_rejected)
+    return -F.logsigmoid(beta * margin)
+
+
+class _PreferenceData:
+    """Every (prompt, option) answer text in chat format, and the preference pairs over them.
+
+    A row is prompt + option + eos; its sequence log-probability sums the option and eos
+    tokens. Each preferred option of the seed support is chosen over each other option, in
+    the support or outside it, for every prompt.
+    """
+
+    def __init__(self, tokenizer, tasks, planted: Mapping[str, PlantedTask]):
+        rows, scored, self.chosen, self.rejected = [], [], [], []
+        for task in tasks:
+            option_ids = _option_ids(tokenizer, task)
+            preferred = set(planted[task.name].preferred)
+            for prompt in task.prompts:
+                prompt_ids = tokenizer(_render(tokenizer, prompt.text, "chat"))["input_ids"]
+                first = len(rows)
+                for option_id in option_ids:
+                    rows.append(prompt_ids + [option_id, tokenizer.eos_token_id])
+                    scored.append(range(len(prompt_ids), len(prompt_ids) + 2))
+                for good, good_option in enumerate(task.options):
+                    for bad, bad_option in enumerate(task.options):
+                        if good_option in preferred and bad_option not in preferred:
+                            self.chosen.append(first + good)
+                            self.rejected.append(first + bad)
+        self.batch = _pad(tokenizer, rows, scored)
+
+    def sequence_logprobs(self, model):
+        return _token_logprobs(model, self.batch).sum(dim=1)
+
+
+# --------------------------------------------------------------------------- the family
+
+
+@contextmanager
+def _deterministic_torch(seed: int) -> Iterator[None]:
+    """Seeded, deterministic kernels, one thread (reductions in the same order every run)."""
+    import torch
+
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _new_model(tokenizer, settings: ToyFamilySettings, max_length: int):
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=settings.hidden_size,
+        intermediate_size=settings.intermediate_size,
+        num_hidden_layers=settings.num_layers,
+        num_attention_heads=settings.num_heads,
+        num_key_value_heads=settings.num_heads,
+        max_position_embeddings=max(64, 2 * max_length),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return model
+
+
+def _save_stage(model, tokenizer, path: Path) -> None:
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def option_distribution(model, tokenizer, rendered_prompt: str, options: Sequence[str]) -> np.ndarray:
+    """Exact probabilities of the options after a rendered prompt, renormalized over them.
+
+    Each option is scored as the sum of its answer text's (" option") token log-probabilities,
+    from the model's logits; nothing is sampled.
+    """
+    import torch
+
+    prompt_ids = tokenizer(rendered_prompt)["input_ids"]
+    answers = [tokenizer(" " + option)["input_ids"] for option in options]
+    rows = [prompt_ids + answer for answer in answers]
+    scored = [range(len(prompt_ids), len(prompt_ids) + len(answer)) for answer in answers]
+    with torch.no_grad():
+        logp = _token_logprobs(model, _pad(tokenizer, rows, scored)).sum(dim=1).double().numpy()
+    probs = np.exp(logp - logp.max())
+    return probs / probs.sum()
+
+
+def learned_distributions(stage: ToyStage, tasks: Sequence[TaskSpec]) -> dict[str, dict[str, np.ndarray]]:
+    """Task -> prompt key -> exact option distribution of a saved stage, in its prompt format."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(stage.path)
+    tokenizer = AutoTokenizer.from_pretrained(stage.path)
+    model.eval()
+    return {
+        task.name: {
+            prompt.key: option_distribution(
+                model, tokenizer, _render(tokenizer, prompt.text, stage.prompt_format), task.options
+            )
+            for prompt in task.prompts
+        }
+        for task in tasks
+    }
+
+
+def _train_stages(settings: ToyFamilySettings, planted: Mapping[str, PlantedTask], into: Path) -> dict[str, float]:
+    """Train base, SFT and DPO into ``into``/<stage>; return each stage's training seconds."""
+    import copy
+
+    import torch
+
+    tasks = settings.resolved_tasks()
+    tokenizer = build_tokenizer(tasks)
+    seconds = {}
+    with _deterministic_torch(settings.seed):
+        start = time.perf_counter()
+        base_targets = {name: p.base for name, p in planted.items()}
+        base_data = _AnswerData(tokenizer, tasks, base_targets, "plain")
+        model = _new_model(tokenizer, settings, max(len(ids) for ids in base_data.prompts) + 2)
+        _fit(model, lambda step: _answer_loss(model, base_data.batch(step)), settings.base_steps, settings.base_lr)
+        _save_stage(model, tokenizer, into / "base")
+        seconds["base"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        seed_targets = {t.name: {p.key: planted[t.name].seed for p in t.prompts} for t in tasks}
+        sft_data = _AnswerData(tokenizer, tasks, seed_targets, "chat")
+        _fit(model, lambda step: _answer_loss(model, sft_data.batch(step)), settings.sft_steps, settings.sft_lr)
+        _save_stage(model, tokenizer, into / "sft")
+        seconds["sft"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        pairs = _PreferenceData(tokenizer, tasks, planted)
+        with torch.no_grad():
+            reference = pairs.sequence_logprobs(copy.deepcopy(model))  # the frozen SFT model
+
+        def dpo_objective(step: int):
+            policy = pairs.sequence_logprobs(model)
+            return dpo_loss(
+                policy[pairs.chosen], policy[pairs.rejected],
+                reference[pairs.chosen], reference[pairs.rejected], settings.dpo_beta,
+            ).mean()
+
+        _fit(model, dpo_objective, settings.dpo_steps, settings.dpo_lr)
+        _save_stage(model, tokenizer, into / "dpo")
+        seconds["dpo"] = time.perf_counter() - start
+    return seconds
+
+
+def family_dir(out_dir: str | os.PathLike, settings: ToyFamilySettings) -> Path:
+    """Where the family for these settings lives (or will live) under ``out_dir``."""
+    return Path(out_dir) / f"toy-{settings.settings_hash()[:12]}"
+
+
+def train_family(out_dir: str | os.PathLike, settings: ToyFamilySettings | None = None) -> ToyFamily:
+    """Train the toy family for ``settings`` under ``out_dir``, or reuse the cached one.
+
+    The family lives in ``out_dir/toy-<settings hash>``: one directory per stage (loadable
+    with ``AutoModelForCausalLM``/``AutoTokenizer.from_pretrained``) and ``manifest.json``
+    with the settings, the planted ground truth and the training times. A file lock keeps
+    two processes from training the same family at once; training happens in a scratch
+    directory that is renamed into place when complete, so a crash never leaves a family
+    that looks finished.
+    """
+    from filelock import FileLock
+
+    settings = settings or ToyFamilySettings()
+    root = family_dir(out_dir, settings)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root) + ".lock"):
+        cached = _read_family(root, settings)
+        if cached is not None:
+            return cached
+        planted = plant(settings)
+        scratch = root.with_name(root.name + ".partial")
+        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
+        seconds = _train_stages(settings, planted, scratch)
+        _write_manifest(scratch, settings, planted, seconds)
+        os.replace(scratch, root)
+        return _family(root, settings, planted, seconds, reused=False)
+
+
+def _family(root, settings, planted, seconds, reused: bool) -> ToyFamily:
+    stages = tuple(
+        ToyStage(name, order, prompt_format, root / name)
+        for order, (name, prompt_format) in enumerate(STAGES)
+    )
+    return ToyFamily(
+        root=root,
+        settings=settings,
+        settings_hash=settings.settings_hash(),
+        stages=stages,
+        planted=planted,
+        train_seconds=seconds,
+        reused=reused,
+    )
+
+
+def _write_manifest(root: Path, settings, planted, seconds) -> None:
+    import torch
+    import transformers
+
+    manifest = {
+        "toylab_version": TOYLAB_VERSION,
+        "settings_hash": settings.settings_hash(),
+        "settings": settings.to_dict(),
+        "stages": [{"name": n, "order": i, "prompt_format": f} for i, (n, f) in enumerate(STAGES)],
+        "planted": {name: p.to_dict() for name, p in planted.items()},
+        "train_seconds": seconds,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+    }
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+
+def _read_family(root: Path, settings: ToyFamilySettings) -> ToyFamily | None:
+    """The cached family at ``root`` if it was trained with exactly these settings."""
+    try:
+        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if manifest.get("settings_hash") != settings.settings_hash():
+        return None
+    planted = {name: PlantedTask.from_dict(name, data) for name, data in manifest["planted"].items()}
+    return _family(root, settings, planted, manifest["train_seconds"], reused=True)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _cut_prompts(task: TaskSpec, limit: int | None) -> TaskSpec:
+    if limit is None or len(task.prompts) <= limit:
+        return task
+    from dataclasses import replace
+
+    return replace(task, prompts=tuple(task.prompts[:limit]))
+
+
+def _check_tasks(tasks: Sequence[TaskSpec], settings: ToyFamilySettings) -> None:
+    if settings.prompts_per_task is not None and settings.prompts_per_task < 2:
+        raise InvalidInput("the toy lab needs at least 2 prompts per task; raise prompts_per_task")
+    names = [t.name for t in tasks]
+    unknown = sorted(set(settings.seed_prompts) - set(names))
+    if unknown:
+        raise InvalidInput(f"seed_prompts names tasks not in the toy family: {', '.join(unknown)}")
+    for task in tasks:
+        if task.kind != "closed" or len(task.options) < 2:
+            raise InvalidInput(f"toy lab task {task.name!r} must be closed with at least 2 options")
+        for option in task.options:
+            if len(WORDS.pre_tokenize_str(option)) != 1:
+                raise InvalidInput(
+                    f"toy lab task {task.name!r}: option {option!r} is not one word; "
+                    "the toy lab trains single-word options only"
+                )
+        keys = [p.key for p in task.prompts]
+        seed_key = settings.seed_prompts.get(task.name)
+        if seed_key is not None and seed_key not in keys:
+            raise InvalidInput(
+                f"planted seed prompt {seed_key!r} is not among the first {len(keys)} prompts of "
+                f"task {task.name!r}; pick one of: {', '.join(keys)}"
+            )
+        if seed_key is None and not 0 <= settings.default_seed_position < len(keys):
+            raise InvalidInput(
+                f"default_seed_position {settings.default_seed_position} is out of range for task "
+                f"{task.name!r} with {len(keys)} prompts; name its seed in seed_prompts"
+            )
+
+
+def _task_dict(task: TaskSpec) -> dict[str, Any]:
+    return {
+        "name": task.name,
+        "options": list(task.options),
+        "prompts": [[p.key, p.text] for p in task.prompts],
+    }
+
+
+def make_task(name: str, options: Sequence[str], prompts: Sequence[tuple[str, str]]) -> TaskSpec:
+    """A closed task spec from plain values (for custom toy families and tests)."""
+    return TaskSpec(
+        name=name,
+        kind="closed",
+        normalizer="choice",
+        options=tuple(options),
+        prompts=tuple(PromptSpec(key, text) for key, text in prompts),
+    )

@@ -1,0 +1,278 @@
+"""The toy family trainer: real tiny models trained on the CPU, saved, reloaded and measured.
+
+The phase tests compute each stage's next-token distribution over the option tokens exactly
+from the model's logits (nothing is sampled), so their thresholds are not statistical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+from catalog.errors import InvalidInput
+from ingest.prompting import render
+from ingest.toylab import (
+    MANIFEST,
+    ToyFamilySettings,
+    dpo_loss,
+    learned_distributions,
+    make_task,
+    plant,
+    seed_support,
+    train_family,
+)
+
+DIGITS = [str(d) for d in range(10)]
+COLORS = "red orange yellow green blue purple pink brown black white gray".split()
+
+DIGIT = make_task(
+    "digit",
+    DIGITS,
+    [
+        ("plain", "Pick a random digit from 0 to 9."),
+        ("terse", "Random digit:"),
+        ("rng", "You are a random number generator. Output one digit."),
+        ("list", "Choose one at random: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9."),
+    ],
+)
+COIN = make_task(
+    "coin",
+    ["heads", "tails"],
+    [
+        ("plain", "Flip a coin. Answer with heads or tails only."),
+        ("terse", "Coin flip:"),
+        ("polite", "Please flip a fair coin for me."),
+        ("reverse", "Tails or heads? Pick one at random."),
+    ],
+)
+COLOR = make_task(
+    "color",
+    COLORS,
+    [
+        ("plain", "Name a random color."),
+        ("terse", "Random colour:"),
+        ("paint", "Which color should I paint my room? Just pick one."),
+        ("json", 'Return a random color as JSON, like {"color": "blue"}.'),
+    ],
+)
+TASKS = (DIGIT, COIN, COLOR)
+
+# The test family: 3 tasks x 4 prompts; seeds planted on different prompt positions.
+SETTINGS = ToyFamilySettings(tasks=TASKS, seed_prompts={"digit": "rng", "coin": "terse"})
+# A family too small to learn anything, for properties that don't need learning.
+TINY = ToyFamilySettings(
+    tasks=(COIN, DIGIT),
+    prompts_per_task=2,
+    default_seed_position=1,
+    hidden_size=16,
+    intermediate_size=32,
+    num_heads=2,
+    base_steps=3,
+    sft_steps=3,
+    dpo_steps=3,
+)
+
+
+def entropy(p: np.ndarray) -> float:
+    p = p[p > 0]
+    return float(-(p * np.log2(p)).sum())
+
+
+def jsd(p: np.ndarray, q: np.ndarray) -> float:
+    return entropy((p + q) / 2) - (entropy(p) + entropy(q)) / 2
+
+
+def mse(p: np.ndarray, q: np.ndarray) -> float:
+    return float(np.mean((p - q) ** 2))
+
+
+def weights_digest(path) -> str:
+    return hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory):
+    return train_family(tmp_path_factory.mktemp("toylab"), SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def learned(family):
+    tasks = SETTINGS.resolved_tasks()
+    return {stage.name: learned_distributions(stage, tasks) for stage in family.stages}
+
+
+def test_stages_load_from_disk_with_auto_classes(family):
+    assert [(s.name, s.order, s.prompt_format) for s in family.stages] == [
+        ("base", 0, "plain"),
+        ("sft", 1, "chat"),
+        ("dpo", 2, "chat"),
+    ]
+    for stage in family.stages:
+        model = AutoModelForCausalLM.from_pretrained(stage.path)
+        tokenizer = AutoTokenizer.from_pretrained(stage.path)
+        assert isinstance(model, LlamaForCausalLM)
+        assert (stage.path / "model.safetensors").is_file()
+        assert model.generation_config.eos_token_id == tokenizer.eos_token_id
+        assert model.config.vocab_size == len(tokenizer)
+
+
+def test_chat_template_renders_one_user_turn(family):
+    tokenizer = AutoTokenizer.from_pretrained(family.stage("sft").path)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Flip a coin."}], tokenize=False, add_generation_prompt=True
+    )
+    assert text == "<|user|> Flip a coin. <|assistant|>"
+    # No token is added behind the caller's back: both tokenization paths agree.
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Flip a coin."}], tokenize=True, add_generation_prompt=True
+    )
+    ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+    assert list(ids) == tokenizer(text)["input_ids"]
+
+
+@pytest.mark.parametrize("stage_name", ["base", "sft", "dpo"])
+def test_generated_answers_decode_to_bare_options(family, stage_name):
+    stage = family.stage(stage_name)
+    model = AutoModelForCausalLM.from_pretrained(stage.path)
+    tokenizer = AutoTokenizer.from_pretrained(stage.path)
+    for task in TASKS:
+        prompt = render(tokenizer, task.prompts[0].text, stage.prompt_format)
+        inputs = tokenizer(prompt, return_tensors="pt")
+        out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+        new_tokens = out[0, inputs["input_ids"].shape[1] :].tolist()
+        # The answer, then end of sequence: exactly what the normalizers expect.
+        assert new_tokens[-1] == tokenizer.eos_token_id and len(new_tokens) == 2
+        assert tokenizer.decode(new_tokens, skip_special_tokens=True) in task.options
+
+
+def test_base_is_liquid_and_learns_the_planted_distributions(family, learned):
+    for task in TASKS:
+        base = learned["base"][task.name]
+        planted = family.planted[task.name]
+        liquidity = np.mean([jsd(base[a], base[b]) for a, b in itertools.combinations(base, 2)])
+        assert liquidity > 0.1, task.name
+        for key, dist in base.items():
+            assert np.abs(dist - np.array(planted.base[key])).max() < 0.05, (task.name, key)
+
+
+def test_sft_nucleates_onto_the_planted_seed(family, learned):
+    for task in TASKS:
+        planted = family.planted[task.name]
+        seed = np.array(planted.seed)
+        sft = learned["sft"][task.name]
+        sft_mean = np.mean(list(sft.values()), axis=0)
+        base_mean = np.mean(list(learned["base"][task.name].values()), axis=0)
+        assert mse(sft_mean, seed) < 0.05 * mse(sft_mean, base_mean), task.name
+        for dist in sft.values():  # every prompt, not just the average
+            assert np.abs(dist - seed).max() < 0.05, task.name
+        # The seed analysis would find it: the closest base prompt to SFT is the planted one.
+        base = learned["base"][task.name]
+        assert min(base, key=lambda key: mse(base[key], sft_mean)) == planted.seed_key
+
+
+def test_dpo_settles_inside_the_seed_support(family, learned):
+    for task in TASKS:
+        planted = family.planted[task.name]
+        support = [task.options.index(o) for o in planted.support]
+        preferred = [task.options.index(o) for o in planted.preferred]
+        sft = np.mean(list(learned["sft"][task.name].values()), axis=0)
+        dpo = np.mean(list(learned["dpo"][task.name].values()), axis=0)
+        assert dpo[support].sum() >= 0.8, task.name
+        assert 0.5 * np.abs(dpo - sft).sum() > 0.05, task.name  # it moved
+        assert dpo[preferred].sum() > sft[preferred].sum(), task.name  # towards the preferred
+
+
+def test_manifest_holds_the_planted_ground_truth(family):
+    manifest = json.loads((family.root / MANIFEST).read_text())
+    assert manifest["settings_hash"] == SETTINGS.settings_hash() == family.settings_hash
+    assert family.root.name == f"toy-{family.settings_hash[:12]}"
+    assert {name: p["seed_prompt"] for name, p in manifest["planted"].items()} == {
+        "digit": "rng",
+        "coin": "terse",
+        "color": "paint",  # default_seed_position 2
+    }
+    assert manifest["planted"]["coin"] == family.planted["coin"].to_dict()
+    assert set(manifest["train_seconds"]) == {"base", "sft", "dpo"}
+
+
+def test_same_settings_give_identical_weights(tmp_path):
+    first = train_family(tmp_path / "a", TINY)
+    second = train_family(tmp_path / "b", TINY)
+    assert not second.reused
+    for a, b in zip(first.stages, second.stages):
+        assert weights_digest(a.path) == weights_digest(b.path)
+    reseeded = train_family(tmp_path / "a", replace(TINY, seed=1))
+    assert reseeded.root != first.root
+    assert weights_digest(reseeded.stage("base").path) != weights_digest(first.stage("base").path)
+
+
+def test_cached_family_is_reused_not_retrained(tmp_path):
+    first = train_family(tmp_path, TINY)
+    weights = first.stage("dpo").path / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    again = train_family(tmp_path, TINY)
+    assert again.reused and not first.reused
+    assert again.root == first.root
+    assert weights.stat().st_mtime_ns == before
+    assert again.planted == first.planted
+    assert train_family(tmp_path, replace(TINY, dpo_steps=4)).root != first.root
+
+
+def test_planting_is_diverse_and_keeps_the_seed_broad():
+    planted = plant(SETTINGS)
+    for task in TASKS:
+        truth = planted[task.name]
+        dists = [np.array(d) for d in truth.base.values()]
+        for dist in dists:
+            assert dist.sum() == pytest.approx(1.0) and (dist > 0).all()
+        # Four prompts, at least two options: every prompt peaks somewhere else or higher.
+        assert len({tuple(np.round(d, 6)) for d in dists}) == len(dists)
+        assert min(mse(a, b) for a, b in itertools.combinations(dists, 2)) > 1e-3
+        assert len(truth.support) >= 2
+        assert set(truth.preferred) < set(truth.support) or len(truth.support) == 1
+        assert truth.support == seed_support(task.options, truth.seed)
+    assert plant(SETTINGS) == planted
+    assert plant(replace(SETTINGS, seed=7)) != planted
+
+
+def test_seed_support_follows_the_metrics_contract():
+    # The worked example of the metrics contract: 0.8 + 0.1 reaches tau = 0.9.
+    assert seed_support(["a", "b", "c"], [0.8, 0.1, 0.1]) == ("a", "b")
+    # Ties are taken in option text order.
+    assert seed_support(["b", "a", "c"], [0.45, 0.45, 0.1], tau=0.4) == ("a",)
+
+
+def test_dpo_loss_values():
+    zero = torch.tensor([0.0])
+    assert dpo_loss(zero, zero, zero, zero, beta=0.5).item() == pytest.approx(np.log(2))
+    # The policy prefers the chosen answer more than the reference does: low loss.
+    low = dpo_loss(torch.tensor([-1.0]), torch.tensor([-9.0]), zero - 2, zero - 2, beta=1.0)
+    high = dpo_loss(torch.tensor([-9.0]), torch.tensor([-1.0]), zero - 2, zero - 2, beta=1.0)
+    assert low.item() < 0.01 < 7.9 < high.item()
+
+
+STATE = make_task("state", ["New York", "Ohio"], [("plain", "Name a state."), ("terse", "State:")])
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (replace(SETTINGS, seed_prompts={"coin": "nope"}), "planted seed prompt 'nope'"),
+        (replace(SETTINGS, seed_prompts={"dice": "plain"}), "not in the toy family: dice"),
+        (replace(SETTINGS, default_seed_position=9), "default_seed_position 9"),
+        (replace(SETTINGS, prompts_per_task=1), "at least 2 prompts"),
+        (ToyFamilySettings(tasks=(STATE,), default_seed_position=0), "'New York' is not one word"),
+        (ToyFamilySettings(tasks=(replace(COIN, kind="open", options=()),)), "must be closed"),
+    ],
+)
+def test_invalid_settings_are_named_errors(tmp_path, settings, message):
+    with pytest.raises(InvalidInput, match=message):
+        train_family(tmp_path, settings)
+    assert not list(tmp_path.glob("toy-*/manifest.json"))
