@@ -1,0 +1,78 @@
+"""``catalog demo``: the whole study on a toy family, on this machine, in a few minutes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from catalog.cli.common import db_option
+
+
+def _seed_prompts(values: tuple[str, ...]) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        task, sep, key = value.partition("=")
+        if not sep or not task or not key:
+            raise click.BadParameter(f"{value!r} is not TASK=PROMPT_KEY", param_hint="--seed-prompt")
+        pairs[task.strip()] = key.strip()
+    return pairs
+
+
+@click.command("demo")
+@click.option("--family", default="toy", show_default=True, help="Name to register the toy family as.")
+@click.option("--seed-prompt", "seed_prompts", multiple=True, metavar="TASK=KEY",
+              help="Plant this prompt as the task's seed (default: each task's third prompt).")
+@click.option("--samples", "-n", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling and bootstrap seed.")
+@click.option("--bootstrap", type=click.IntRange(min=0), default=200, show_default=True)
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("catalog-report"), show_default=True, help="Report directory.")
+@click.option("--no-report", is_flag=True, help="Skip the HTML report.")
+@db_option
+def demo(family, seed_prompts, samples, seed, bootstrap, report_dir, no_report, db_url) -> None:
+    """Run the whole study on a toy model family whose seed we know.
+
+    Trains (or reuses) a tiny base -> SFT -> DPO family on the CPU, samples every stage,
+    task and prompt, analyzes the store and writes the report: the liquid base, the SFT
+    nucleating onto the planted seed prompt, DPO settling.
+
+    Example: catalog demo --seed-prompt digit=polite --samples 2000
+    """
+    from analysis.render import render
+    from catalog.cli.progress import UnitProgress
+    from catalog.config import ENV_VAR, database_url, masked
+    from catalog.db import open_catalog
+    from catalog.demo import DemoOptions, planted_vs_found, run_demo
+
+    options = DemoOptions(
+        family=family, seed_prompts=_seed_prompts(seed_prompts), samples=samples, seed=seed,
+        bootstrap=bootstrap, report_dir=None if no_report else report_dir,
+    )
+    engine = open_catalog(db_url)
+    progress = UnitProgress()
+    try:
+        result = run_demo(engine, options, say=click.echo, progress=progress)
+    finally:
+        progress.close()
+    click.echo()
+    click.echo(render(result.analysis, "table"))
+    click.echo("Planted seed vs found (liquid at base, nucleated at SFT, settled after):")
+    for row in planted_vs_found(result.family, result.analysis):
+        mark = "ok" if row["planted_seed"] == row["found_seed"] else "DIFFERENT"
+        click.echo(f"  {row['task']:<8} planted {row['planted_seed']:<10} found "
+                   f"{row['found_seed'] or '-':<10} {mark:<9} liquid={row['liquid']} "
+                   f"nucleated={row['nucleated']} settled={row['settled']}")
+    db = "" if db_url is None else f" --db {masked(database_url(db_url))}"
+    click.echo("\nWhat was stored, and how to look at it:")
+    click.echo(f"  catalog analyze --family {family}{db} --format json")
+    click.echo(f"  catalog sql \"SELECT stage, prompt, option, probability FROM v_distributions "
+               f"WHERE family = '{family}' AND task = 'digit' ORDER BY stage_order, prompt_id\"{db}")
+    click.echo(f"  python -c \"import polars as pl; print(pl.read_database_uri("
+               f"'SELECT * FROM v_distributions', 'sqlite:///catalog.db'))\"  "
+               f"# or ${ENV_VAR}'s URL")
+    if result.report_path is not None:
+        click.echo(f"  open {result.report_path}")
+
+
+COMMANDS = [demo]
