@@ -77,17 +77,27 @@ VIEW_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
     },
 }
 VIEWS = tuple(VIEW_SCHEMAS)
+# Up to this many rows, reading SQLite in this process is quicker than a connectorx child.
+_SMALL_RESULT_ROWS = 20_000
 
 
 def read_sql(engine: Engine, sql: str, params: Mapping[str, Any] | None = None) -> pl.DataFrame:
     """Run one SELECT and return its rows as a DataFrame with backend-independent dtypes.
 
-    ``params`` are bound by SQLAlchemy (``:name`` placeholders); without them the query runs
-    through connectorx where the database allows it (much faster and leaner for big results).
+    ``params`` are bound by SQLAlchemy (``:name`` placeholders). Without them, PostgreSQL
+    results come through connectorx; SQLite results of more than a few thousand rows too
+    (in a child process), smaller ones through this process's own connection, which is
+    quicker than starting a process. SQLite keeps timestamps as text: ``read_view`` types
+    them, ``read_sql`` returns what SQLite returns.
     """
     uri = connectorx_uri(engine)
-    frame = None
-    if uri is not None and not params:
+    if uri is not None and not params and uri.startswith("postgresql"):
+        frame = _read_with_connectorx(sql, uri)
+        if frame is not None:
+            return _stable_dtypes(frame)
+    small = _SMALL_RESULT_ROWS if uri is not None and not params else None
+    frame = _read_with_sqlalchemy(engine, sql, params, at_most=small)
+    if frame is None:  # a big SQLite result
         frame = _read_with_connectorx(sql, uri)
     if frame is None:
         frame = _read_with_sqlalchemy(engine, sql, params)
@@ -119,7 +129,14 @@ def read_view(
     # connectorx takes no parameters, so the filter values are rendered as quoted literals.
     sql = str(query.compile(engine, compile_kwargs={"literal_binds": True}))
     frame = read_sql(engine, sql)
-    return frame.select(pl.col(col).cast(dtype) for col, dtype in schema.items())
+    return frame.select(_typed(col, frame.schema[col], dtype) for col, dtype in schema.items())
+
+
+def _typed(name: str, current: pl.DataType, wanted: pl.DataType) -> pl.Expr:
+    if current == pl.String and isinstance(wanted, pl.Datetime):
+        # SQLite's text timestamps, written in UTC by the catalog.
+        return pl.col(name).str.to_datetime(time_unit="us", time_zone="UTC")
+    return pl.col(name).cast(wanted)
 
 
 def connectorx_uri(engine: Engine) -> str | None:
@@ -169,19 +186,32 @@ def _read_with_connectorx(sql: str, uri: str) -> pl.DataFrame | None:
 
 
 def _read_with_sqlalchemy(
-    engine: Engine, sql: str, params: Mapping[str, Any] | None
-) -> pl.DataFrame:
+    engine: Engine, sql: str, params: Mapping[str, Any] | None, *, at_most: int | None = None
+) -> pl.DataFrame | None:
+    """The query's rows through SQLAlchemy, or None if there are more than ``at_most``."""
     try:
         with engine.connect() as conn:
-            return pl.read_database(
-                text(sql),
-                conn,
-                execute_options={"parameters": dict(params or {})},
-                infer_schema_length=None,
-            )
+            if params:
+                result = conn.execute(text(sql), dict(params))
+            else:  # no parameters: leave a user's ":" and "%" alone
+                result = conn.exec_driver_sql(sql)
+            columns = list(result.keys())
+            if at_most is None:
+                rows = result.fetchall()
+            else:
+                rows = result.fetchmany(at_most + 1)
+                if len(rows) > at_most:
+                    return None
     except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise InvalidInput(f"the query failed: {reason}") from None
+    return pl.DataFrame(
+        [tuple(row) for row in rows],
+        schema=columns,
+        orient="row",
+        infer_schema_length=None,
+        strict=False,
+    )
 
 
 def _stable_dtypes(frame: pl.DataFrame) -> pl.DataFrame:

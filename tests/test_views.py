@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
 from catalog import db as catalog_db
+from catalog import views
 from catalog.errors import InvalidInput
 from catalog.schema import ExactProb, Family, Model, OptionCount, Prompt, Run, Task
 from catalog.views import VIEW_SCHEMAS, VIEWS, connectorx_uri, read_sql, read_view
@@ -19,6 +22,17 @@ SAMPLED = [
     ("fam", "sft", 1, "coin", "p0", {"heads": 2, "tails": 2}),
     ("other", "base", 0, "digit", "p0", {"4": 1}),
 ]
+
+
+FINISHED = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc)
+
+
+@pytest.fixture(params=["small", "connectorx"])
+def read_path(request, monkeypatch) -> str:
+    """Read SQLite in this process (small results) or through connectorx (big ones)."""
+    if request.param == "connectorx":
+        monkeypatch.setattr(views, "_SMALL_RESULT_ROWS", 0)
+    return request.param
 
 
 def _store(engine) -> None:
@@ -42,7 +56,7 @@ def _store(engine) -> None:
                 )
             run = Run(
                 unit_key=f"u{n}", model=model, task=task_row, prompt=prompts[(task, key)],
-                mode="sampled", status="done", n_invalid=1,
+                mode="sampled", status="done", n_invalid=1, finished_at=FINISHED,
             )
             session.add(run)
             session.flush()
@@ -66,7 +80,7 @@ def _store(engine) -> None:
         )
 
 
-def test_views_have_fixed_dtypes_even_when_empty(engine):
+def test_views_have_fixed_dtypes_even_when_empty(engine, read_path):
     for name in VIEWS:
         assert read_view(engine, name).schema == pl.Schema(VIEW_SCHEMAS[name])
     _store(engine)
@@ -74,6 +88,7 @@ def test_views_have_fixed_dtypes_even_when_empty(engine):
         frame = read_view(engine, name)
         assert frame.height > 0
         assert frame.schema == pl.Schema(VIEW_SCHEMAS[name])
+    assert read_view(engine, "v_runs", task="digit")["finished_at"].to_list() == [FINISHED] * 4
 
 
 def test_distributions_sum_to_one_per_model_prompt_and_mode(engine):
@@ -127,7 +142,7 @@ def test_read_sql_uses_connectorx_for_file_databases(engine):
     assert uri.startswith("sqlite:///") or uri.startswith("postgresql://")
 
 
-def test_same_frames_on_sqlite_and_postgresql(postgres, tmp_path):
+def test_same_frames_on_sqlite_and_postgresql(postgres, tmp_path, read_path):
     frames = {}
     for backend, url in (("sqlite", f"sqlite:///{tmp_path / 'c.db'}"), ("pg", postgres.create())):
         engine = catalog_db.open_catalog(url)
@@ -136,15 +151,13 @@ def test_same_frames_on_sqlite_and_postgresql(postgres, tmp_path):
             name: read_view(engine, name).drop("run_id", strict=False).sort(pl.all())
             for name in ("v_counts", "v_distributions")
         }
-        frames[backend]["v_runs"] = (
-            read_view(engine, "v_runs").drop("run_id", "finished_at").sort(pl.all())
-        )
+        frames[backend]["v_runs"] = read_view(engine, "v_runs").drop("run_id").sort(pl.all())
         engine.dispose()
     for name in VIEWS:
         assert_frame_equal(frames["sqlite"][name], frames["pg"][name])
 
 
-def test_reads_see_later_writes_of_the_same_process(engine):
+def test_reads_see_later_writes_of_the_same_process(engine, read_path):
     """Regression: in-process connectorx on SQLite hid this process's later commits."""
     with engine.connect() as held:  # a connection this process keeps open meanwhile
         assert read_view(engine, "v_counts").height == 0
