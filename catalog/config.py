@@ -22,7 +22,7 @@ def database_url(explicit: str | None = None) -> URL:
     raw = explicit or os.environ.get(ENV_VAR) or DEFAULT_URL
     try:
         url = make_url(raw)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         # Never echo the raw string: it may hold a password.
         raise DatabaseUnreachable(
             "the database URL is malformed; use e.g. sqlite:///catalog.db or "

@@ -17,7 +17,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from catalog.config import database_url, masked
@@ -32,6 +32,13 @@ def make_engine(url: str | URL | None = None) -> Engine:
     """Build the engine for a catalog URL (SQLite pragmas; PostgreSQL pool settings)."""
     if not isinstance(url, URL):
         url = database_url(url)
+    try:
+        url.get_dialect().import_dbapi()
+    except (NoSuchModuleError, ImportError):
+        raise DatabaseUnreachable(
+            f"{masked(url)}: unsupported database; use sqlite:///path/catalog.db or "
+            "postgresql://user@host:5432/dbname (--db or $CATALOG_DATABASE_URL)"
+        ) from None
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
