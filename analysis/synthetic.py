@@ -46,22 +46,19 @@ def planted_counts(
     probabilities = np.stack([base] + [later] * (len(stages) - 1), axis=1)  # (F, S, T, N, K)
     counts = rng.multinomial(n_samples, probabilities)
 
-    f, s, t, p, o = np.indices(counts.shape).reshape(5, -1)
-    family_names = np.asarray(families, dtype=object)
-    stage_names = np.asarray(stages, dtype=object)
-    frame = pl.DataFrame(
-        {
-            "family": family_names[f],
-            "stage": stage_names[s],
-            "stage_order": s.astype(np.int64),
-            "task": np.asarray(tasks, dtype=object)[t],
-            "prompt": np.char.add("p", np.char.zfill(p.astype(str), 3)),
-            "prompt_id": p.astype(np.int64),
-            "option": np.char.add("o", np.char.zfill(o.astype(str), 2)),
-            "count": counts.reshape(-1).astype(np.int64),
-            "n_invalid": np.zeros(counts.size, dtype=np.int64),
-        },
-        schema_overrides={"family": pl.String, "stage": pl.String, "task": pl.String},
+    index = pl.DataFrame(
+        dict(zip("fstpo", np.indices(counts.shape, dtype=np.int32).reshape(5, -1)))
+    )
+    frame = index.select(
+        pl.col("f").replace_strict(dict(enumerate(families)), return_dtype=pl.String).alias("family"),
+        pl.col("s").replace_strict(dict(enumerate(stages)), return_dtype=pl.String).alias("stage"),
+        pl.col("s").cast(pl.Int64).alias("stage_order"),
+        pl.col("t").replace_strict(dict(enumerate(tasks)), return_dtype=pl.String).alias("task"),
+        pl.format("p{}", pl.col("p").cast(pl.String).str.zfill(3)).alias("prompt"),
+        pl.col("p").cast(pl.Int64).alias("prompt_id"),
+        pl.format("o{}", pl.col("o").cast(pl.String).str.zfill(2)).alias("option"),
+        pl.Series("count", counts.reshape(-1).astype(np.int64)),
+        pl.lit(0, pl.Int64).alias("n_invalid"),
     ).with_columns(model=pl.concat_str("family", pl.lit("-"), "stage"))
     seeds = {
         (family, task): int(planted[i, j])
