@@ -1,5 +1,101 @@
-"""Commands over the store: tasks, models, import and export."""
+"""Commands over the stored counts: ``import-counts``, ``export`` and ``sql``."""
 
 from __future__ import annotations
 
-COMMANDS: list = []
+from pathlib import Path
+
+import click
+
+from catalog.cli.common import db_option
+
+
+def echo_frame(frame, fmt: str = "table") -> None:
+    """Print a Polars frame whole: a Markdown table, or CSV."""
+    import polars as pl
+
+    if fmt == "csv":
+        click.echo(frame.write_csv(), nl=False)
+        return
+    with pl.Config(
+        tbl_formatting="ASCII_MARKDOWN",
+        tbl_hide_dataframe_shape=True,
+        tbl_hide_column_data_types=True,
+        tbl_rows=-1,
+        tbl_cols=-1,
+        tbl_width_chars=1000,
+        fmt_str_lengths=200,
+    ):
+        click.echo(frame)
+
+
+@click.command("import-counts")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@db_option
+def import_counts_command(path: Path, db_url: str | None) -> None:
+    """Import option counts sampled elsewhere from a CSV or Parquet file.
+
+    Columns: family, stage, model, task, prompt, option, count (required); stage_order,
+    prompt_text, n_invalid (optional). Unknown tasks become open tasks, unknown models are
+    registered. Importing a file again replaces its counts; a bad row stores nothing.
+
+    Example: catalog import-counts counts.csv --db postgresql://postgres@127.0.0.1/catalog
+    """
+    from catalog.db import open_catalog
+    from catalog.io import import_counts
+
+    engine = open_catalog(db_url)
+    try:
+        click.echo(import_counts(engine, path))
+    finally:
+        engine.dispose()
+
+
+@click.command("export")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default=None,
+              help="File format (default: from the file name's suffix).")
+@click.option("--family", "families", multiple=True, metavar="F", help="Only this family (repeatable).")
+@click.option("--task", "tasks", multiple=True, metavar="T", help="Only this task (repeatable).")
+@click.option("--mode", type=click.Choice(["sampled", "exact"]), default="sampled", show_default=True,
+              help="Sampled counts (importable) or exact probabilities.")
+@db_option
+def export_command(path: Path, fmt, families, tasks, mode, db_url: str | None) -> None:
+    """Export counts in the import-counts format (CSV or Parquet).
+
+    Example: catalog export olmo.parquet --family olmo-2-1124-7b --task digit --task coin
+    """
+    from catalog.db import open_catalog
+    from catalog.io import export_counts
+
+    engine = open_catalog(db_url)
+    try:
+        rows = export_counts(
+            engine, path, format=fmt, family=families or None, task=tasks or None, mode=mode
+        )
+    finally:
+        engine.dispose()
+    click.echo(f"wrote {rows:,} rows to {path}")
+
+
+@click.command("sql")
+@click.argument("query")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv"]), default="table",
+              show_default=True)
+@db_option
+def sql_command(query: str, fmt: str, db_url: str | None) -> None:
+    """Run one SQL query and print its result (views: v_counts, v_distributions, v_runs).
+
+    Example: catalog sql "SELECT model, option, probability FROM v_distributions WHERE task = 'coin'"
+    """
+    from catalog.db import open_catalog
+    from catalog.views import read_sql
+
+    engine = open_catalog(db_url)
+    try:
+        frame = read_sql(engine, query)
+    finally:
+        engine.dispose()
+    echo_frame(frame, fmt)
+
+
+COMMANDS = [import_counts_command, export_command, sql_command]

@@ -1,0 +1,114 @@
+"""``catalog tasks``: the bundled task suite and the tasks stored in the catalog."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from catalog.cli.common import db_option
+
+
+@click.group("tasks")
+def tasks_group() -> None:
+    """List, show and add random-generation tasks."""
+
+
+@tasks_group.command("list")
+@db_option
+def list_command(db_url: str | None) -> None:
+    """List the bundled tasks and those stored in the catalog.
+
+    Example: catalog tasks list
+    """
+    import polars as pl
+    from sqlalchemy import select
+
+    from catalog.cli.store import echo_frame
+    from catalog.db import open_catalog, session_scope
+    from catalog.schema import Task
+    from catalog.tasks import bundled_tasks
+
+    rows = {
+        spec.name: (spec.name, spec.kind, len(spec.options), len(spec.prompts), "bundled")
+        for spec in bundled_tasks()
+    }
+    engine = open_catalog(db_url)
+    try:
+        with session_scope(engine) as session:
+            for task in session.scalars(select(Task)):
+                where = "bundled, stored" if task.name in rows else "stored"
+                rows[task.name] = (task.name, task.kind, len(task.options), len(task.prompts), where)
+    finally:
+        engine.dispose()
+    columns = ["task", "kind", "options", "prompts", "where"]
+    echo_frame(pl.DataFrame(sorted(rows.values()), schema=columns, orient="row"))
+
+
+@tasks_group.command("show")
+@click.argument("name")
+@db_option
+def show_command(name: str, db_url: str | None) -> None:
+    """Print a task's options, normalizer and prompts (the stored version if stored).
+
+    Example: catalog tasks show digit
+    """
+    from sqlalchemy import select
+
+    from catalog.db import open_catalog, session_scope
+    from catalog.schema import Task
+    from catalog.tasks import bundled_task
+
+    engine = open_catalog(db_url)
+    try:
+        with session_scope(engine) as session:
+            task = session.scalar(select(Task).where(Task.name == name))
+            if task is not None:
+                prompts = [(p.position, p.key, p.template or "") for p in task.prompts]
+                kind, options, normalizer = task.kind, task.options, task.normalizer
+                description, where = task.description, "stored in the catalog"
+            else:
+                spec = bundled_task(name)
+                prompts = [(i, p.key, p.text) for i, p in enumerate(spec.prompts)]
+                kind, options, normalizer = spec.kind, spec.options, spec.normalizer
+                description, where = spec.description, "bundled, not stored yet"
+    finally:
+        engine.dispose()
+    click.echo(f"{name} ({kind} task, {where})")
+    if description:
+        click.echo(description)
+    click.echo(f"normalizer: {normalizer}")
+    click.echo(f"options: {', '.join(options) if options else '(open: as observed)'}")
+    click.echo(f"prompts ({len(prompts)}):")
+    for position, key, text in prompts:
+        click.echo(f"  {position:>3}  {key}: {text}")
+
+
+@tasks_group.command("add")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@db_option
+def add_command(path: Path, db_url: str | None) -> None:
+    """Validate a task file (same format as catalog/tasks/*.toml) and store the task.
+
+    Storing a task again keeps its existing prompts' ids and appends new prompts.
+
+    Example: catalog tasks add my_task.toml
+    """
+    from catalog import registry
+    from catalog.db import open_catalog, session_scope
+    from catalog.tasks import load_task_file
+
+    spec = load_task_file(path)
+    engine = open_catalog(db_url)
+    try:
+        with session_scope(engine) as session:
+            task = registry.sync_task(session, spec)
+            prompts = len(task.prompts)
+    finally:
+        engine.dispose()
+    click.echo(
+        f"stored task {spec.name} ({spec.kind}, {len(spec.options)} options, {prompts} prompts)"
+    )
+
+
+COMMANDS = [tasks_group]
