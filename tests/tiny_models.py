@@ -88,13 +88,8 @@ def build_tiny_model(
     seed: int = 0,
     train_steps: int = 0,
     init_std: float = 0.02,
-    weights: str = "safetensors",
 ) -> Path:
-    """Build, optionally train, and save a tiny chat model in ``directory``; return the path.
-
-    ``weights``: "safetensors" (default), "pickle" (only ``pytorch_model.bin``, as old hub
-    checkpoints) or "none" (config and tokenizer only).
-    """
+    """Build, optionally train, and save a tiny chat model in ``directory``; return the path."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -129,16 +124,27 @@ def build_tiny_model(
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(directory)
     model.save_pretrained(directory)
-    if weights != "safetensors":
-        (directory / "model.safetensors").unlink()
-    if weights == "pickle":
-        # transformers 5 writes only safetensors; old hub checkpoints look like this
-        torch.save(model.state_dict(), directory / "pytorch_model.bin")
+    return directory
+
+
+def pickle_copy(source: str | Path, directory: str | Path) -> Path:
+    """A copy of a saved model whose weights are only ``pytorch_model.bin`` (a pickle), like
+    old hub checkpoints (transformers 5 itself writes only safetensors)."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    shutil.copytree(source, directory)
+    weights = directory / "model.safetensors"
+    torch.save(load_file(weights), directory / "pytorch_model.bin")
+    weights.unlink()
     return directory
 
 
 def _train(model, tokenizer, texts: list[str], steps: int, seed: int) -> None:
-    """A few hundred full-batch AdamW steps on the tiny corpus (about a second on a CPU)."""
+    """``steps`` AdamW steps on minibatches of the tiny corpus (a few seconds on one core)."""
     import torch
 
     batch = tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False)
@@ -146,8 +152,21 @@ def _train(model, tokenizer, texts: list[str], steps: int, seed: int) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     generator = torch.Generator().manual_seed(seed)
     model.train()
+    threads = torch.get_num_threads()
+    # Tiny ops gain nothing from threads, and on a busy 2-core machine threads that spin-wait
+    # for each other make training several times slower.
+    torch.set_num_threads(1)
+    try:
+        _train_steps(model, batch, labels, optimizer, generator, steps)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_steps(model, batch, labels, optimizer, generator, steps: int) -> None:
+    import torch
+
     for _ in range(steps):
-        rows = torch.randperm(len(texts), generator=generator)[:64]
+        rows = torch.randperm(len(labels), generator=generator)[:64]
         loss = model(
             input_ids=batch["input_ids"][rows],
             attention_mask=batch["attention_mask"][rows],
