@@ -44,9 +44,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from catalog.cli import analyze, db, demo, ingest, models, store, tasks
+    from catalog.cli import analyze, db, demo, ingest, models, report, store, tasks
 
-    for module in (db, tasks, models, store, ingest, analyze, demo):
+    for module in (db, tasks, models, store, ingest, analyze, report, demo):
         for command in module.COMMANDS:
             main.add_command(command)
 
