@@ -190,7 +190,10 @@ def _analyze_group(
                 problems.append(f"held-out check: no usable SFT prompt with an {name} prompt id")
 
     closed = kind == "closed"
-    point = metrics.group_metrics(p[None], usable, roles, prompt_ids, options.tau, closed)
+    sizes = totals if mode == "sampled" else None
+    point = metrics.group_metrics(
+        p[None], usable, roles, prompt_ids, options.tau, closed, sizes
+    )
     values = {k: v[0] for k, v in _with_derived(point, len(option_names), closed).items()}
 
     support: list[str] = []
@@ -319,7 +322,9 @@ def _bootstrap_task(
             p = metrics.resample_distributions(
                 g.counts, g.usable, min(chunk, options.bootstrap - start), rng
             )
-            out = metrics.group_metrics(p, g.usable, g.roles, g.prompt_ids, options.tau, closed)
+            out = metrics.group_metrics(
+                p, g.usable, g.roles, g.prompt_ids, options.tau, closed, g.counts.sum(axis=-1)
+            )
             out = _with_derived(out, len(g.options), closed)
             if "seed" in out:
                 out["base"] = p[:, g.roles.base]

@@ -104,35 +104,86 @@ def masked_prompt_mean(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return np.sum(values * weights, axis=-1) / weights.sum(axis=-1)
 
 
-def liquidity(p: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def liquidity(p: np.ndarray, mask: np.ndarray, totals: np.ndarray | None = None) -> np.ndarray:
     """``L = mean over unordered pairs p != q of JSD(P[p], P[q])`` over the usable prompts.
 
     ``p`` has shape (..., N, K) and ``mask`` (..., N) or (N,); NaN with fewer than two
-    usable prompts. Matrix operations over blocks of prompt pairs (no loop over prompts or
-    options): the blocks only keep the working set in the CPU cache, which makes the
-    N(N-1)/2 x K pair entropies several times faster than one huge array.
+    usable prompts. ``totals`` (optional, broadcastable to (..., N)) are the sample sizes
+    behind ``p`` when it holds sampled counts over their totals: where every usable prompt
+    of a row has the same size n, the pair entropies come from a table of ``T log2 T`` over
+    the integer pair counts T (an exact rewriting, about four times faster than logs).
+
+    Matrix operations over blocks of prompt pairs (no loop over prompts or options): the
+    blocks only keep the working set in the CPU cache.
     """
     p = np.asarray(p, dtype=float)
     batch, (n, k) = p.shape[:-2], p.shape[-2:]
+    if p.size == 0:
+        return np.full(batch, np.nan)
     flat = p.reshape(-1, n, k)
     first, second = np.triu_indices(n, k=1)
     mask = np.broadcast_to(np.asarray(mask, dtype=bool), p.shape[:-1]).reshape(-1, n)
     weights = (mask[:, first] & mask[:, second]).astype(float)
-    prompt_entropy = entropy(flat)
-    total = np.zeros(flat.shape[0])
+    size = _common_sample_size(totals, mask, p.shape[:-1])
+    tabled = ~np.isnan(size)
+    counts = np.rint(flat[tabled] * size[tabled, None, None]).astype(np.int32)
+    table = _xlog2x_table(2 * int(size[tabled].max())) if tabled.any() else None
+    # sum over usable pairs of H(M) (blocked), then subtract the (H(P) + H(Q)) / 2 part,
+    # which sums to (usable - 1) / 2 * sum over usable prompts of H(P).
+    mixture_total = np.zeros(flat.shape[0])
     block = max(1, _PAIR_BLOCK_FLOATS // max(1, flat.shape[0] * k))
     for start in range(0, len(first), block):
         i, j = first[start : start + block], second[start : start + block]
-        divergence = _pair_entropy(flat, i, j)
-        divergence -= (prompt_entropy[:, i] + prompt_entropy[:, j]) / 2
-        np.clip(divergence, 0.0, 1.0, out=divergence)
-        total += np.sum(divergence * weights[:, start : start + block], axis=-1)
+        pair = np.empty((flat.shape[0], len(i)))
+        if tabled.any():
+            pair[tabled] = _pair_entropy_from_counts(counts, size[tabled], i, j, table)
+        if not tabled.all():
+            pair[~tabled] = _pair_entropy(flat[~tabled], i, j)
+        mixture_total += np.einsum("bp,bp->b", pair, weights[:, start : start + block])
+    usable = mask.sum(axis=-1)
+    own_total = (usable - 1) / 2 * np.sum(np.where(mask, entropy(flat), 0.0), axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return (total / weights.sum(axis=-1)).reshape(batch)
+        mean = (mixture_total - own_total) / weights.sum(axis=-1)
+    return np.clip(mean, 0.0, 1.0).reshape(batch)
 
 
-# About 256 KiB of float64 per pair block: fits the CPU cache.
-_PAIR_BLOCK_FLOATS = 32_768
+# About 512 KiB of float64 per pair block: fits the CPU cache.
+_PAIR_BLOCK_FLOATS = 65_536
+# Largest pair count T for which the T log2 T table is used (8 MiB of float64).
+_TABLE_LIMIT = 1 << 20
+
+
+def _common_sample_size(totals, mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Per flattened row: the sample size shared by all its usable prompts, else NaN."""
+    rows = mask.shape[0]
+    if totals is None:
+        return np.full(rows, np.nan)
+    sizes = np.broadcast_to(np.asarray(totals, dtype=float), shape).reshape(rows, -1)
+    low = np.min(np.where(mask, sizes, np.inf), axis=-1)
+    high = np.max(np.where(mask, sizes, -np.inf), axis=-1)
+    common = (low == high) & (low >= 1) & (2 * low <= _TABLE_LIMIT) & (low == np.rint(low))
+    return np.where(common, low, np.nan)
+
+
+def _xlog2x_table(largest: int) -> np.ndarray:
+    """``T log2 T`` for T = 0 .. largest (0 log 0 = 0)."""
+    values = np.arange(largest + 1, dtype=float)
+    return values * np.log2(np.maximum(values, 1.0))
+
+
+def _pair_entropy_from_counts(
+    counts: np.ndarray, size: np.ndarray, i: np.ndarray, j: np.ndarray, table: np.ndarray
+) -> np.ndarray:
+    """``H((P[i] + P[j]) / 2)`` where ``P = counts / size`` (one size n per row).
+
+    With integer ``T = C[i] + C[j]`` (summing to 2n) and ``S = T / n``:
+    ``sum S log2 S = (1/n) sum T log2 T - 2 log2 n`` and ``H(S/2) = 1 - (1/2) sum S log2 S``.
+    """
+    pair_counts = np.take(counts, i, axis=1)
+    pair_counts += np.take(counts, j, axis=1)
+    sums = np.take(table, pair_counts).sum(axis=-1)
+    size = size[:, None]
+    return 1.0 - 0.5 * (sums / size - 2.0 * np.log2(size))
 
 
 def _pair_entropy(p: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -250,6 +301,7 @@ def group_metrics(
     prompt_ids: Sequence[int],
     tau: float,
     closed: bool,
+    totals: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """All per-(family, task) metrics for distributions ``p`` of shape (B, S, N, K).
 
@@ -257,7 +309,8 @@ def group_metrics(
     prompt axis (used for the even/odd held-out split). Returns arrays with leading axis B:
     per-stage metrics (B, S), per-group metrics (B,), seed indices (-1 when undefined) and
     the stage means ``pbar`` (B, S, K). Metrics that need a missing base or SFT stage are
-    absent from the result.
+    absent from the result. ``totals`` (S, N): sample sizes behind sampled distributions
+    (lets liquidity use its exact integer fast path; see :func:`liquidity`).
     """
     p = np.asarray(p, dtype=float)
     mask = np.asarray(mask, dtype=bool)
@@ -267,7 +320,7 @@ def group_metrics(
         "pbar": pbar,
         "entropy_mean_prompt": masked_prompt_mean(entropy(p), mask),
         "entropy_pooled": pooled,
-        "liquidity": liquidity(p, mask),
+        "liquidity": liquidity(p, mask, totals),
         "distinct_argmax": distinct_argmax(p, mask).astype(float),
     }
     if closed:

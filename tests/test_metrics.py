@@ -248,3 +248,20 @@ def test_group_metrics_batch_matches_one_by_one():
         single = metrics.group_metrics(p[r : r + 1], mask, roles, np.arange(5), 0.9, closed=True)
         for name, array in single.items():
             np.testing.assert_allclose(batch[name][r], array[0], err_msg=name)
+
+
+@PROPERTY
+@given(
+    st.integers(2, 6), st.integers(2, 6), st.integers(1, 40), st.integers(0, 2**32 - 1),
+    st.booleans(),
+)
+def test_liquidity_integer_fast_path_equals_the_definition(n, k, size, seed, equal_sizes):
+    rng = np.random.default_rng(seed)
+    sizes = np.full(n, size) if equal_sizes else rng.integers(1, 40, size=n)
+    counts = np.stack([rng.multinomial(s, rng.dirichlet(np.ones(k))) for s in sizes])
+    p = counts / sizes[:, None]
+    mask = rng.random(n) < 0.8
+    p = np.where(mask[:, None], p, 0.0)
+    assert metrics.liquidity(p, mask, sizes) == pytest.approx(
+        metrics.liquidity(p, mask), abs=1e-12, nan_ok=True
+    )
