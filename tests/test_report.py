@@ -8,6 +8,8 @@ import base64
 import io
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +38,8 @@ EXTERNAL = re.compile(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", re.IGNOR
 
 
 def planted(families=("olmo", "tulu"), tasks=("pick_digit", "pick color"), **overrides):
-    fields = dict(families=families, tasks=tasks, n_prompts=6, n_options=6, n_samples=200,
+    fields = dict(families=families, tasks=tasks, stages=("base", "sft", "dpo"), n_prompts=6,
+                  n_options=6, n_samples=200,
                   seed_prompts={k: v for k, v in SEEDS.items() if k[0] in families and k[1] in tasks},
                   random_seed=7)
     fields.update(overrides)
@@ -97,7 +100,7 @@ def test_report_from_a_planted_store(stored, tmp_path):
     # Self-contained: no scripts, nothing fetched from a network, every image embedded.
     assert "<script" not in html.lower()
     assert not EXTERNAL.search(html)
-    assert "<link" not in html.lower()
+    assert "<link" not in html.lower() and "url(" not in html and "@import" not in html
     figures = sorted((output / "figures").glob("*.png"))
     expected = {f"{slug}-{kind}.png" for slug in ("pick-digit", "pick-color") for kind in TASK_FIGURES}
     expected |= {"all-tasks-trajectories.png", "all-tasks-cross-family.png"}
@@ -221,3 +224,16 @@ def test_nothing_to_plot_is_a_clear_error(tmp_path):
     with pytest.raises(NotFound, match="nothing to plot"):
         write_report(result, tmp_path / "out")
     assert not Path(tmp_path / "out").exists()
+
+
+def test_matplotlib_is_imported_only_to_draw():
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from catalog.cli import main\n"
+        "import analysis.report\n"
+        "assert CliRunner().invoke(main, ['report', '--help']).exit_code == 0\n"
+        "assert 'matplotlib' not in sys.modules, 'matplotlib imported before drawing'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
