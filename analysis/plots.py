@@ -466,10 +466,10 @@ def cross_family_figure(
             ratio[i, j] = np.median(finite) if finite.size else np.nan
             if len(done) == 1 and len(by_pair[(a, b)]) == 1:
                 c = done[0]
-                text[i][j] = (f"rank {int(c.values['rank'])}/{int(c.values['n_candidates'])}\n"
+                text[i][j] = (f"rank {_fmt(c.values['rank'])}/{_fmt(c.values['n_candidates'])}\n"
                               f"ratio {_fmt(c.values['predictive_ratio'])}")
             else:
-                firsts = sum(int(c.values["rank"]) == 1 for c in done)
+                firsts = sum(c.values["rank"] == 1 for c in done)
                 text[i][j] = (f"rank 1 in {firsts}/{len(done)}\n"
                               f"median ratio {_fmt(ratio[i, j])}")
     margins = Margins(
@@ -507,4 +507,6 @@ def cross_family_figure(
 def _fmt(value: float) -> str:
     if value is None or not np.isfinite(value):
         return "n/a"
+    if float(value).is_integer():
+        return str(int(value))
     return f"{value:.2g}" if abs(value) < 0.01 else f"{value:.2f}"
