@@ -87,13 +87,10 @@ def run_demo(
                      options=AnalysisOptions(bootstrap=options.bootstrap, seed=options.seed))
     report_path = None
     if options.report_dir is not None:
-        from analysis.report import build_report
+        from analysis.report import write_report
 
         say(f"4/4 report -> {options.report_dir}")
-        report_path = build_report(
-            engine, options.report_dir, families=[options.family], tasks=tasks,
-            options=AnalysisOptions(bootstrap=options.bootstrap, seed=options.seed),
-        ).path
+        report_path = write_report(result, options.report_dir).path
     return DemoResult(family, summary, result, report_path)
 
 
