@@ -11,8 +11,9 @@ tokenizer built with the ``tokenizers`` library) through three stages on the CPU
   the chat template, every prompt answered with one planted base prompt's distribution (the
   *seed*), so the model *nucleates* onto it;
 - ``dpo`` (prompt format "chat"): a DPO loss against the frozen SFT model on preference pairs
-  that prefer some options inside the seed's support over the rest, so probability moves
-  inside the support but stays on it (*settling*).
+  that prefer some options inside the seed's support over the task's other options (and
+  over off-topic answers), so probability moves inside the support but stays on it
+  (*settling*).
 
 Answers are not sampled: each training prompt is paired with every option, weighted by the
 option's planted probability, which is the expected loss over infinitely many sampled
@@ -30,6 +31,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -39,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tokenizers import pre_tokenizers
+from tokenizers import Regex, pre_tokenizers
 
 from catalog.errors import InvalidInput
 from catalog.tasks import PromptSpec, TaskSpec
@@ -66,8 +68,13 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 
-# How text splits into the toy vocabulary's words: \w+ runs and punctuation runs.
-WORDS = pre_tokenizers.Whitespace()
+# How text splits into the toy vocabulary's tokens: runs of word characters, and every other
+# character on its own (spaces and newlines included), so decoding is plain concatenation
+# and every text round-trips exactly, as the samplers and exact mode assume.
+WORDS = pre_tokenizers.Split(Regex(r"\w+|\W"), behavior="isolated")
+# What comes between the rendered prompt and the option in a training text: the plain
+# scaffold's "Answer:" is followed by " 7"; a chat answer starts right after the template.
+ANSWER_PREFIX = {"plain": " ", "chat": ""}
 
 # Seed support threshold, as in the metrics contract (ProbMass, tau = 0.9).
 SUPPORT_TAU = 0.9
@@ -97,12 +104,12 @@ class ToyFamilySettings:
     intermediate_size: int = 128
     num_layers: int = 2
     num_heads: int = 4
-    base_steps: int = 200
-    sft_steps: int = 80
+    base_steps: int = 300
+    sft_steps: int = 120
     dpo_steps: int = 12
-    base_lr: float = 5e-3
-    sft_lr: float = 2e-3
-    dpo_lr: float = 3e-4
+    base_lr: float = 8e-3
+    sft_lr: float = 6e-3
+    dpo_lr: float = 5e-4
     dpo_beta: float = 0.5
     seed: int = 0
 
@@ -271,23 +278,26 @@ def plant(settings: ToyFamilySettings) -> dict[str, PlantedTask]:
 
 
 def build_tokenizer(tasks: Sequence[TaskSpec]):
-    """A word-level tokenizer over every word of the scaffold, the prompts and the options.
+    """A word-level tokenizer over every word and character of the scaffold, the chat
+    template, the prompts and the options (see ``WORDS``), with the chat template attached.
 
-    Words are split by the ``Whitespace`` pre-tokenizer (``\\w+|[^\\w\\s]+``); decoding joins
-    tokens with spaces, so an answer decodes to the bare option ("7", "heads", "red"). No
-    token is added automatically (no BOS), so ``tokenizer(text)`` and
-    ``apply_chat_template(..., tokenize=True)`` give the same ids.
+    Options and their aliases are in the vocabulary as written and capitalized ("Heads"),
+    so that every surface form exact mode scores is a real token (one the model learns to
+    give almost no probability) rather than ``<unk>``. No token is added automatically (no
+    BOS), so ``tokenizer(text)`` and ``apply_chat_template(..., tokenize=True)`` agree.
     """
-    from tokenizers import Tokenizer, models
+    from tokenizers import Tokenizer, decoders, models
     from transformers import PreTrainedTokenizerFast
 
-    texts = [render_plain("")] + [p.text for t in tasks for p in t.prompts]
-    texts += [o for t in tasks for o in t.options]
+    answers = [a for t in tasks for o in t.options for a in (o, *t.aliases.get(o, ()))]
+    texts = [render_plain(""), " ", *(p.text for t in tasks for p in t.prompts)]
+    texts += answers + [a[:1].upper() + a[1:] for a in answers]
     words = sorted({word for text in texts for word, _ in WORDS.pre_tokenize_str(text)})
     specials = [PAD, BOS, EOS, UNK, *ROLE_TOKENS]
     vocab = {token: i for i, token in enumerate(specials + words)}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     backend.pre_tokenizer = WORDS
+    backend.decoder = decoders.Fuse()
     backend.add_special_tokens(specials)
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
@@ -311,7 +321,7 @@ def _render(tokenizer, prompt: str, prompt_format: str) -> str:
 
 
 def _option_ids(tokenizer, task: TaskSpec) -> list[int]:
-    """The token of each option's answer text " option" (one word each, see _check_tasks)."""
+    """The token of each option (one word each, see _check_tasks)."""
     return [tokenizer.convert_tokens_to_ids(option) for option in task.options]
 
 
@@ -359,7 +369,8 @@ class _AnswerData:
         for task in tasks:
             option_ids = _option_ids(tokenizer, task)
             for prompt in task.prompts:
-                self.prompts.append(tokenizer(_render(tokenizer, prompt.text, prompt_format))["input_ids"])
+                rendered = _render(tokenizer, prompt.text, prompt_format) + ANSWER_PREFIX[prompt_format]
+                self.prompts.append(tokenizer(rendered)["input_ids"])
                 self.options.append(option_ids)
                 target = torch.zeros(len(tokenizer))
                 target[option_ids] = torch.tensor(targets[task.name][prompt.key], dtype=torch.float32)
@@ -405,14 +416,18 @@ def _answer_loss(model, batch: _Batch):
 
 
 def _fit(model, loss_at_step, steps: int, lr: float) -> None:
+    """Full-batch Adam with the learning rate decaying linearly to zero (converges closer to
+    the planted distributions than a constant rate in the same number of steps)."""
     import torch
 
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / steps)
     model.train()
     for step in range(steps):
         optimizer.zero_grad()
         loss_at_step(step).backward()
         optimizer.step()
+        schedule.step()
     model.eval()
 
 
@@ -425,29 +440,34 @@ def dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejecte
 
 
 class _PreferenceData:
-    """Every (prompt, option) answer text in chat format, and the preference pairs over them.
+    """Chat answer texts for every prompt, and the preference pairs over them.
 
-    A row is prompt + option + eos; its sequence log-probability sums the option and eos
-    tokens. Each preferred option of the seed support is chosen over each other option, in
-    the support or outside it, for every prompt.
+    A row is prompt + answer + eos; its sequence log-probability sums the answer and eos
+    tokens. For every prompt, each preferred option of the task's seed support is chosen
+    over each other option of the task (in the support or outside it) and over the answers
+    preferred in the other tasks: those are off-topic here ("tails" to "name a color"), and
+    without them raising an answer in its own task raises it in every chat context, since
+    the contexts share the output layer, and probability leaks out of the options.
     """
 
     def __init__(self, tokenizer, tasks, planted: Mapping[str, PlantedTask]):
         rows, scored, self.chosen, self.rejected = [], [], [], []
         for task in tasks:
-            option_ids = _option_ids(tokenizer, task)
-            preferred = set(planted[task.name].preferred)
+            preferred = planted[task.name].preferred
+            off_topic = [a for t in tasks if t.name != task.name for a in planted[t.name].preferred]
+            rejected = [o for o in task.options if o not in preferred] + off_topic
+            answers = list(preferred) + rejected
+            answer_ids = [tokenizer.convert_tokens_to_ids(a) for a in answers]
             for prompt in task.prompts:
                 prompt_ids = tokenizer(_render(tokenizer, prompt.text, "chat"))["input_ids"]
                 first = len(rows)
-                for option_id in option_ids:
-                    rows.append(prompt_ids + [option_id, tokenizer.eos_token_id])
+                for answer_id in answer_ids:
+                    rows.append(prompt_ids + [answer_id, tokenizer.eos_token_id])
                     scored.append(range(len(prompt_ids), len(prompt_ids) + 2))
-                for good, good_option in enumerate(task.options):
-                    for bad, bad_option in enumerate(task.options):
-                        if good_option in preferred and bad_option not in preferred:
-                            self.chosen.append(first + good)
-                            self.rejected.append(first + bad)
+                for good in range(len(preferred)):
+                    for bad in range(len(preferred), len(answers)):
+                        self.chosen.append(first + good)
+                        self.rejected.append(first + bad)
         self.batch = _pad(tokenizer, rows, scored)
 
     def sequence_logprobs(self, model):
@@ -503,16 +523,18 @@ def _save_stage(model, tokenizer, path: Path) -> None:
     tokenizer.save_pretrained(path)
 
 
-def option_distribution(model, tokenizer, rendered_prompt: str, options: Sequence[str]) -> np.ndarray:
+def option_distribution(
+    model, tokenizer, rendered_prompt: str, options: Sequence[str], answer_prefix: str = ""
+) -> np.ndarray:
     """Exact probabilities of the options after a rendered prompt, renormalized over them.
 
-    Each option is scored as the sum of its answer text's (" option") token log-probabilities,
-    from the model's logits; nothing is sampled.
+    Each option is scored as the sum of the log-probabilities of the tokens of
+    ``answer_prefix + option`` after the prompt, from the model's logits; nothing is sampled.
     """
     import torch
 
     prompt_ids = tokenizer(rendered_prompt)["input_ids"]
-    answers = [tokenizer(" " + option)["input_ids"] for option in options]
+    answers = [tokenizer(answer_prefix + option)["input_ids"] for option in options]
     rows = [prompt_ids + answer for answer in answers]
     scored = [range(len(prompt_ids), len(prompt_ids) + len(answer)) for answer in answers]
     with torch.no_grad():
@@ -531,7 +553,11 @@ def learned_distributions(stage: ToyStage, tasks: Sequence[TaskSpec]) -> dict[st
     return {
         task.name: {
             prompt.key: option_distribution(
-                model, tokenizer, _render(tokenizer, prompt.text, stage.prompt_format), task.options
+                model,
+                tokenizer,
+                _render(tokenizer, prompt.text, stage.prompt_format),
+                task.options,
+                ANSWER_PREFIX[stage.prompt_format],
             )
             for prompt in task.prompts
         }
@@ -682,7 +708,7 @@ def _check_tasks(tasks: Sequence[TaskSpec], settings: ToyFamilySettings) -> None
         if task.kind != "closed" or len(task.options) < 2:
             raise InvalidInput(f"toy lab task {task.name!r} must be closed with at least 2 options")
         for option in task.options:
-            if len(WORDS.pre_tokenize_str(option)) != 1:
+            if not re.fullmatch(r"\w+", option):
                 raise InvalidInput(
                     f"toy lab task {task.name!r}: option {option!r} is not one word; "
                     "the toy lab trains single-word options only"
