@@ -266,18 +266,20 @@ class _Checker:
     def _check_consistency(self, frame: pl.DataFrame) -> None:
         # A value that must be the same on every row of a group: report the first row
         # that differs from its group's first row.
+        frame = frame.with_columns(pl.col("stage").str.to_lowercase().alias("__stage"))
         for group, column, meaning in (
             (["model"], "family", "one model belongs to one family"),
-            (["model"], "stage", "one model is one stage"),
+            (["model"], "__stage", "one model is one stage"),
             (["model"], "stage_order", "one model has one stage order"),
-            (["family", "stage"], "model", "one stage of a family is one model"),
+            (["family", "__stage"], "model", "one stage of a family is one model"),
             (_RUN_KEYS, "n_invalid", "n_invalid is one number per (model, task, prompt)"),
             (["task", "prompt"], "prompt_text", "one prompt key has one text"),
         ):
             first = pl.col(column).drop_nulls().first().over(group)
             bad = self.first(frame, pl.col(column).is_not_null() & (pl.col(column) != first))
             if bad:
-                raise self.fail(bad[_ROW], column, f"{bad[column]!r} differs from an earlier row ({meaning})")
+                name = column.removeprefix("__")
+                raise self.fail(bad[_ROW], name, f"{bad[name]!r} differs from an earlier row ({meaning})")
         keys = [*_RUN_KEYS, "option"]
         bad = self.first(frame, ~pl.struct(keys).is_first_distinct())
         if bad:
@@ -307,7 +309,9 @@ def _registered(session: Session, frame: pl.DataFrame, checker: _Checker) -> tup
         model = session.scalar(select(Model).where(Model.name == row["model"]))
         if model is not None:
             stored = (model.family.name, model.stage, model.stage_order)
-            if stored != (row["family"], row["stage"], row["stage_order"]):
+            if (stored[0], stored[1].lower(), stored[2]) != (
+                row["family"], row["stage"].lower(), row["stage_order"]
+            ):
                 raise checker.fail(
                     row[_ROW], "model",
                     f"{row['model']!r} is registered as family {stored[0]!r}, stage "

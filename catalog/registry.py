@@ -20,7 +20,8 @@ from catalog.errors import InvalidInput, NotFound
 from catalog.schema import Family, Model, Prompt, Task
 from catalog.tasks import TaskSpec
 
-# Stage orders used when none is given (matched case-insensitively); base must be 0.
+# Stage orders used when none is given; base must be 0. Stage names are matched
+# case-insensitively everywhere ("SFT" and "sft" are one stage of a family).
 DEFAULT_STAGE_ORDERS = {"base": 0, "sft": 1, "dpo": 2, "rl": 3, "rlvr": 3, "instruct": 3}
 PROMPT_FORMATS = ("chat", "plain")
 OPEN_TASK_NORMALIZER = "open_word"
@@ -105,7 +106,7 @@ def add_model(
         differences = [
             f"{field} {getattr(existing, field)!r} (not {wanted[field]!r})"
             for field in _MODEL_FIELDS
-            if getattr(existing, field) != wanted[field]
+            if _comparable(field, getattr(existing, field)) != _comparable(field, wanted[field])
         ]
         if existing.family.name != family:
             differences.insert(0, f"family {existing.family.name!r} (not {family!r})")
@@ -117,7 +118,9 @@ def add_model(
         return existing
     family_row = ensure_family(session, family)
     taken = session.scalar(
-        select(Model).where(Model.family_id == family_row.id, Model.stage == stage)
+        select(Model).where(
+            Model.family_id == family_row.id, func.lower(Model.stage) == stage.lower()
+        )
     )
     if taken is not None:
         raise InvalidInput(
@@ -128,6 +131,11 @@ def add_model(
     session.add(model)
     session.flush()
     return model
+
+
+def _comparable(field: str, value: Any) -> Any:
+    # Stage names are matched case-insensitively ("SFT" is "sft"), as their default orders are.
+    return value.lower() if field == "stage" and isinstance(value, str) else value
 
 
 def get_model(session: Session, name: str) -> Model:

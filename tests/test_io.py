@@ -292,3 +292,16 @@ def test_same_import_gives_the_same_frames_on_both_databases(postgres, tmp_path)
         frames.append(read_view(engine, "v_distributions").sort("model", "task", "prompt", "option"))
         engine.dispose()
     assert_frame_equal(frames[0], frames[1])
+
+
+def test_counts_of_a_registered_model_attach_to_it(engine, tmp_path):
+    with session_scope(engine) as session:
+        registry.add_model(
+            session, name="fam-sft", family="fam", stage="sft", source="org/fam-sft"
+        )
+    summary = import_counts(engine, write_csv(tmp_path, counts_frame()))
+    assert summary.new_models == 2  # fam-base and fam-dpo; fam-sft was registered
+    with session_scope(engine) as session:
+        model = registry.get_model(session, "fam-sft")
+        assert (model.source, model.stage) == ("org/fam-sft", "sft")
+    assert read_view(engine, "v_runs", model="fam-sft").height == 3
