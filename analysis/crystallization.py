@@ -159,10 +159,12 @@ def _analyze_group(
         dropped = [prompt_keys[j] for j in np.flatnonzero(sampled[i] & ~usable[i])]
         if dropped:
             excluded[stage] = dropped
-            need = "a valid sample" if minimum <= 1 else f"{options.min_samples} valid samples"
+            why = "no valid sample" if minimum <= 1 else (
+                f"fewer than {options.min_samples} valid samples"
+            )
             problems.append(
-                f"stage {stage}: {len(dropped)} prompt(s) excluded for having fewer than "
-                f"{need}: {_shorten(dropped)}"
+                f"stage {stage}: {len(dropped)} prompt(s) excluded for having {why}: "
+                f"{_shorten(dropped)}"
             )
     if task in layout.outside_options and spec.stages:
         problems.append(
@@ -190,11 +192,15 @@ def _analyze_group(
                 problems.append(f"held-out check: no usable SFT prompt with an {name} prompt id")
 
     closed = kind == "closed"
-    sizes = totals if mode == "sampled" else None
-    point = metrics.group_metrics(
-        p[None], usable, roles, prompt_ids, options.tau, closed, sizes
-    )
-    values = {k: v[0] for k, v in _with_derived(point, len(option_names), closed).items()}
+    values: dict[str, np.ndarray] = {}
+    if usable.any():
+        sizes = totals if mode == "sampled" else None
+        point = metrics.group_metrics(
+            p[None], usable, roles, prompt_ids, options.tau, closed, sizes
+        )
+        values = {k: v[0] for k, v in _with_derived(point, len(option_names), closed).items()}
+    elif spec.stages and not option_names:
+        problems.append("no valid sample of this task in the selection: no option to analyze")
 
     support: list[str] = []
     seed = int(values.get("seed", -1))
@@ -310,6 +316,9 @@ def _bootstrap_task(
     """Bootstrap each family of one task: fills ``ci`` and ``seed_stability`` in place."""
     kept: dict[str, _Replicates] = {}
     for g in groups:
+        if not g.usable.any():
+            g.ci = {}  # nothing to resample
+            continue
         s, n, k = g.counts.shape
         per_replicate = s * max(n * (n - 1) // 2, n, 1) * max(k, 1)
         chunk = max(1, min(options.bootstrap, _CHUNK_FLOATS // per_replicate))

@@ -204,6 +204,19 @@ def test_prompts_without_valid_samples_are_excluded_and_reported():
     assert task["seed_prompt"] == "p0"
 
 
+def test_a_task_without_any_valid_sample_is_reported():
+    frame = count_rows({"base": [[0, 0, 0]], "sft": [[0, 0, 0]]}, invalid={("base", 0): 5})
+    frame = frame.with_columns(option=pl.lit(None, pl.String)).unique()
+    result = analyze_data(counts_from_frame(frame), AnalysisOptions(bootstrap=5))
+    task = json.loads(result.to_json())["tasks"][0]
+    assert task["status"] == "too_few_samples"
+    assert task["n_options"] == 0
+    assert task["validity"] == {"base": 0.0, "sft": None}
+    assert task["liquidity"] == {"base": None, "sft": None}
+    assert "no valid sample of this task in the selection: no option to analyze" in task["problems"]
+    assert "stage base: 1 prompt(s) excluded for having no valid sample: p0" in task["problems"]
+
+
 def test_min_samples_excludes_thin_prompts_and_can_starve_a_stage():
     frame = count_rows({"base": [[3, 1, 0], [0, 2, 2]], "sft": [[4, 0, 0], [3, 1, 0]]})
     result = analyze_data(counts_from_frame(frame), AnalysisOptions(min_samples=5))
