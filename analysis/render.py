@@ -33,11 +33,14 @@ def render(result: CrystallizationResult, fmt: str) -> str:
 
 def to_csv(result: CrystallizationResult) -> str:
     """One row per (family, task, stage): per-stage metrics plus the group's seed, ratios
-    and verdicts (list columns joined with "; "). Cross-family rows are in JSON and tables."""
+    and verdicts (list columns joined with "; ") and the thresholds (``thresholds_*``
+    columns). Cross-family rows are in the JSON and the table."""
     per_group = result.tasks.with_columns(
         pl.col("problems").list.join("; "), pl.col("stages").list.join("; ")
     ).drop("stages")
-    frame = result.stages.join(per_group, on=["family", "task"], how="left")
+    frame = result.stages.join(per_group, on=["family", "task"], how="left").with_columns(
+        pl.lit(value).alias(f"thresholds_{name}") for name, value in result.thresholds.items()
+    )
     buffer = io.StringIO()
     frame.write_csv(buffer)
     return buffer.getvalue()

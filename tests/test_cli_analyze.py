@@ -66,6 +66,7 @@ def test_csv_output_to_a_file(stored, tmp_path):
     assert frame.height == 8  # 2 families x 4 stages
     assert set(frame["seed_prompt"].to_list()) == {"p003", "p005"}
     assert {"liquidity", "probmass", "mse_to_seed", "validity", "nucleated"} <= set(frame.columns)
+    assert frame["thresholds_tau"].to_list() == [0.9] * 8
 
 
 def test_thresholds_are_options(stored):
