@@ -178,7 +178,9 @@ def _analyze_group(
             break
         if index is None:
             status = "missing_stage"
-            rule = "stage_order 0 or named 'base'" if role == "base" else "named 'sft' or stage_order 1"
+            rule = {"base": "stage_order 0 or named 'base'", "SFT": "named 'sft' or stage_order 1"}[
+                role
+            ]
             problems.append(f"no {role} stage ({rule}) was sampled for this task")
         elif not usable[index].any():
             status = "too_few_samples" if status == "ok" else status
@@ -243,12 +245,15 @@ def _validity(layout: Layout, spec: GroupSpec, mode: str) -> np.ndarray:
         valid = layout.cells(spec, layout.n_valid).sum(axis=1)
         invalid = layout.cells(spec, layout.n_invalid).sum(axis=1)
         return metrics.ratio(valid, valid + invalid)
-    covered = np.where(layout.cells(spec, layout.sampled), layout.cells(spec, layout.covered_mass), np.nan)
+    sampled = layout.cells(spec, layout.sampled)
+    covered = np.where(sampled, layout.cells(spec, layout.covered_mass), np.nan)
     known = ~np.isnan(covered)
     return metrics.ratio(np.where(known, covered, 0.0).sum(axis=1), known.sum(axis=1))
 
 
-def _with_derived(values: dict[str, np.ndarray], n_options: int, closed: bool) -> dict[str, np.ndarray]:
+def _with_derived(
+    values: dict[str, np.ndarray], n_options: int, closed: bool
+) -> dict[str, np.ndarray]:
     """Add 2^H and (closed tasks) H / log2 |O_t| for the mean-prompt and pooled entropies."""
     out = dict(values)
     for which in ("mean_prompt", "pooled"):
@@ -270,7 +275,10 @@ def _verdict(group: GroupResult, options: AnalysisOptions) -> dict:
     probmass_sft = at("probmass", roles.sft)
     nucleated = _all(
         [
-            _test(float(v.get("nucleation_ratio", np.nan)), lambda x: x < options.nucleation_ratio_threshold),
+            _test(
+                float(v.get("nucleation_ratio", np.nan)),
+                lambda x: x < options.nucleation_ratio_threshold,
+            ),
             _test(at("liquidity", roles.sft) - liquidity_base, lambda x: x < 0),
             _test(probmass_sft, lambda x: x >= options.probmass_threshold),
         ]

@@ -54,7 +54,8 @@ class Layout:
         kinds = dict(data.tasks.select("task", "kind").iter_rows())
         optset = option_sets(data)
         options = {t: [] for t in task_names} | {
-            k[0]: f["option"].to_list() for k, f in optset.partition_by("task", as_dict=True).items()
+            key[0]: part["option"].to_list()
+            for key, part in optset.partition_by("task", as_dict=True).items()
         }
         prompts = (
             units.select("task", "prompt_id", "prompt")
@@ -101,7 +102,9 @@ class Layout:
             },
         )
         coded = (
-            units.join(prompts.select("task", "prompt_id", "prompt_index"), on=["task", "prompt_id"])
+            units.join(
+                prompts.select("task", "prompt_id", "prompt_index"), on=["task", "prompt_id"]
+            )
             .join(stages, on=["family", "task", "stage", "stage_order"])
             .join(placement, on=["family", "task"])
             .with_columns(

@@ -135,7 +135,8 @@ def _cross_block(result: CrystallizationResult, bootstrapped: bool) -> list[str]
         rank = f"{c['rank']}/{c['n_candidates']}"
         ratio = _number(c["predictive_ratio"], 4)
         if bootstrapped and c.get("predictive_ratio_ci_low") is not None:
-            ratio += f" [{_number(c['predictive_ratio_ci_low'], 3)}, {_number(c['predictive_ratio_ci_high'], 3)}]"
+            low, high = c["predictive_ratio_ci_low"], c["predictive_ratio_ci_high"]
+            ratio += f" [{_number(low, 3)}, {_number(high, 3)}]"
         rows.append([c["task"], c["family_a"], c["family_b"], c["seed_prompt_a"],
                      c["seed_prompt_b"], _number(c["mse"], 6), rank, ratio,
                      _yes(c["same_seed_prompt"])])

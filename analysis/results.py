@@ -200,9 +200,9 @@ class CrystallizationResult:
                 row["settled"] = g.verdict["settled"].get(stage)
                 if g.ci is not None:
                     for name in STAGE_METRICS:
-                        bounds = g.ci.get(name)
-                        row[f"{name}_ci_low"] = None if bounds is None else json_number(bounds[0][i])
-                        row[f"{name}_ci_high"] = None if bounds is None else json_number(bounds[1][i])
+                        low, high = g.ci.get(name, (None, None))
+                        row[f"{name}_ci_low"] = None if low is None else json_number(low[i])
+                        row[f"{name}_ci_high"] = None if high is None else json_number(high[i])
                 rows.append(row)
         return _frame(rows, _STAGE_SCHEMA)
 

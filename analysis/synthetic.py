@@ -50,10 +50,10 @@ def planted_counts(
         dict(zip("fstpo", np.indices(counts.shape, dtype=np.int32).reshape(5, -1)))
     )
     frame = index.select(
-        pl.col("f").replace_strict(dict(enumerate(families)), return_dtype=pl.String).alias("family"),
-        pl.col("s").replace_strict(dict(enumerate(stages)), return_dtype=pl.String).alias("stage"),
+        _names("f", families).alias("family"),
+        _names("s", stages).alias("stage"),
         pl.col("s").cast(pl.Int64).alias("stage_order"),
-        pl.col("t").replace_strict(dict(enumerate(tasks)), return_dtype=pl.String).alias("task"),
+        _names("t", tasks).alias("task"),
         pl.format("p{}", pl.col("p").cast(pl.String).str.zfill(3)).alias("prompt"),
         pl.col("p").cast(pl.Int64).alias("prompt_id"),
         pl.format("o{}", pl.col("o").cast(pl.String).str.zfill(2)).alias("option"),
@@ -66,3 +66,8 @@ def planted_counts(
         for j, task in enumerate(tasks)
     }
     return frame, seeds
+
+
+def _names(code: str, names: Sequence[str]) -> pl.Expr:
+    """The name of each integer code in column ``code``."""
+    return pl.col(code).replace_strict(dict(enumerate(names)), return_dtype=pl.String)

@@ -11,10 +11,11 @@ from catalog.cli.common import db_option
 
 @click.command("analyze")
 @db_option
-@click.option("--family", "families", multiple=True, metavar="F", help="Only this family (repeatable).")
+@click.option("--family", "families", multiple=True, metavar="F",
+              help="Only this family (repeatable).")
 @click.option("--task", "tasks", multiple=True, metavar="T", help="Only this task (repeatable).")
-@click.option("--mode", type=click.Choice(["sampled", "exact"]), default="sampled", show_default=True,
-              help="Sampled counts or exact probabilities (never mixed).")
+@click.option("--mode", type=click.Choice(["sampled", "exact"]), default="sampled",
+              show_default=True, help="Sampled counts or exact probabilities (never mixed).")
 @click.option("--tau", type=float, default=0.9, show_default=True, help="Seed-support mass.")
 @click.option("--bootstrap", type=click.IntRange(min=0), default=0, show_default=True,
               help="Bootstrap replicates for 95% intervals and seed stability (0: off).")
@@ -67,7 +68,8 @@ def analyze_command(db_url, families, tasks, mode, fmt, output, **thresholds) ->
         click.echo(text, nl=False)
     else:
         output.write_text(text, encoding="utf-8")
-        click.echo(f"wrote {fmt} analysis of {len(result.groups)} (family, task) groups to {output}")
+        groups = len(result.groups)
+        click.echo(f"wrote {fmt} analysis of {groups} (family, task) groups to {output}")
 
 
 COMMANDS = [analyze_command]
