@@ -25,6 +25,7 @@ from ingest.toylab import (
     ANSWER_PREFIX,
     MANIFEST,
     ToyFamilySettings,
+    build_tokenizer,
     dpo_loss,
     learned_distributions,
     make_task,
@@ -279,6 +280,23 @@ def test_planting_is_diverse_and_keeps_the_seed_broad():
         assert truth.support == seed_support(task.options, truth.seed)
     assert plant(SETTINGS) == planted
     assert plant(replace(SETTINGS, seed=7)) != planted
+
+
+def test_default_family_uses_the_bundled_tasks_and_plants_liquid_bases():
+    settings = ToyFamilySettings()
+    tasks = settings.resolved_tasks()
+    assert [t.name for t in tasks] == ["digit", "coin", "color"]
+    assert all(len(t.prompts) == 12 for t in tasks)
+    tokenizer = build_tokenizer(tasks)
+    for task in tasks:
+        for prompt in task.prompts:
+            for prompt_format, prefix in ANSWER_PREFIX.items():
+                text = render(tokenizer, prompt.text, prompt_format) + prefix + task.options[0]
+                assert tokenizer.unk_token_id not in tokenizer(text)["input_ids"]
+        truth = plant(settings)[task.name]
+        assert truth.seed_key == task.prompts[2].key
+        dists = [np.array(d) for d in truth.base.values()]
+        assert np.mean([jsd(a, b) for a, b in itertools.combinations(dists, 2)]) > 0.15
 
 
 def test_seed_support_follows_the_metrics_contract():
