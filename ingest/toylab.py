@@ -201,6 +201,11 @@ class ToyFamily:
     train_seconds: Mapping[str, float]
     reused: bool  # True when this call found the family in the cache
 
+    @property
+    def name(self) -> str:
+        """The default family name: its directory name, ``toy-<settings hash[:12]>``."""
+        return self.root.name
+
     def stage(self, name: str) -> ToyStage:
         for stage in self.stages:
             if stage.name == name:
@@ -684,6 +689,36 @@ def _read_family(root: Path, settings: ToyFamilySettings) -> ToyFamily | None:
         return None
     planted = {name: PlantedTask.from_dict(name, data) for name, data in manifest["planted"].items()}
     return _family(root, settings, planted, manifest["train_seconds"], reused=True)
+
+
+def register_family(session, family: ToyFamily, name: str | None = None) -> list:
+    """Register the toy family's stages in the catalog as an ordinary family.
+
+    Models are named ``<family name>-<stage>`` with the stage directory as source; the family
+    name defaults to :attr:`ToyFamily.name`. Registering the same family again changes
+    nothing; another family under a name already taken is an InvalidInput. Tasks are not
+    registered here (sync them with :func:`catalog.registry.sync_task`).
+    """
+    from catalog import registry
+
+    family_name = name or family.name
+    seeds = ", ".join(f"{task}={p.seed_key}" for task, p in sorted(family.planted.items()))
+    registry.ensure_family(
+        session, family_name, description=f"Toy family from the catalog's toy lab ({family.root})"
+    )
+    return [
+        registry.add_model(
+            session,
+            name=f"{family_name}-{stage.name}",
+            family=family_name,
+            stage=stage.name,
+            stage_order=stage.order,
+            source=str(stage.path),
+            prompt_format=stage.prompt_format,
+            notes=f"toy lab stage; planted seed prompts: {seeds}",
+        )
+        for stage in family.stages
+    ]
 
 
 # --------------------------------------------------------------------------- validation

@@ -16,7 +16,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
+from catalog.db import session_scope
 from catalog.errors import InvalidInput
+from catalog.registry import family_models
 from ingest.backends import ModelSpec, SamplingParams, load_backend
 from ingest.exact import default_surface_forms
 from ingest.normalize import normalize
@@ -30,6 +32,7 @@ from ingest.toylab import (
     learned_distributions,
     make_task,
     plant,
+    register_family,
     seed_support,
     train_family,
 )
@@ -240,6 +243,22 @@ def test_manifest_holds_the_planted_ground_truth(family):
     }
     assert manifest["planted"]["coin"] == family.planted["coin"].to_dict()
     assert set(manifest["train_seconds"]) == {"base", "sft", "dpo"}
+
+
+def test_register_family_adds_its_stages_as_an_ordinary_family(engine, family):
+    with session_scope(engine) as session:
+        register_family(session, family)
+        register_family(session, family)  # again: nothing changes
+    with session_scope(engine) as session:
+        models = family_models(session, family.name)
+        assert [(m.name, m.stage, m.stage_order, m.prompt_format, m.source) for m in models] == [
+            (f"{family.name}-{s.name}", s.name, s.order, s.prompt_format, str(s.path))
+            for s in family.stages
+        ]
+        assert "coin=terse" in models[0].notes
+    with session_scope(engine) as session, pytest.raises(InvalidInput, match="already registered"):
+        other = replace(family, stages=tuple(replace(s, path=s.path / "x") for s in family.stages))
+        register_family(session, other)
 
 
 def test_same_settings_give_identical_weights(tmp_path):
