@@ -41,13 +41,16 @@ def measure(label: str, settings, out_dir: Path) -> None:
     for task in tasks:
         truth = family.planted[task.name]
         seed = np.array(truth.seed)
-        base_error = max(np.abs(d - truth.base[k]).max() for k, d in learned["base"][task.name].items())
+        base_error = max(
+            np.abs(d - truth.base[k]).max() for k, d in learned["base"][task.name].items()
+        )
         sft_error = max(np.abs(d - seed).max() for d in learned["sft"][task.name].values())
         sft = np.mean(list(learned["sft"][task.name].values()), axis=0)
         dpo = np.mean(list(learned["dpo"][task.name].values()), axis=0)
         support = [task.options.index(o) for o in truth.support]
         print(
-            f"  {task.name:6} base max error {base_error:.3f} | SFT max error to seed {sft_error:.3f}"
+            f"  {task.name:6} base max error {base_error:.3f}"
+            f" | SFT max error to seed {sft_error:.3f}"
             f" | DPO mass on seed support {dpo[support].sum():.3f} (SFT {sft[support].sum():.3f}),"
             f" TV(DPO, SFT) {0.5 * np.abs(dpo - sft).sum():.3f}"
         )
@@ -61,8 +64,9 @@ def main() -> None:
 
     from dataclasses import replace
 
-    from ingest.toylab import ToyFamilySettings
     from test_toylab import SETTINGS as SMALL
+
+    from ingest.toylab import ToyFamilySettings
 
     print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory() as scratch:

@@ -15,10 +15,10 @@ tokenizer built with the ``tokenizers`` library) through three stages on the CPU
   over off-topic answers), so probability moves inside the support but stays on it
   (*settling*).
 
-Answers are not sampled: each training prompt is paired with every option, weighted by the
-option's planted probability, which is the expected loss over infinitely many sampled
-answers. The model therefore learns the planted distributions without sampling noise, and a
-family trains in seconds. Everything is deterministic given the settings (seeded RNGs,
+Answers are not sampled: the loss at the answer position is the cross-entropy to the planted
+distribution, which is the expected loss over infinitely many sampled answers, so the model
+learns the planted distributions without sampling noise, and a family trains in well under
+a minute of CPU time. Everything is deterministic given the settings (seeded RNGs,
 deterministic kernels, one CPU thread), and a trained family is cached in a directory named
 after the hash of its settings, with a ``manifest.json`` holding the planted ground truth.
 
@@ -45,7 +45,7 @@ from tokenizers import Regex, pre_tokenizers
 
 from catalog.errors import InvalidInput
 from catalog.tasks import PromptSpec, TaskSpec
-from ingest.prompting import render_plain
+from ingest.prompting import render, render_plain
 
 # Bump when a change in this module changes what a given set of settings trains: the version
 # is part of the settings hash, so stale cached families are not reused.
@@ -210,13 +210,17 @@ class ToyFamily:
         for stage in self.stages:
             if stage.name == name:
                 return stage
-        raise InvalidInput(f"toy families have stages {', '.join(s for s, _ in STAGES)}, not {name!r}")
+        raise InvalidInput(
+            f"toy families have stages {', '.join(s for s, _ in STAGES)}, not {name!r}"
+        )
 
 
 # --------------------------------------------------------------------------- planting
 
 
-def seed_support(options: Sequence[str], dist: Sequence[float], tau: float = SUPPORT_TAU) -> tuple[str, ...]:
+def seed_support(
+    options: Sequence[str], dist: Sequence[float], tau: float = SUPPORT_TAU
+) -> tuple[str, ...]:
     """Smallest set of options, by decreasing probability (ties: option text), with mass >= tau."""
     ranked = sorted(zip(options, dist), key=lambda pair: (-pair[1], pair[0]))
     support, mass = [], 0.0
@@ -258,11 +262,16 @@ def plant_task(task: TaskSpec, seed_key: str, rng: np.random.Generator) -> Plant
         dists.append(tuple(float(p) for p in dist / dist.sum()))
     # DPO moves mass inside the seed support, so the seed needs two or more options there:
     # if its distribution is too sharp, it trades distributions with the nearest prompt
-    # whose distribution is broad enough.
+    # whose distribution is broad enough, or (if none is) is flattened.
     seed_index = [p.key for p in task.prompts].index(seed_key)
     broad = [i for i, d in enumerate(dists) if len(seed_support(task.options, d)) >= 2]
-    swap = min(broad, key=lambda i: (abs(i - seed_index), i))
-    dists[seed_index], dists[swap] = dists[swap], dists[seed_index]
+    if broad:
+        swap = min(broad, key=lambda i: (abs(i - seed_index), i))
+        dists[seed_index], dists[swap] = dists[swap], dists[seed_index]
+    else:
+        sharp = np.array(dists[seed_index])
+        keep = (0.8 - 1.0 / n) / (sharp.max() - 1.0 / n)  # peak 0.8 after mixing in uniform
+        dists[seed_index] = tuple(float(p) for p in keep * sharp + (1.0 - keep) / n)
     base = {prompt.key: dist for prompt, dist in zip(task.prompts, dists)}
     support = seed_support(task.options, base[seed_key])
     n_preferred = math.ceil(len(support) / 2)
@@ -319,12 +328,6 @@ def build_tokenizer(tasks: Sequence[TaskSpec]):
 # --------------------------------------------------------------------------- training data
 
 
-def _render(tokenizer, prompt: str, prompt_format: str) -> str:
-    from ingest.prompting import render
-
-    return render(tokenizer, prompt, prompt_format)
-
-
 def _option_ids(tokenizer, task: TaskSpec) -> list[int]:
     """The token of each option (one word each, see _check_tasks)."""
     return [tokenizer.convert_tokens_to_ids(option) for option in task.options]
@@ -365,7 +368,13 @@ class _AnswerData:
     SFT scores only the answer, as instruction tuning does.
     """
 
-    def __init__(self, tokenizer, tasks, targets: Mapping[str, Mapping[str, Sequence[float]]], prompt_format: str):
+    def __init__(
+        self,
+        tokenizer,
+        tasks,
+        targets: Mapping[str, Mapping[str, Sequence[float]]],
+        prompt_format: str,
+    ):
         import torch
 
         self.tokenizer = tokenizer
@@ -374,11 +383,15 @@ class _AnswerData:
         for task in tasks:
             option_ids = _option_ids(tokenizer, task)
             for prompt in task.prompts:
-                rendered = _render(tokenizer, prompt.text, prompt_format) + ANSWER_PREFIX[prompt_format]
+                rendered = (
+                    render(tokenizer, prompt.text, prompt_format) + ANSWER_PREFIX[prompt_format]
+                )
                 self.prompts.append(tokenizer(rendered)["input_ids"])
                 self.options.append(option_ids)
                 target = torch.zeros(len(tokenizer))
-                target[option_ids] = torch.tensor(targets[task.name][prompt.key], dtype=torch.float32)
+                target[option_ids] = torch.tensor(
+                    targets[task.name][prompt.key], dtype=torch.float32
+                )
                 targets_rows.append(target)
         self.answer_target = torch.stack(targets_rows)
         self.answer_position = torch.tensor([len(ids) - 1 for ids in self.prompts])
@@ -386,7 +399,9 @@ class _AnswerData:
     def batch(self, step: int) -> _Batch:
         rows, scored = [], []
         for row, (prompt, options) in enumerate(zip(self.prompts, self.options)):
-            rows.append(prompt + [options[(step + row) % len(options)], self.tokenizer.eos_token_id])
+            rows.append(
+                prompt + [options[(step + row) % len(options)], self.tokenizer.eos_token_id]
+            )
             # Position i scores token i; the answer slot (len(prompt)) is scored softly instead.
             first = 1 if self.score_prompt else len(prompt) + 1
             hard = range(first, len(prompt) + 2)
@@ -459,12 +474,12 @@ class _PreferenceData:
         rows, scored, self.chosen, self.rejected = [], [], [], []
         for task in tasks:
             preferred = planted[task.name].preferred
-            off_topic = [a for t in tasks if t.name != task.name for a in planted[t.name].preferred]
-            rejected = [o for o in task.options if o not in preferred] + off_topic
+            off_topic = {a for t in tasks for a in planted[t.name].preferred} - set(task.options)
+            rejected = [o for o in task.options if o not in preferred] + sorted(off_topic)
             answers = list(preferred) + rejected
             answer_ids = [tokenizer.convert_tokens_to_ids(a) for a in answers]
             for prompt in task.prompts:
-                prompt_ids = tokenizer(_render(tokenizer, prompt.text, "chat"))["input_ids"]
+                prompt_ids = tokenizer(render(tokenizer, prompt.text, "chat"))["input_ids"]
                 first = len(rows)
                 for answer_id in answer_ids:
                     rows.append(prompt_ids + [answer_id, tokenizer.eos_token_id])
@@ -490,15 +505,16 @@ def _deterministic_torch(seed: int) -> Iterator[None]:
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
-    torch.manual_seed(seed)
     try:
-        yield
+        with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
+            torch.manual_seed(seed)
+            yield
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
 
 
-def _new_model(tokenizer, settings: ToyFamilySettings, max_length: int):
+def _new_model(tokenizer, settings: ToyFamilySettings):
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -508,7 +524,7 @@ def _new_model(tokenizer, settings: ToyFamilySettings, max_length: int):
         num_hidden_layers=settings.num_layers,
         num_attention_heads=settings.num_heads,
         num_key_value_heads=settings.num_heads,
-        max_position_embeddings=max(64, 2 * max_length),
+        max_position_embeddings=512,  # prompts are ~60 tokens; room for long sampled answers
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -548,7 +564,9 @@ def option_distribution(
     return probs / probs.sum()
 
 
-def learned_distributions(stage: ToyStage, tasks: Sequence[TaskSpec]) -> dict[str, dict[str, np.ndarray]]:
+def learned_distributions(
+    stage: ToyStage, tasks: Sequence[TaskSpec]
+) -> dict[str, dict[str, np.ndarray]]:
     """Task -> prompt key -> exact option distribution of a saved stage, in its prompt format."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -560,7 +578,7 @@ def learned_distributions(stage: ToyStage, tasks: Sequence[TaskSpec]) -> dict[st
             prompt.key: option_distribution(
                 model,
                 tokenizer,
-                _render(tokenizer, prompt.text, stage.prompt_format),
+                render(tokenizer, prompt.text, stage.prompt_format),
                 task.options,
                 ANSWER_PREFIX[stage.prompt_format],
             )
@@ -570,10 +588,10 @@ def learned_distributions(stage: ToyStage, tasks: Sequence[TaskSpec]) -> dict[st
     }
 
 
-def _train_stages(settings: ToyFamilySettings, planted: Mapping[str, PlantedTask], into: Path) -> dict[str, float]:
+def _train_stages(
+    settings: ToyFamilySettings, planted: Mapping[str, PlantedTask], into: Path
+) -> dict[str, float]:
     """Train base, SFT and DPO into ``into``/<stage>; return each stage's training seconds."""
-    import copy
-
     import torch
 
     tasks = settings.resolved_tasks()
@@ -583,28 +601,41 @@ def _train_stages(settings: ToyFamilySettings, planted: Mapping[str, PlantedTask
         start = time.perf_counter()
         base_targets = {name: p.base for name, p in planted.items()}
         base_data = _AnswerData(tokenizer, tasks, base_targets, "plain")
-        model = _new_model(tokenizer, settings, max(len(ids) for ids in base_data.prompts) + 2)
-        _fit(model, lambda step: _answer_loss(model, base_data.batch(step)), settings.base_steps, settings.base_lr)
+        model = _new_model(tokenizer, settings)
+        _fit(
+            model,
+            lambda step: _answer_loss(model, base_data.batch(step)),
+            settings.base_steps,
+            settings.base_lr,
+        )
         _save_stage(model, tokenizer, into / "base")
         seconds["base"] = time.perf_counter() - start
 
         start = time.perf_counter()
         seed_targets = {t.name: {p.key: planted[t.name].seed for p in t.prompts} for t in tasks}
         sft_data = _AnswerData(tokenizer, tasks, seed_targets, "chat")
-        _fit(model, lambda step: _answer_loss(model, sft_data.batch(step)), settings.sft_steps, settings.sft_lr)
+        _fit(
+            model,
+            lambda step: _answer_loss(model, sft_data.batch(step)),
+            settings.sft_steps,
+            settings.sft_lr,
+        )
         _save_stage(model, tokenizer, into / "sft")
         seconds["sft"] = time.perf_counter() - start
 
         start = time.perf_counter()
         pairs = _PreferenceData(tokenizer, tasks, planted)
-        with torch.no_grad():
-            reference = pairs.sequence_logprobs(copy.deepcopy(model))  # the frozen SFT model
+        with torch.no_grad():  # the reference is the SFT model, frozen: score it once
+            reference = pairs.sequence_logprobs(model)
 
         def dpo_objective(step: int):
             policy = pairs.sequence_logprobs(model)
             return dpo_loss(
-                policy[pairs.chosen], policy[pairs.rejected],
-                reference[pairs.chosen], reference[pairs.rejected], settings.dpo_beta,
+                policy[pairs.chosen],
+                policy[pairs.rejected],
+                reference[pairs.chosen],
+                reference[pairs.rejected],
+                settings.dpo_beta,
             ).mean()
 
         _fit(model, dpo_objective, settings.dpo_steps, settings.dpo_lr)
@@ -618,7 +649,9 @@ def family_dir(out_dir: str | os.PathLike, settings: ToyFamilySettings) -> Path:
     return Path(out_dir) / f"toy-{settings.settings_hash()[:12]}"
 
 
-def train_family(out_dir: str | os.PathLike, settings: ToyFamilySettings | None = None) -> ToyFamily:
+def train_family(
+    out_dir: str | os.PathLike, settings: ToyFamilySettings | None = None
+) -> ToyFamily:
     """Train the toy family for ``settings`` under ``out_dir``, or reuse the cached one.
 
     The family lives in ``out_dir/toy-<settings hash>``: one directory per stage (loadable
@@ -687,7 +720,9 @@ def _read_family(root: Path, settings: ToyFamilySettings) -> ToyFamily | None:
         return None
     if manifest.get("settings_hash") != settings.settings_hash():
         return None
-    planted = {name: PlantedTask.from_dict(name, data) for name, data in manifest["planted"].items()}
+    planted = {
+        name: PlantedTask.from_dict(name, data) for name, data in manifest["planted"].items()
+    }
     return _family(root, settings, planted, manifest["train_seconds"], reused=True)
 
 

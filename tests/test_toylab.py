@@ -38,7 +38,8 @@ from ingest.toylab import (
 )
 
 DIGITS = [str(d) for d in range(10)]
-COLORS = "red orange yellow green blue purple pink brown black white gray".split()
+COLORS = ["red", "orange", "yellow", "green", "blue", "purple"]
+COLORS += ["pink", "brown", "black", "white", "gray"]
 
 DIGIT = make_task(
     "digit",
@@ -301,6 +302,18 @@ def test_planting_is_diverse_and_keeps_the_seed_broad():
     assert plant(replace(SETTINGS, seed=7)) != planted
 
 
+def test_a_sharp_seed_is_broadened_so_dpo_can_move_inside_its_support():
+    # With these settings both planted coin prompts are sharper than tau = 0.9 (found by
+    # search), so no broad distribution can be swapped in and the seed is flattened.
+    settings = ToyFamilySettings(
+        tasks=(COIN,), prompts_per_task=2, default_seed_position=0, seed=116
+    )
+    truth = plant(settings)["coin"]
+    assert max(truth.base["terse"]) > 0.9
+    assert max(truth.seed) == pytest.approx(0.8)
+    assert truth.support == ("heads", "tails") and len(truth.preferred) == 1
+
+
 def test_default_family_uses_the_bundled_tasks_and_plants_liquid_bases():
     settings = ToyFamilySettings()
     tasks = settings.resolved_tasks()
@@ -331,7 +344,8 @@ def test_dpo_loss_values():
     # The policy prefers the chosen answer more than the reference does: low loss.
     low = dpo_loss(torch.tensor([-1.0]), torch.tensor([-9.0]), zero - 2, zero - 2, beta=1.0)
     high = dpo_loss(torch.tensor([-9.0]), torch.tensor([-1.0]), zero - 2, zero - 2, beta=1.0)
-    assert low.item() < 0.01 < 7.9 < high.item()
+    assert low.item() < 0.01
+    assert high.item() > 7.9
 
 
 STATE = make_task("state", ["New York", "Ohio"], [("plain", "Name a state."), ("terse", "State:")])
