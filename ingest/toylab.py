@@ -94,6 +94,9 @@ class ToyFamilySettings:
     gets its prompt at ``default_seed_position`` (not 0 by default, so a seed that an
     analysis finds only by breaking ties towards the lowest prompt id cannot pass for the
     planted one). ``prompts_per_task``: use the first K prompts of each task (None: all).
+    ``world_seed`` draws the planted base distributions (the "pretraining data"): families
+    with the same world seed share them, as real families share web text, so a seed found in
+    one predicts another's. ``seed`` initializes and trains the weights.
     """
 
     tasks: tuple[TaskSpec, ...] | None = None
@@ -111,6 +114,7 @@ class ToyFamilySettings:
     sft_lr: float = 6e-3
     dpo_lr: float = 5e-4
     dpo_beta: float = 0.5
+    world_seed: int = 0
     seed: int = 0
 
     def resolved_tasks(self) -> tuple[TaskSpec, ...]:
@@ -280,10 +284,10 @@ def plant_task(task: TaskSpec, seed_key: str, rng: np.random.Generator) -> Plant
 
 
 def plant(settings: ToyFamilySettings) -> dict[str, PlantedTask]:
-    """The planted ground truth of every task, from the settings' seed."""
+    """The planted ground truth of every task, from the settings' world seed."""
     planted = {}
     for index, task in enumerate(settings.resolved_tasks()):
-        rng = np.random.default_rng([settings.seed, index])
+        rng = np.random.default_rng([settings.world_seed, index])
         planted[task.name] = plant_task(task, settings.seed_key(task), rng)
     return planted
 

@@ -271,6 +271,7 @@ def test_same_settings_give_identical_weights(tmp_path):
     reseeded = train_family(tmp_path / "a", replace(TINY, seed=1))
     assert reseeded.root != first.root
     assert weights_digest(reseeded.stage("base").path) != weights_digest(first.stage("base").path)
+    assert reseeded.planted == first.planted  # same world, other weights
 
 
 def test_cached_family_is_reused_not_retrained(tmp_path):
@@ -298,15 +299,15 @@ def test_planting_is_diverse_and_keeps_the_seed_broad():
         assert len(truth.support) >= 2
         assert set(truth.preferred) < set(truth.support) or len(truth.support) == 1
         assert truth.support == seed_support(task.options, truth.seed)
-    assert plant(SETTINGS) == planted
-    assert plant(replace(SETTINGS, seed=7)) != planted
+    assert plant(replace(SETTINGS, seed=7)) == planted  # weights seed: same world
+    assert plant(replace(SETTINGS, world_seed=7)) != planted
 
 
 def test_a_sharp_seed_is_broadened_so_dpo_can_move_inside_its_support():
     # With these settings both planted coin prompts are sharper than tau = 0.9 (found by
     # search), so no broad distribution can be swapped in and the seed is flattened.
     settings = ToyFamilySettings(
-        tasks=(COIN,), prompts_per_task=2, default_seed_position=0, seed=116
+        tasks=(COIN,), prompts_per_task=2, default_seed_position=0, world_seed=116
     )
     truth = plant(settings)["coin"]
     assert max(truth.base["terse"]) > 0.9
