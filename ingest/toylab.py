@@ -544,8 +544,17 @@ def _new_model(tokenizer, settings: ToyFamilySettings):
 
 
 def _save_stage(model, tokenizer, path: Path) -> None:
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    from transformers.utils import logging as transformers_logging
+
+    # Saving a 100k-parameter model needs no progress bar in the middle of the demo's output.
+    bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+    finally:
+        if bars:
+            transformers_logging.enable_progress_bar()
 
 
 def option_distribution(

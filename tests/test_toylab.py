@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -337,6 +339,14 @@ def test_seed_support_follows_the_metrics_contract():
     assert seed_support(["a", "b", "c"], [0.8, 0.1, 0.1]) == ("a", "b")
     # Ties are taken in option text order.
     assert seed_support(["b", "a", "c"], [0.45, 0.45, 0.1], tau=0.4) == ("a",)
+
+
+def test_importing_the_toy_lab_does_not_import_torch():
+    code = "import sys, ingest.toylab; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    )
+    assert result.stdout.strip() == "[]"
 
 
 def test_dpo_loss_values():
