@@ -36,7 +36,7 @@ import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -135,9 +135,10 @@ class ToyFamilySettings:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able form holding everything training depends on (the hash input)."""
-        data = asdict(self)
-        data["tasks"] = [_task_dict(task) for task in self.resolved_tasks()]
-        data["seed_prompts"] = {t.name: self.seed_key(t) for t in self.resolved_tasks()}
+        tasks = self.resolved_tasks()
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["tasks"] = [_task_dict(task) for task in tasks]
+        data["seed_prompts"] = {task.name: self.seed_key(task) for task in tasks}
         data["toylab_version"] = TOYLAB_VERSION
         return data
 
@@ -775,8 +776,6 @@ def register_family(session, family: ToyFamily, name: str | None = None) -> list
 def _cut_prompts(task: TaskSpec, limit: int | None) -> TaskSpec:
     if limit is None or len(task.prompts) <= limit:
         return task
-    from dataclasses import replace
-
     return replace(task, prompts=tuple(task.prompts[:limit]))
 
 
@@ -815,6 +814,8 @@ def _task_dict(task: TaskSpec) -> dict[str, Any]:
         "name": task.name,
         "options": list(task.options),
         "prompts": [[p.key, p.text] for p in task.prompts],
+        # Aliases are words of the vocabulary, so they change the model too.
+        "aliases": {option: list(forms) for option, forms in sorted(task.aliases.items())},
     }
 
 
