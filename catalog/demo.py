@@ -14,12 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from catalog.db import session_scope
-from catalog.errors import InvalidInput
-from catalog.registry import add_model
-from catalog.schema import Model
 
 CACHE_ENV = "CATALOG_CACHE_DIR"
 
@@ -58,7 +55,7 @@ def run_demo(
     from analysis.crystallization import AnalysisOptions, analyze
     from ingest.backends import SamplingParams
     from ingest.jobs import IngestRequest, run_ingest
-    from ingest.toylab import ToyFamilySettings, train_family
+    from ingest.toylab import ToyFamilySettings, register_family, train_family
 
     settings = ToyFamilySettings(
         seed_prompts=dict(options.seed_prompts), prompts_per_task=options.prompts_per_task,
@@ -69,7 +66,8 @@ def run_demo(
     say(f"    {'reused cached' if family.reused else 'trained'} stages "
         f"{', '.join(s.name for s in family.stages)} "
         f"(planted seeds: {_seeds(family)})")
-    register_toy_family(engine, family, options.family)
+    with session_scope(engine) as session:
+        register_family(session, family, options.family)
 
     tasks = [task.name for task in settings.resolved_tasks()]
     prompts = sorted({p.key for task in settings.resolved_tasks() for p in task.prompts})
@@ -92,25 +90,6 @@ def run_demo(
         say(f"4/4 report -> {options.report_dir}")
         report_path = write_report(result, options.report_dir).path
     return DemoResult(family, summary, result, report_path)
-
-
-def register_toy_family(engine: Engine, family, name: str) -> None:
-    """Register the stages as models ``<name>-<stage>`` of family ``name``."""
-    with session_scope(engine) as session:
-        for stage in family.stages:
-            model_name = f"{name}-{stage.name}"
-            existing = session.scalar(select(Model).where(Model.name == model_name))
-            if existing is not None and existing.source != str(stage.path):
-                raise InvalidInput(
-                    f"model {model_name!r} is already registered from another toy family "
-                    f"({existing.source}); pass --family NEW_NAME or use a fresh --db"
-                )
-            add_model(
-                session, name=model_name, family=name, stage=stage.name,
-                stage_order=stage.order, source=str(stage.path),
-                prompt_format=stage.prompt_format,
-                notes=f"toy lab family {family.settings_hash[:12]}",
-            )
 
 
 def _seeds(family) -> str:

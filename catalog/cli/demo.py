@@ -24,13 +24,15 @@ def _seed_prompts(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--seed-prompt", "seed_prompts", multiple=True, metavar="TASK=KEY",
               help="Plant this prompt as the task's seed (default: each task's third prompt).")
 @click.option("--samples", "-n", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--prompts-per-task", type=click.IntRange(min=2, max=12), default=12,
+              show_default=True, help="Train and sample the first K prompts of each task.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling and bootstrap seed.")
 @click.option("--bootstrap", type=click.IntRange(min=0), default=200, show_default=True)
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("catalog-report"), show_default=True, help="Report directory.")
 @click.option("--no-report", is_flag=True, help="Skip the HTML report.")
 @db_option
-def demo(family, seed_prompts, samples, seed, bootstrap, report_dir, no_report, db_url) -> None:
+def demo(family, seed_prompts, samples, prompts_per_task, seed, bootstrap, report_dir, no_report, db_url) -> None:
     """Run the whole study on a toy model family whose seed we know.
 
     Trains (or reuses) a tiny base -> SFT -> DPO family on the CPU, samples every stage,
@@ -47,6 +49,7 @@ def demo(family, seed_prompts, samples, seed, bootstrap, report_dir, no_report, 
 
     options = DemoOptions(
         family=family, seed_prompts=_seed_prompts(seed_prompts), samples=samples, seed=seed,
+        prompts_per_task=prompts_per_task,
         bootstrap=bootstrap, report_dir=None if no_report else report_dir,
     )
     engine = open_catalog(db_url)
