@@ -131,6 +131,17 @@ def test_the_report_is_reproducible(stored, tmp_path, monkeypatch):
     assert "tulu" not in html and "pick color" not in html
 
 
+def test_thresholds_given_to_the_report_are_used_and_shown(stored, tmp_path):
+    output = tmp_path / "strict"
+    result = report("--db", stored, "--output", str(output), "--liquid-threshold", "5",
+                    "--task", "pick_digit")
+    assert result.exit_code == 0, result.output
+    html = (output / "report.html").read_text(encoding="utf-8")
+    assert '<tr><td>liquid</td><td class="num">5.0</td>' in html
+    # JSD is at most 1 bit, so no family is liquid at base under this threshold.
+    assert html.count('<td class="no">no</td>') >= 2
+
+
 def test_an_empty_store_is_a_clear_error(db_url, tmp_path):
     result = report("--db", db_url, "--output", str(tmp_path / "out"))
     assert result.exit_code == 1
