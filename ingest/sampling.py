@@ -21,12 +21,15 @@ How it runs (:class:`TreeSampler`):
   as ``generate(do_sample=True)`` does. Only the user's parameters apply: ``top_k=None`` means
   no top-k even though transformers' ``generate`` would default to 50, and nothing from a
   model's ``generation_config`` (sampling defaults, repetition penalty...) leaks in.
-- Each row's count is split over next tokens by ``torch.multinomial`` (with replacement, on
-  float64 probabilities) drawing ``count`` tokens per row, vectorized over all rows of the
-  depth (rows grouped by the power of two above their count, so the work is O(N + rows x
-  vocabulary) per depth, with no Python loop per sample). The random stream is a
-  ``torch.Generator`` on the model's device seeded with the given seed and consumed the same
-  way whatever the batch size, so the same seed gives the same counts.
+- Each row's count is split over the next tokens by inverse-CDF draws (float64 cumulative
+  sums, uniforms, binary search; :func:`split_counts`), vectorized over all rows of the
+  depth: O(N + rows x vocabulary) per depth, no Python loop per sample. The uniforms come
+  from a ``torch.Generator`` on the model's device seeded with the given seed, consumed in
+  the same order whatever the batch size, so the same seed gives the same counts.
+- Memory: all open branches of a depth keep their KV cache (and next-token logits) until the
+  next depth, so peak memory grows with the widest depth, at most N rows: like
+  ``generate(num_return_sequences=N)``, never more. High-entropy prompts with very large N
+  need memory accordingly.
 - Completion text = ``tokenizer.decode(new tokens, skip_special_tokens=True)`` without the
   EOS token; a completion that contains a stop string is cut before its first occurrence;
   equal texts are merged.
@@ -43,6 +46,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from catalog.errors import ModelLoadError
 from ingest.backends import SamplingParams
 
 AUTO_BATCH_START = 1024
@@ -89,20 +93,31 @@ def split_counts(probs, counts, generator):
     """Draw ``Multinomial(counts[r], probs[r])`` for every row r at once.
 
     Returns ``(rows, tokens, child_counts)`` for the nonzero cells, sorted by row then token.
-    Rows are grouped by the power of two at or above their count so that one
-    ``torch.multinomial`` call serves many rows with little waste (at most 2x the draws).
+    Each of a row's ``count`` samples is an inverse-CDF draw: a uniform from ``generator``
+    located by binary search in the row's cumulative distribution, summed in float64 (a
+    float32 running sum over a large vocabulary would shift the rare tokens' probabilities;
+    ``torch.multinomial`` sums in float32 for more than one sample and is slow for one).
+    Rows are grouped by the power of two at or above their count, so one batched search
+    serves many rows with at most twice the draws needed: O(N + rows x vocabulary).
     """
     import torch
 
     n_rows, vocab = probs.shape
-    probs = probs.double()  # cumulative sums over large vocabularies need float64
     widths = torch.ones_like(counts)
     many = counts > 1
     widths[many] = 2 ** (torch.log2((counts[many] - 1).double()).floor().long() + 1)
     rows, tokens = [], []
     for width in torch.unique(widths).tolist():
         selected = (widths == width).nonzero().squeeze(1)
-        draws = torch.multinomial(probs[selected], width, replacement=True, generator=generator)
+        group = probs if len(selected) == n_rows else probs[selected]
+        cdf = torch.cumsum(group, dim=-1, dtype=torch.float64)
+        uniforms = torch.rand(
+            (len(selected), width), generator=generator, dtype=torch.float64, device=probs.device
+        ) * cdf[:, -1:]
+        # right=True skips zero-probability tokens; a uniform rounded up to the total (p ~ 2^-53)
+        # would fall off the end, where the left search finds the last possible token
+        draws = torch.searchsorted(cdf, uniforms, right=True)
+        draws = torch.where(draws == vocab, torch.searchsorted(cdf, uniforms), draws)
         keep = torch.arange(width, device=probs.device) < counts[selected, None]
         rows.append(selected[:, None].expand(-1, width)[keep])
         tokens.append(draws[keep])
@@ -151,6 +166,7 @@ class TreeSampler:
         self.batch_size = AUTO_BATCH_START if self.auto_batch else int(batch_size)
         self.cache_kwarg = cache_argument(model)
         self.keep_last_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self._new_cache()  # an unsupported cache type fails when the model loads, not mid-job
 
     def sample(self, rendered: str, params: SamplingParams, seed: int) -> TreeSample:
         """Draw ``params.n`` completions of the rendered prompt; see the module docstring."""
@@ -185,9 +201,9 @@ class TreeSampler:
             parents, tokens, child_counts = (t.cpu() for t in split_counts(probs, counts, generator))
             sequences = torch.cat([sequences[parents], tokens[:, None]], dim=1)
             ended = torch.isin(tokens, eos) | (depth == params.max_new_tokens)
-            texts = self._texts(sequences, ended, params.stop)
+            texts, weights = self._texts(sequences, ended, params.stop), child_counts.tolist()
             for i in ended.nonzero().squeeze(1).tolist():
-                leaves[texts[i]] += int(child_counts[i])
+                leaves[texts[i]] += weights[i]
             open_rows = (~ended).nonzero().squeeze(1)
             if len(open_rows) == 0:
                 break
@@ -245,8 +261,17 @@ class TreeSampler:
 
     def _new_cache(self):
         from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
 
-        return DynamicCache(config=self.model.config)
+        cache = DynamicCache(config=self.model.config)
+        unsupported = {type(layer).__name__ for layer in cache.layers if not isinstance(layer, DynamicLayer)}
+        if unsupported:
+            # recurrent / linear-attention states cannot be gathered row by row like keys
+            raise ModelLoadError(
+                f"the tree sampler needs an attention KV cache; this model's cache has "
+                f"{', '.join(sorted(unsupported))} layers"
+            )
+        return cache
 
     def _forward(self, input_ids, cache, **extra):
         output = self.model(input_ids=input_ids, use_cache=True, **{self.cache_kwarg: cache}, **extra)
@@ -274,10 +299,18 @@ def select_rows(batches: list[_Batch], rows) -> Any:
     source_size = next((b.size for b in batches if b.cache is template), None)
     if len(parts) == 1 and len(rows) == source_size and torch.equal(parts[0][1], torch.arange(source_size)):
         return cache
+    # All children of one parent (always so at the first depth): a broadcast view, no copy;
+    # the forward pass's torch.cat materializes it once.
+    single_parent = len(parts) == 1 and bool((parts[0][1] == parts[0][1][0]).all())
     for index, layer in enumerate(cache.layers):
         if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
             continue
         for name in ("keys", "values"):
+            if single_parent:
+                tensor = getattr(layer, name)
+                row = int(parts[0][1][0])
+                setattr(layer, name, tensor[row : row + 1].expand(len(rows), *tensor.shape[1:]))
+                continue
             pieces = [
                 getattr(source.layers[index], name).index_select(0, local.to(layer.keys.device))
                 for source, local in parts

@@ -10,12 +10,14 @@ import sys
 
 import pytest
 import torch
-from tiny_models import cached_tiny_model, pickle_copy
+from tiny_models import cached_tiny_model, gguf_copy, pickle_copy
 
 from catalog.errors import InvalidInput, ModelLoadError
 from ingest import prompting
 from ingest.backends import ModelSpec, SamplingParams, load_backend
+from ingest.exact import option_probabilities
 from ingest.models import TransformersBackend, load_model, resolve_device
+from ingest.sampling import encode_prompt
 
 PINNED = "0123456789abcdef0123456789abcdef01234567"
 
@@ -119,6 +121,31 @@ def test_missing_directory_and_file_source_are_refused(model_dir, tmp_path):
     with pytest.raises(ModelLoadError) as a_file:
         load_backend(ModelSpec(str(model_dir / "config.json")), device="cpu")
     assert "not a directory" in one_line_error(a_file)
+
+
+def test_gguf_file_loads_the_same_model(model_dir, tmp_path):
+    """The gguf_file path (the "gguf" extra): a float32 GGUF of the tiny model gives the same
+    next-token probabilities and the same exact-mode answer as its safetensors original."""
+    directory = gguf_copy(model_dir, tmp_path / "gguf")
+    from_gguf = load_backend(ModelSpec(str(directory), gguf_file="tiny.gguf"), device="cpu")
+    original = load_backend(ModelSpec(str(model_dir)), device="cpu")
+    assert "gguf" in from_gguf.provenance()["library_versions"]
+    assert from_gguf.provenance()["chat_template_hash"] == original.provenance()["chat_template_hash"]
+    rendered = original.render("Pick a random digit.")
+    assert from_gguf.render("Pick a random digit.") == rendered
+    ids = torch.tensor([encode_prompt(original.loaded.tokenizer, rendered)])
+    assert encode_prompt(from_gguf.loaded.tokenizer, rendered) == ids[0].tolist()
+    with torch.inference_mode():
+        expected = torch.softmax(original.loaded.model(ids).logits[0, -1], -1)
+        actual = torch.softmax(from_gguf.loaded.model(ids).logits[0, -1], -1)
+    assert torch.allclose(actual, expected, atol=1e-5)
+    # GGUF stores one EOS id, so score both with the original's EOS ids
+    forms = {"7": ["7"], "3": ["3"]}
+    eos = original.loaded.eos_token_ids
+    exact = option_probabilities(
+        from_gguf.loaded.model, from_gguf.loaded.tokenizer, rendered, forms, eos_token_ids=eos
+    )
+    assert exact.covered_mass == pytest.approx(original.option_probabilities(rendered, forms).covered_mass, rel=1e-4)
 
 
 def test_missing_gguf_file_is_refused(model_dir):

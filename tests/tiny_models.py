@@ -186,3 +186,64 @@ def cached_tiny_model(tmp_path_factory, **kwargs) -> Path:
     if key not in _BUILT:
         _BUILT[key] = build_tiny_model(tmp_path_factory.mktemp("tiny_model"), **kwargs)
     return _BUILT[key]
+
+
+def gguf_copy(source: str | Path, directory: str | Path, name: str = "tiny.gguf") -> Path:
+    """Write a saved tiny model as a float32 GGUF file ``directory/name`` (llama.cpp's layout:
+    tensor names, rotary-permuted q/k weights, byte-level BPE vocabulary and merges, chat
+    template), so the ``gguf_file`` loading path can be tested without a download."""
+    import json
+
+    import gguf
+    import numpy as np
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoTokenizer
+
+    source, directory = Path(source), Path(directory)
+    config = AutoConfig.from_pretrained(source)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    weights = {k: v.float().numpy() for k, v in load_file(source / "model.safetensors").items()}
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+
+    def rotary_permuted(w: np.ndarray, n_head: int) -> np.ndarray:
+        # llama.cpp interleaves the rotary halves of q and k; transformers undoes it on load
+        return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+    directory.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(directory / name, "llama")
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_dimension_count(config.hidden_size // heads)
+    writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    special = set(tokenizer.all_special_tokens)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list([token for token, _ in vocab])
+    writer.add_token_types([3 if token in special else 1 for token, _ in vocab])  # 3 = control
+    merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    writer.add_pad_token_id(tokenizer.pad_token_id)
+    writer.add_chat_template(tokenizer.chat_template)
+    writer.add_tensor("token_embd.weight", weights["model.embed_tokens.weight"])
+    writer.add_tensor("output_norm.weight", weights["model.norm.weight"])
+    for i in range(config.num_hidden_layers):
+        hf, blk = f"model.layers.{i}.", f"blk.{i}."
+        writer.add_tensor(blk + "attn_norm.weight", weights[hf + "input_layernorm.weight"])
+        writer.add_tensor(blk + "attn_q.weight", rotary_permuted(weights[hf + "self_attn.q_proj.weight"], heads))
+        writer.add_tensor(blk + "attn_k.weight", rotary_permuted(weights[hf + "self_attn.k_proj.weight"], kv_heads))
+        writer.add_tensor(blk + "attn_v.weight", weights[hf + "self_attn.v_proj.weight"])
+        writer.add_tensor(blk + "attn_output.weight", weights[hf + "self_attn.o_proj.weight"])
+        writer.add_tensor(blk + "ffn_norm.weight", weights[hf + "post_attention_layernorm.weight"])
+        for part in ("gate", "up", "down"):
+            writer.add_tensor(blk + f"ffn_{part}.weight", weights[hf + f"mlp.{part}_proj.weight"])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return directory
