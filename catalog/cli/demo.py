@@ -43,7 +43,7 @@ def demo(family, seed_prompts, samples, prompts_per_task, seed, bootstrap, repor
     """
     from analysis.render import render
     from catalog.cli.progress import UnitProgress
-    from catalog.config import ENV_VAR, database_url, masked
+    from catalog.config import database_url, masked
     from catalog.db import open_catalog
     from catalog.demo import DemoOptions, planted_vs_found, run_demo
 
@@ -71,9 +71,10 @@ def demo(family, seed_prompts, samples, prompts_per_task, seed, bootstrap, repor
     click.echo(f"  catalog analyze --family {family}{db} --format json")
     click.echo(f"  catalog sql \"SELECT stage, prompt, option, probability FROM v_distributions "
                f"WHERE family = '{family}' AND task = 'digit' ORDER BY stage_order, prompt_id\"{db}")
-    click.echo(f"  python -c \"import polars as pl; print(pl.read_database_uri("
-               f"'SELECT * FROM v_distributions', 'sqlite:///catalog.db'))\"  "
-               f"# or ${ENV_VAR}'s URL")
+    target = "" if db_url is None else repr(masked(database_url(db_url)))
+    click.echo(f"  python -c \"from catalog.db import open_catalog; from catalog.views import "
+               f"read_view; print(read_view(open_catalog({target}), 'v_distributions', "
+               f"family='{family}'))\"")
     if result.report_path is not None:
         click.echo(f"  open {result.report_path}")
 
