@@ -29,7 +29,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Self
 
 from catalog.errors import InvalidInput, ModelLoadError
 from ingest import prompting
@@ -128,7 +128,8 @@ class Backend(ABC):
 
     - :meth:`render` turns a task's prompt text into the exact string the model sees
       (``"chat"``: the tokenizer's chat template with the generation prompt appended;
-      ``"plain"``: the completion scaffold). Store the result with the run.
+      ``"plain"``: the completion scaffold; default: the spec's ``prompt_format``). Store the
+      result with the run.
     - :meth:`sample` draws ``params.n`` independent completions of a rendered prompt and
       returns ``{completion text: count}`` with counts summing to exactly ``params.n``
       (distinct texts only; equal texts are merged). The same ``seed`` gives the same counts
@@ -149,7 +150,7 @@ class Backend(ABC):
         self.spec = spec
 
     @abstractmethod
-    def render(self, prompt_text: str, prompt_format: str) -> str: ...
+    def render(self, prompt_text: str, prompt_format: str | None = None) -> str: ...
 
     @abstractmethod
     def sample(self, rendered: str, params: SamplingParams, seed: int) -> dict[str, int]: ...
@@ -165,7 +166,7 @@ class Backend(ABC):
     def close(self) -> None:
         """Release the model's memory. The default has nothing to release."""
 
-    def __enter__(self) -> Backend:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -263,9 +264,12 @@ class TableBackend(Backend):
         self.revision = "sha256:" + hashlib.sha256(raw).hexdigest()
         self.delay_seconds = float(table.get("delay_seconds", 0.0))
         self.tables = {
-            prompt: self._normalized(dist, path) for prompt, dist in table.get("prompts", {}).items()
+            prompt: self._normalized(dist, path)
+            for prompt, dist in table.get("prompts", {}).items()
         }
-        self.default = self._normalized(table.get("default", {}), path) if "default" in table else None
+        self.default = (
+            self._normalized(table.get("default", {}), path) if "default" in table else None
+        )
         self._prompt_of: dict[str, str] = {}
 
     @staticmethod
@@ -275,8 +279,8 @@ class TableBackend(Backend):
             raise ModelLoadError(f"table model {str(path)!r} has an empty or negative distribution")
         return {text: p / total for text, p in dist.items()}
 
-    def render(self, prompt_text: str, prompt_format: str) -> str:
-        if prompt_format == "chat":
+    def render(self, prompt_text: str, prompt_format: str | None = None) -> str:
+        if (prompt_format or self.spec.prompt_format) == "chat":
             rendered = self.CHAT_TEMPLATE.format(prompt=prompt_text)
         else:
             rendered = prompting.render_plain(prompt_text)

@@ -87,14 +87,18 @@ def option_probabilities(
                 newline_form = continuation_ids(tokenizer, rendered, prompt_ids, form + "\n")
                 scored.append((option, newline_form, False))
     with torch.inference_mode():
-        logprobs = sequence_logprobs(model, prompt_ids, [(ids, eos) for _, ids, eos in scored], eos_token_ids)
+        logprobs = sequence_logprobs(
+            model, prompt_ids, [(ids, eos) for _, ids, eos in scored], eos_token_ids
+        )
     raw = dict.fromkeys(options, 0.0)
     for (option, _, _), logprob in zip(scored, logprobs.tolist()):
         raw[option] += math.exp(logprob)
     return renormalize(raw)
 
 
-def sequence_logprobs(model, prompt_ids, continuations, eos_token_ids, rows_per_batch=ROWS_PER_BATCH):
+def sequence_logprobs(
+    model, prompt_ids, continuations, eos_token_ids, rows_per_batch=ROWS_PER_BATCH
+):
     """log P(continuation [then any EOS] | prompt) for each ``(token ids, needs_eos)``.
 
     Float64 sums of float32 log-softmax values; the prompt is run once and its cache is
@@ -125,7 +129,9 @@ def sequence_logprobs(model, prompt_ids, continuations, eos_token_ids, rows_per_
             total = first[tokens[0]].double()
             if n > 1:
                 targets = torch.tensor(tokens[1:], device=device)
-                total = total + logp[row, torch.arange(n - 1, device=device), targets].double().sum()
+                total = (
+                    total + logp[row, torch.arange(n - 1, device=device), targets].double().sum()
+                )
             if needs_eos:
                 total = total + torch.logsumexp(logp[row, n - 1, eos], dim=0).double()
             results.append(total)

@@ -99,7 +99,13 @@ def load_model(
         raise ModelLoadError(_load_failure(spec, local, exc, allow_pickle)) from None
     model.eval()
     revision = commit if local is None else local_fingerprint(local, spec.gguf_file)
-    return LoadedModel(model, tokenizer, describe_device(model.device), str(torch_dtype).removeprefix("torch."), revision)
+    return LoadedModel(
+        model,
+        tokenizer,
+        describe_device(model.device),
+        str(torch_dtype).removeprefix("torch."),
+        revision,
+    )
 
 
 def check_remote_code(spec: ModelSpec) -> None:
@@ -197,7 +203,11 @@ def describe_device(device) -> str:
 
 def local_fingerprint(directory: Path, gguf_file: str | None = None) -> str:
     """A revision for a local checkpoint: a hash of its files (their stats if over 2 GiB)."""
-    files = [directory / gguf_file] if gguf_file else sorted(p for p in directory.iterdir() if p.is_file())
+    files = (
+        [directory / gguf_file]
+        if gguf_file
+        else sorted(p for p in directory.iterdir() if p.is_file())
+    )
     digest = hashlib.sha256()
     if sum(p.stat().st_size for p in files) > FULL_HASH_LIMIT:
         for p in files:
@@ -251,14 +261,18 @@ class TransformersBackend(Backend):
         super().__init__(spec)
         self.loaded = load_model(spec, device=device, dtype=dtype, allow_pickle=allow_pickle)
         self.sampler = TreeSampler(
-            self.loaded.model, self.loaded.tokenizer, self.loaded.eos_token_ids, batch_size=batch_size
+            self.loaded.model,
+            self.loaded.tokenizer,
+            self.loaded.eos_token_ids,
+            batch_size=batch_size,
         )
 
     def render(self, prompt_text: str, prompt_format: str | None = None) -> str:
         prompt_format = prompt_format or self.spec.prompt_format
         if prompt_format == "chat" and not getattr(self.loaded.tokenizer, "chat_template", None):
             raise InvalidInput(
-                f"model {self.spec.source!r} has no chat template; register it with prompt format plain"
+                f"model {self.spec.source!r} has no chat template; "
+                "register it with prompt format plain"
             )
         return prompting.render(self.loaded.tokenizer, prompt_text, prompt_format)
 

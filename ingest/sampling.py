@@ -111,9 +111,15 @@ def split_counts(probs, counts, generator):
         selected = (widths == width).nonzero().squeeze(1)
         group = probs if len(selected) == n_rows else probs[selected]
         cdf = torch.cumsum(group, dim=-1, dtype=torch.float64)
-        uniforms = torch.rand(
-            (len(selected), width), generator=generator, dtype=torch.float64, device=probs.device
-        ) * cdf[:, -1:]
+        uniforms = (
+            torch.rand(
+                (len(selected), width),
+                generator=generator,
+                dtype=torch.float64,
+                device=probs.device,
+            )
+            * cdf[:, -1:]
+        )
         # right=True skips zero-probability tokens; a uniform rounded up to the total (p ~ 2^-53)
         # would fall off the end, where the left search finds the last possible token
         draws = torch.searchsorted(cdf, uniforms, right=True)
@@ -121,7 +127,9 @@ def split_counts(probs, counts, generator):
         keep = torch.arange(width, device=probs.device) < counts[selected, None]
         rows.append(selected[:, None].expand(-1, width)[keep])
         tokens.append(draws[keep])
-    keys, child_counts = torch.unique(torch.cat(rows) * vocab + torch.cat(tokens), return_counts=True)
+    keys, child_counts = torch.unique(
+        torch.cat(rows) * vocab + torch.cat(tokens), return_counts=True
+    )
     return keys // vocab, keys % vocab, child_counts
 
 
@@ -158,7 +166,9 @@ class TreeSampler:
     out-of-memory; the size that worked is kept for the next call).
     """
 
-    def __init__(self, model, tokenizer, eos_token_ids: Sequence[int], *, batch_size: int | str = "auto"):
+    def __init__(
+        self, model, tokenizer, eos_token_ids: Sequence[int], *, batch_size: int | str = "auto"
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.eos_token_ids = sorted(set(eos_token_ids))
@@ -198,7 +208,9 @@ class TreeSampler:
             result.widths.append(len(sequences))
             input_ids = torch.cat([prompt.expand(len(sequences), -1), sequences.to(device)], dim=1)
             probs = torch.softmax(processors(input_ids, logits), dim=-1)
-            parents, tokens, child_counts = (t.cpu() for t in split_counts(probs, counts, generator))
+            parents, tokens, child_counts = (
+                t.cpu() for t in split_counts(probs, counts, generator)
+            )
             sequences = torch.cat([sequences[parents], tokens[:, None]], dim=1)
             ended = torch.isin(tokens, eos) | (depth == params.max_new_tokens)
             texts, weights = self._texts(sequences, ended, params.stop), child_counts.tolist()
@@ -264,7 +276,9 @@ class TreeSampler:
         from transformers.cache_utils import DynamicLayer
 
         cache = DynamicCache(config=self.model.config)
-        unsupported = {type(layer).__name__ for layer in cache.layers if not isinstance(layer, DynamicLayer)}
+        unsupported = {
+            type(layer).__name__ for layer in cache.layers if not isinstance(layer, DynamicLayer)
+        }
         if unsupported:
             # recurrent / linear-attention states cannot be gathered row by row like keys
             raise ModelLoadError(
@@ -274,7 +288,9 @@ class TreeSampler:
         return cache
 
     def _forward(self, input_ids, cache, **extra):
-        output = self.model(input_ids=input_ids, use_cache=True, **{self.cache_kwarg: cache}, **extra)
+        output = self.model(
+            input_ids=input_ids, use_cache=True, **{self.cache_kwarg: cache}, **extra
+        )
         return output.logits[:, -1].float()
 
 
@@ -297,7 +313,11 @@ def select_rows(batches: list[_Batch], rows) -> Any:
     cache = copy.copy(template)
     cache.layers = [copy.copy(layer) for layer in template.layers]
     source_size = next((b.size for b in batches if b.cache is template), None)
-    if len(parts) == 1 and len(rows) == source_size and torch.equal(parts[0][1], torch.arange(source_size)):
+    if (
+        len(parts) == 1
+        and len(rows) == source_size
+        and torch.equal(parts[0][1], torch.arange(source_size))
+    ):
         return cache
     # All children of one parent (always so at the first depth): a broadcast view, no copy;
     # the forward pass's torch.cat materializes it once.

@@ -57,7 +57,11 @@ def test_sampling_params_normalize_top_k_zero_and_single_stop_string():
     assert params.top_k is None
     assert params.stop == ("\n",)
     assert params.to_dict() == {
-        "n": 5, "temperature": 1.0, "top_p": 1.0, "top_k": None, "max_new_tokens": 32,
+        "n": 5,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "top_k": None,
+        "max_new_tokens": 32,
         "stop": ["\n"],
     }
 
@@ -97,8 +101,14 @@ def test_table_backend_uses_the_prompt_table_and_scores_surface_forms(table_path
     backend = load_backend(ModelSpec(f"table:{table_path}", prompt_format="plain"))
     rendered = backend.render("Flip a coin.", "plain")
     assert rendered == "Question: Flip a coin.\nAnswer:"
-    assert set(backend.sample(rendered, SamplingParams(n=50), seed=1)) <= {"heads", "Heads", "tails"}
-    exact = backend.option_probabilities(rendered, {"heads": ["heads", "Heads"], "tails": ["tails"]})
+    assert set(backend.sample(rendered, SamplingParams(n=50), seed=1)) <= {
+        "heads",
+        "Heads",
+        "tails",
+    }
+    exact = backend.option_probabilities(
+        rendered, {"heads": ["heads", "Heads"], "tails": ["tails"]}
+    )
     assert exact == ExactDistribution({"heads": 0.75, "tails": 0.25}, 1.0)
     partial = backend.option_probabilities(rendered, {"heads": ["heads"]})
     assert partial.probabilities == {"heads": 1.0}
@@ -117,7 +127,13 @@ def test_table_backend_provenance_pins_the_file_content(table_path):
     second = load_backend(ModelSpec(f"table:{table_path}")).provenance()
     assert first["model_revision"].startswith("sha256:")
     assert first["model_revision"] != second["model_revision"]
-    assert set(first) == {"model_revision", "dtype", "device", "chat_template_hash", "library_versions"}
+    assert set(first) == {
+        "model_revision",
+        "dtype",
+        "device",
+        "chat_template_hash",
+        "library_versions",
+    }
 
 
 def test_missing_or_malformed_table_is_a_one_line_model_load_error(tmp_path):

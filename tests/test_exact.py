@@ -88,7 +88,9 @@ def test_plain_prompts_end_answers_at_eos_or_newline(plain_backend):
         for digit in ("7", "2")
     }
     assert exact.covered_mass == pytest.approx(sum(expected.values()), rel=1e-4)
-    assert exact.probabilities["7"] == pytest.approx(expected["7"] / sum(expected.values()), rel=1e-4)
+    assert exact.probabilities["7"] == pytest.approx(
+        expected["7"] / sum(expected.values()), rel=1e-4
+    )
 
 
 def test_exact_probabilities_agree_with_tree_sampling(chat_backend):
@@ -109,7 +111,9 @@ def test_exact_probabilities_agree_with_tree_sampling(chat_backend):
 
 def test_uncovered_options_give_zero_mass_and_sum_to_one_otherwise(chat_backend):
     rendered = chat_backend.render("Name a color.", "chat")
-    exact = chat_backend.option_probabilities(rendered, default_surface_forms(["blue", "red", "green"]))
+    exact = chat_backend.option_probabilities(
+        rendered, default_surface_forms(["blue", "red", "green"])
+    )
     assert sum(exact.probabilities.values()) == pytest.approx(1.0)
     assert exact.probabilities["blue"] > 0.1  # trained answers: blue 0.4 (+ "Blue!"), red 0.3
     assert 0.3 < exact.covered_mass <= 1

@@ -66,7 +66,9 @@ def test_dtype_is_applied_and_recorded(model_dir):
     backend = load_backend(ModelSpec(str(model_dir)), device="cpu", dtype="bfloat16")
     assert backend.provenance()["dtype"] == "bfloat16"
     assert next(backend.loaded.model.parameters()).dtype == torch.bfloat16
-    counts = backend.sample(backend.render("Flip a coin."), SamplingParams(n=50, max_new_tokens=3), 0)
+    counts = backend.sample(
+        backend.render("Flip a coin."), SamplingParams(n=50, max_new_tokens=3), 0
+    )
     assert sum(counts.values()) == 50
 
 
@@ -130,7 +132,9 @@ def test_gguf_file_loads_the_same_model(model_dir, tmp_path):
     from_gguf = load_backend(ModelSpec(str(directory), gguf_file="tiny.gguf"), device="cpu")
     original = load_backend(ModelSpec(str(model_dir)), device="cpu")
     assert "gguf" in from_gguf.provenance()["library_versions"]
-    assert from_gguf.provenance()["chat_template_hash"] == original.provenance()["chat_template_hash"]
+    assert (
+        from_gguf.provenance()["chat_template_hash"] == original.provenance()["chat_template_hash"]
+    )
     rendered = original.render("Pick a random digit.")
     assert from_gguf.render("Pick a random digit.") == rendered
     ids = torch.tensor([encode_prompt(original.loaded.tokenizer, rendered)])
@@ -145,7 +149,9 @@ def test_gguf_file_loads_the_same_model(model_dir, tmp_path):
     exact = option_probabilities(
         from_gguf.loaded.model, from_gguf.loaded.tokenizer, rendered, forms, eos_token_ids=eos
     )
-    assert exact.covered_mass == pytest.approx(original.option_probabilities(rendered, forms).covered_mass, rel=1e-4)
+    assert exact.covered_mass == pytest.approx(
+        original.option_probabilities(rendered, forms).covered_mass, rel=1e-4
+    )
 
 
 def test_missing_gguf_file_is_refused(model_dir):
@@ -184,7 +190,9 @@ def test_unknown_hub_id_offline_is_one_clear_line():
         "    print(exc)\n"
     )
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("cannot load model 'no-such-org/no-such-model' (revision main)")

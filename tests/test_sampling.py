@@ -53,9 +53,15 @@ def homogeneity_pvalue(first: Counter, second: Counter, min_expected: float = 5.
     whose expected count is below ``min_expected`` in either row are pooled into "other"."""
     total_first, total_second = sum(first.values()), sum(second.values())
     share = min(total_first, total_second) / (total_first + total_second)
-    kept = [t for t in first.keys() | second.keys() if (first[t] + second[t]) * share >= min_expected]
-    rows = [[c[t] for t in kept] + [sum(c.values()) - sum(c[t] for t in kept)] for c in (first, second)]
-    if (rows[0][-1] + rows[1][-1]) * share < min_expected:  # pool a small "other" into the rarest kept
+    kept = [
+        t for t in first.keys() | second.keys() if (first[t] + second[t]) * share >= min_expected
+    ]
+    rows = [
+        [c[t] for t in kept] + [sum(c.values()) - sum(c[t] for t in kept)] for c in (first, second)
+    ]
+    if (
+        rows[0][-1] + rows[1][-1]
+    ) * share < min_expected:  # pool a small "other" into the rarest kept
         rarest = min(range(len(kept)), key=lambda j: rows[0][j] + rows[1][j])
         for row in rows:
             row[rarest] += row.pop()
@@ -68,11 +74,19 @@ def homogeneity_pvalue(first: Counter, second: Counter, min_expected: float = 5.
     [(1.0, 1.0, None), (0.7, 0.9, None), (1.3, 1.0, 5), (1.0, 0.8, 3)],
 )
 def test_tree_sampler_matches_independent_generate(backend, rendered, temperature, top_p, top_k):
-    params = SamplingParams(n=N, temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=4)
+    params = SamplingParams(
+        n=N, temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=4
+    )
     tree = Counter(backend.sample(rendered, params, seed=2024))
     independent = generate_counts(
-        backend, rendered, N, temperature=temperature, top_p=top_p, top_k=top_k,
-        max_new_tokens=4, seed=2024,
+        backend,
+        rendered,
+        N,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        max_new_tokens=4,
+        seed=2024,
     )
     assert sum(tree.values()) == N
     assert homogeneity_pvalue(tree, independent) > SIGNIFICANCE
@@ -80,10 +94,16 @@ def test_tree_sampler_matches_independent_generate(backend, rendered, temperatur
 
 def test_the_homogeneity_test_rejects_a_different_temperature(backend, rendered):
     """Power check: the same test tells temperature 0.5 from 1.5 (and 1.0 from 0.7)."""
-    cold = Counter(backend.sample(rendered, SamplingParams(n=N, temperature=0.5, max_new_tokens=4), seed=1))
-    hot = generate_counts(backend, rendered, N, temperature=1.5, top_p=1.0, top_k=None, max_new_tokens=4, seed=1)
+    cold = Counter(
+        backend.sample(rendered, SamplingParams(n=N, temperature=0.5, max_new_tokens=4), seed=1)
+    )
+    hot = generate_counts(
+        backend, rendered, N, temperature=1.5, top_p=1.0, top_k=None, max_new_tokens=4, seed=1
+    )
     assert homogeneity_pvalue(cold, hot) < SIGNIFICANCE
-    warm = Counter(backend.sample(rendered, SamplingParams(n=N, temperature=0.7, max_new_tokens=4), seed=1))
+    warm = Counter(
+        backend.sample(rendered, SamplingParams(n=N, temperature=0.7, max_new_tokens=4), seed=1)
+    )
     plain = Counter(backend.sample(rendered, SamplingParams(n=N, max_new_tokens=4), seed=1))
     assert homogeneity_pvalue(warm, plain) < SIGNIFICANCE
 
@@ -93,7 +113,9 @@ def test_the_homogeneity_test_rejects_a_different_temperature(backend, rendered)
 )
 def test_warpers_are_generates_own_in_generates_order(backend, temperature, top_p, top_k):
     ours = logits_processors(SamplingParams(n=1, temperature=temperature, top_p=top_p, top_k=top_k))
-    config = GenerationConfig(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k or 0)
+    config = GenerationConfig(
+        do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k or 0
+    )
     theirs = backend.loaded.model._get_logits_processor(config, device="cpu")
     assert [(type(p), vars(p)) for p in ours] == [(type(p), vars(p)) for p in theirs]
 
@@ -155,7 +177,9 @@ def test_every_eos_id_ends_a_branch(backend, rendered):
 
 
 def test_stop_strings_cut_the_completion(backend, rendered):
-    counts = backend.sample(rendered, SamplingParams(n=N, max_new_tokens=6, stop=(" ", "!")), seed=0)
+    counts = backend.sample(
+        rendered, SamplingParams(n=N, max_new_tokens=6, stop=(" ", "!")), seed=0
+    )
     assert sum(counts.values()) == N
     assert not any(" " in text or "!" in text for text in counts)
     assert counts["I"] > 0  # "I pick 5." cut at the first space
@@ -163,8 +187,12 @@ def test_stop_strings_cut_the_completion(backend, rendered):
 
 
 def test_many_samples_cost_only_their_distinct_prefixes(backend, rendered):
-    small = backend.sampler.sample(rendered, SamplingParams(n=100, top_k=3, max_new_tokens=4), seed=0)
-    large = backend.sampler.sample(rendered, SamplingParams(n=200_000, top_k=3, max_new_tokens=4), seed=0)
+    small = backend.sampler.sample(
+        rendered, SamplingParams(n=100, top_k=3, max_new_tokens=4), seed=0
+    )
+    large = backend.sampler.sample(
+        rendered, SamplingParams(n=200_000, top_k=3, max_new_tokens=4), seed=0
+    )
     assert sum(large.counts.values()) == 200_000
     # with top-3 there are at most 3 + 9 + 27 open prefixes after the prefill
     assert large.forward_rows <= 3 + 9 + 27

@@ -29,8 +29,14 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
 # prompt -> (answer, weight): the planted answer distributions of the trained variant
 TRAINING_ANSWERS: dict[str, list[tuple[str, float]]] = {
     "Pick a random digit.": [
-        ("7", 0.35), ("3", 0.2), ("4", 0.1), ("Sure! 7", 0.1), ("I pick 5.", 0.1),
-        ("9", 0.05), ("2\n", 0.05), ("My digit is 8", 0.05),
+        ("7", 0.35),
+        ("3", 0.2),
+        ("4", 0.1),
+        ("Sure! 7", 0.1),
+        ("I pick 5.", 0.1),
+        ("9", 0.05),
+        ("2\n", 0.05),
+        ("My digit is 8", 0.05),
     ],
     "Flip a coin.": [("Heads", 0.5), ("Tails", 0.3), ("heads.", 0.1), ("It is tails", 0.1)],
     "Name a color.": [("blue", 0.4), ("red", 0.3), ("green", 0.2), ("Blue!", 0.1)],
@@ -65,9 +71,7 @@ def make_tokenizer(corpus: list[str]):
 
 
 def chat_text(prompt: str, answer: str) -> str:
-    return (
-        f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n{answer}<|im_end|>"
-    )
+    return f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n{answer}<|im_end|>"
 
 
 def training_texts(seed: int, per_prompt: int = 40) -> list[str]:
@@ -118,7 +122,10 @@ def build_tiny_model(
     model.eval()
     # sampling defaults that a hub checkpoint might ship; the catalog must ignore them
     model.generation_config = GenerationConfig(
-        eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id, top_k=20, temperature=0.8,
+        eos_token_id=eos_ids,
+        pad_token_id=tokenizer.pad_token_id,
+        top_k=20,
+        temperature=0.8,
         do_sample=True,
     )
     directory.mkdir(parents=True, exist_ok=True)
@@ -207,7 +214,11 @@ def gguf_copy(source: str | Path, directory: str | Path, name: str = "tiny.gguf"
 
     def rotary_permuted(w: np.ndarray, n_head: int) -> np.ndarray:
         # llama.cpp interleaves the rotary halves of q and k; transformers undoes it on load
-        return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+        return (
+            w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+            .swapaxes(1, 2)
+            .reshape(w.shape)
+        )
 
     directory.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(directory / name, "llama")
@@ -235,8 +246,13 @@ def gguf_copy(source: str | Path, directory: str | Path, name: str = "tiny.gguf"
     for i in range(config.num_hidden_layers):
         hf, blk = f"model.layers.{i}.", f"blk.{i}."
         writer.add_tensor(blk + "attn_norm.weight", weights[hf + "input_layernorm.weight"])
-        writer.add_tensor(blk + "attn_q.weight", rotary_permuted(weights[hf + "self_attn.q_proj.weight"], heads))
-        writer.add_tensor(blk + "attn_k.weight", rotary_permuted(weights[hf + "self_attn.k_proj.weight"], kv_heads))
+        writer.add_tensor(
+            blk + "attn_q.weight", rotary_permuted(weights[hf + "self_attn.q_proj.weight"], heads)
+        )
+        writer.add_tensor(
+            blk + "attn_k.weight",
+            rotary_permuted(weights[hf + "self_attn.k_proj.weight"], kv_heads),
+        )
         writer.add_tensor(blk + "attn_v.weight", weights[hf + "self_attn.v_proj.weight"])
         writer.add_tensor(blk + "attn_output.weight", weights[hf + "self_attn.o_proj.weight"])
         writer.add_tensor(blk + "ffn_norm.weight", weights[hf + "post_attention_layernorm.weight"])
