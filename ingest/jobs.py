@@ -41,6 +41,7 @@ from catalog.registry import family_models, get_model, task_by_name
 from catalog.schema import Completion, ExactProb, Model, OptionCount, Prompt, Run, Task, utcnow
 from catalog.tasks import TaskSpec
 from ingest.backends import Backend, ModelSpec, SamplingParams, load_backend
+from ingest.exact import default_surface_forms
 from ingest.normalize import get_normalizer
 from ingest.prompting import text_hash
 
@@ -92,6 +93,7 @@ class Unit:
     rendered: str
     params: SamplingParams | None  # None in exact mode
     seed: int | None
+    prompt_format: str = "chat"
     run_id: int | None = None
 
     @property
@@ -207,7 +209,7 @@ def plan_units(
             rendered = backend.render(prompt.template, model.prompt_format)
             key = unit_key(model, task.name, prompt.key, rendered, request.mode, params, seed)
             units.append(Unit(key, model.id, spec, task.id, prompt.id, prompt.key, rendered,
-                              params, seed))
+                              params, seed, model.prompt_format))
     return units
 
 
@@ -553,7 +555,8 @@ def _sample_unit(backend: Backend, unit: Unit, request: IngestRequest) -> UnitRe
     if unit.params is not None:
         completions = backend.sample(unit.rendered, unit.params, unit_seed(request.seed, unit.key))
         return UnitResult(completions=completions, seconds=time.perf_counter() - t0)
-    exact = backend.option_probabilities(unit.rendered, unit.task.surface_forms())
+    forms = default_surface_forms(unit.task.options, unit.task.aliases, unit.prompt_format)
+    exact = backend.option_probabilities(unit.rendered, forms)
     return UnitResult(probabilities=exact.probabilities, covered_mass=exact.covered_mass,
                       seconds=time.perf_counter() - t0)
 

@@ -141,3 +141,22 @@ def test_an_unknown_hub_model_fails_clearly_offline(db_url, engine, monkeypatch)
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: ") and "no-such-org/no-such-model" in result.stderr
     assert store_size(engine) == before
+
+
+def test_exact_mode_with_a_real_model_on_chat_and_plain_stages(db_url, engine, tiny_model):
+    add_model(db_url, "tiny-sft", str(tiny_model))
+    base = invoke("models", "add", "tiny-base", "--family", "tiny", "--stage", "base",
+                  "--source", str(tiny_model), "--plain", "--db", db_url)
+    assert base.exit_code == 0, base.output
+    result = invoke("ingest", "--family", "tiny", "--task", "coin", "--prompt", "plain",
+                    "--mode", "exact", "--db", db_url)
+    assert result.exit_code == 0, result.output
+    dist = read_view(engine, "v_distributions", family="tiny")
+    assert set(dist["mode"]) == {"exact"} and set(dist["option"]) == {"heads", "tails"}
+    totals = dist.group_by("model").agg(pl.col("probability").sum())
+    assert totals["probability"].to_list() == pytest.approx([1.0, 1.0])
+    with engine.connect() as conn:
+        masses = conn.execute(text("SELECT covered_mass FROM runs")).scalars().all()
+        sampled = conn.execute(text("SELECT COUNT(*) FROM option_counts")).scalar()
+    assert len(masses) == 2 and all(0 < m <= 1 for m in masses)
+    assert sampled == 0  # exact probabilities never mix with sampled counts
