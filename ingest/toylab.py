@@ -49,7 +49,7 @@ from ingest.prompting import render, render_plain
 
 # Bump when a change in this module changes what a given set of settings trains: the version
 # is part of the settings hash, so stale cached families are not reused.
-TOYLAB_VERSION = "1"
+TOYLAB_VERSION = "2"
 
 DEFAULT_TASKS = ("digit", "coin", "color")
 MANIFEST = "manifest.json"
@@ -244,7 +244,9 @@ def plant_task(task: TaskSpec, seed_key: str, rng: np.random.Generator) -> Plant
     prompts). Prompts sharing a peak option get peak masses spread evenly over
     [low, PEAK_HIGH] so that no two prompts plant nearly the same distribution; the rest of
     the mass goes to the other options by a Dirichlet draw, which makes low-peak prompts flat
-    and high-peak prompts sharp. DPO prefers a random half of the seed support.
+    and high-peak prompts sharp. DPO prefers the more probable half of the seed support:
+    an analysis estimates the support from samples, and an option at its edge may fall out
+    of the estimate, so the options DPO moves mass to must not be the marginal ones.
     """
     n = len(task.options)
     low = max(PEAK_LOW, 1.0 / n + 0.05)  # the peak must stay the argmax (coin: > 0.5)
@@ -280,7 +282,7 @@ def plant_task(task: TaskSpec, seed_key: str, rng: np.random.Generator) -> Plant
     base = {prompt.key: dist for prompt, dist in zip(task.prompts, dists)}
     support = seed_support(task.options, base[seed_key])
     n_preferred = math.ceil(len(support) / 2)
-    preferred = tuple(sorted(rng.choice(support, size=n_preferred, replace=False).tolist()))
+    preferred = tuple(sorted(support[:n_preferred]))  # support is ordered by probability
     return PlantedTask(task.name, tuple(task.options), base, seed_key, preferred)
 
 

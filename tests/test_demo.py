@@ -1,8 +1,10 @@
 """Ground truth: the whole pipeline (train, ingest, analyze) on toy families whose seed we know.
 
-A small toy family (4 prompts per task) keeps this within CI's budget; families are trained
-once per test session and cached by their settings. Sampling is seeded, so the assertions
-below are deterministic on a given machine and library versions.
+A small toy family (6 prompts per task) keeps this within CI's budget; families are trained
+once per test session and cached by their settings. The plantings use seed prompts whose
+planted distributions stand well apart from the base average (a two-option seed near 50/50
+would make the nucleation ratio a ratio of noise at this sample size); with them the verdicts
+held for every sampling seed tried (1-5), with ProbMass margins above 0.1.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ from click.testing import CliRunner
 
 from catalog.demo import DemoOptions, planted_vs_found, run_demo
 
-SMALL = {"prompts_per_task": 4}
-# Two different plantings: the default (each task's third prompt) and another prompt per task.
+SMALL = {"prompts_per_task": 6}
+# Two different plantings: a different seed prompt for every task.
 PLANTINGS = {
-    "third-prompt": {},
-    "other-prompt": {"digit": "terse", "coin": "order", "color": "only"},
+    "first": {"digit": "terse", "coin": "plain", "color": "only"},
+    "second": {"digit": "roleplay", "coin": "terse", "color": "json"},
 }
 
 
@@ -51,8 +53,7 @@ def test_the_pipeline_recovers_the_planted_seed_and_the_phases(
         assert row["liquid"] is True, row
         assert row["nucleated"] is True, row
         assert row["settled"] == {"dpo": True}, row
-    if planting == "other-prompt":
-        assert {r["planted_seed"] for r in rows} == {"terse", "order", "only"}
+    assert {r["task"]: r["planted_seed"] for r in rows} == PLANTINGS[planting]
     # The report builds from the demo's data.
     assert result.report_path.exists()
     assert "digit" in result.report_path.read_text(encoding="utf-8")
@@ -71,10 +72,10 @@ def test_a_seed_shared_across_families_predicts_nucleation(engine, toy_cache):
     """Same world (planted base distributions), different weights: same seed -> rank 1."""
     from analysis.crystallization import analyze
 
-    seeds = PLANTINGS["other-prompt"]
+    seeds = PLANTINGS["first"]
     demo(engine, "lab-a", seeds, train_seed=0)
     demo(engine, "lab-b", seeds, train_seed=1)
-    demo(engine, "lab-c", PLANTINGS["third-prompt"], train_seed=2)
+    demo(engine, "lab-c", PLANTINGS["second"], train_seed=2)
     result = analyze(engine, families=["lab-a", "lab-b", "lab-c"])
     for task in ("digit", "coin", "color"):
         same = cross(result, task, "lab-a", "lab-b")
@@ -90,10 +91,10 @@ def test_demo_command_prints_the_phases_and_how_to_query(db_url, toy_cache, tmp_
 
     result = CliRunner().invoke(main, [
         "demo", "--db", db_url, "--samples", "200", "--bootstrap", "0",
-        "--report", str(tmp_path / "report"), "--seed-prompt", "coin=order",
-        "--prompts-per-task", "4",
+        "--report", str(tmp_path / "report"), "--prompts-per-task", "6",
+        *(f"--seed-prompt={task}={key}" for task, key in PLANTINGS["first"].items()),
     ], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert "coin     planted order" in result.output
+    assert "coin     planted plain      found plain      ok" in result.output
     assert "catalog sql" in result.output and "v_distributions" in result.output
     assert (tmp_path / "report" / "report.html").exists()
