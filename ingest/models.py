@@ -77,7 +77,10 @@ def load_model(
     torch_dtype = resolve_dtype(dtype, torch_device)
 
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
 
+    # transformers' own loading bars would interleave with the catalog's progress output.
+    transformers_logging.disable_progress_bar()
     source = str(local) if local is not None else spec.source
     options = {"trust_remote_code": spec.trust_remote_code, "gguf_file": spec.gguf_file}
     try:

@@ -18,6 +18,7 @@ class UnitProgress:
         self.total = 0
         self.done = 0
         self.samples = 0
+        self.sampling_seconds = 0.0  # time spent sampling, without model loading
         self.started = time.monotonic()
 
     def __call__(self, event: str, info: dict) -> None:
@@ -47,8 +48,9 @@ class UnitProgress:
     def _unit(self, info: dict) -> None:
         self.done += 1
         self.samples += info["samples"]
+        self.sampling_seconds += info["seconds"]
         elapsed = max(time.monotonic() - self.started, 1e-9)
-        rate = self.samples / elapsed
+        rate = self.samples / max(self.sampling_seconds, 1e-9)
         if self.bar is not None:
             self.bar.set_postfix_str(f"{rate:,.0f} samples/s", refresh=False)
             self.bar.update(1)
