@@ -477,8 +477,6 @@ def _resolve(engine: Engine, request: IngestRequest):
             with session_scope(engine) as session:
                 models = resolve_models(session, request)
                 tasks = resolve_tasks(session, request)
-                for task, prompts in tasks:  # loaded now: used after the session closes
-                    task.spec, [p.template for p in prompts]
                 return models, tasks
         except IntegrityError:
             if attempt:
