@@ -38,15 +38,8 @@ SCALAR_METRICS = ("nucleation_ratio", "heldout_mse", "heldout_nucleation_ratio")
 CROSS_METRICS = ("mse", "rank", "predictive_ratio")
 # Per-stage metrics reported as plain {stage: value} maps in the JSON (entropy-like ones
 # are grouped as {stage: {mean_prompt, pooled}}).
-_PLAIN_STAGE_METRICS = (
-    "liquidity",
-    "distinct_argmax",
-    "mse_to_seed",
-    "probmass",
-    "probmass_proxy",
-    "tv_to_sft",
-    "kl_uniform",
-    "chi2_uniform",
+_PLAIN_STAGE_METRICS = tuple(
+    name for name in STAGE_METRICS if not name.endswith(("_mean_prompt", "_pooled"))
 )
 
 

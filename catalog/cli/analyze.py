@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from catalog.cli.common import analysis_options, analysis_request, db_option
+from catalog.cli.common import analysis_options, analysis_request, catalog_engine, db_option
 
 
 @click.command("analyze")
@@ -26,14 +26,10 @@ def analyze_command(db_url, fmt, output, **selection) -> None:
     """
     from analysis.crystallization import analyze
     from analysis.render import render
-    from catalog.db import open_catalog
 
     request = analysis_request(**selection)
-    engine = open_catalog(db_url)
-    try:
+    with catalog_engine(db_url) as engine:
         result = analyze(engine, **request)
-    finally:
-        engine.dispose()
     text = render(result, fmt)
     if output is None:
         click.echo(text, nl=False)

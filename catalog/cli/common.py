@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
 import click
 
 from catalog.config import ENV_VAR
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+    from sqlalchemy.orm import Session
 
 db_option = click.option(
     "--db",
@@ -64,3 +72,24 @@ def analysis_request(families, tasks, mode, **thresholds) -> dict:
     )
     return {"families": families or None, "tasks": tasks or None, "mode": mode,
             "options": options}
+
+
+@contextlib.contextmanager
+def catalog_engine(db_url: str | None) -> Iterator[Engine]:
+    """The catalog's engine for a command (schema gate included), disposed afterwards."""
+    from catalog.db import open_catalog
+
+    engine = open_catalog(db_url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def catalog_session(db_url: str | None) -> Iterator[Session]:
+    """One transaction on the catalog for a command: committed on success, else rolled back."""
+    from catalog.db import session_scope
+
+    with catalog_engine(db_url) as engine, session_scope(engine) as session:
+        yield session

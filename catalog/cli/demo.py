@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from catalog.cli.common import db_option
+from catalog.cli.common import catalog_engine, db_option
 
 
 def _seed_prompts(values: tuple[str, ...]) -> dict[str, str]:
@@ -44,7 +44,6 @@ def demo(family, seed_prompts, samples, prompts_per_task, seed, bootstrap, repor
     from analysis.render import render
     from catalog.cli.progress import UnitProgress
     from catalog.config import database_url, masked
-    from catalog.db import open_catalog
     from catalog.demo import DemoOptions, planted_vs_found, run_demo
 
     options = DemoOptions(
@@ -52,12 +51,8 @@ def demo(family, seed_prompts, samples, prompts_per_task, seed, bootstrap, repor
         prompts_per_task=prompts_per_task,
         bootstrap=bootstrap, report_dir=None if no_report else report_dir,
     )
-    engine = open_catalog(db_url)
-    progress = UnitProgress()
-    try:
+    with catalog_engine(db_url) as engine, UnitProgress() as progress:
         result = run_demo(engine, options, say=click.echo, progress=progress)
-    finally:
-        progress.close()
     click.echo()
     click.echo(render(result.analysis, "table"))
     click.echo("Planted seed vs found (liquid at base, nucleated at SFT, settled after):")

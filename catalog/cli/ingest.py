@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from catalog.cli.common import db_option
+from catalog.cli.common import catalog_engine, db_option
 
 
 def _split(values: tuple[str, ...]) -> list[str]:
@@ -56,7 +56,6 @@ def ingest(models, families, tasks, prompts, samples, seed, temperature, top_p, 
     Example: catalog ingest --family toy --task digit,coin --samples 1000 --seed 1
     """
     from catalog.cli.progress import UnitProgress
-    from catalog.db import open_catalog
     from ingest.backends import SamplingParams
     from ingest.jobs import IngestRequest, run_ingest
 
@@ -67,12 +66,8 @@ def ingest(models, families, tasks, prompts, samples, seed, temperature, top_p, 
         params=SamplingParams(n=samples, temperature=temperature, top_p=top_p, top_k=top_k,
                               max_new_tokens=max_new_tokens, stop=tuple(stop)),
     )
-    engine = open_catalog(db_url)
-    progress = UnitProgress()
-    try:
+    with catalog_engine(db_url) as engine, UnitProgress() as progress:
         summary = run_ingest(engine, request, progress=progress)
-    finally:
-        progress.close()
     click.echo(
         f"{summary.done} units sampled ({summary.samples:,} samples) in {summary.seconds:.1f}s; "
         f"{summary.already_done} of {summary.units} were already done"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from catalog.cli.common import db_option
+from catalog.cli.common import catalog_session, db_option
 
 
 @click.group("models")
@@ -34,23 +34,18 @@ def add_command(name, family, stage, stage_order, chat, db_url, **fields) -> Non
     Example: catalog models add olmo-sft --family olmo-2-1124-7b --stage sft --source allenai/OLMo-2-1124-7B-SFT
     """
     from catalog import registry
-    from catalog.db import open_catalog, session_scope
 
     if chat is None:
         chat = registry.stage_order_for(stage, stage_order) != 0
-    engine = open_catalog(db_url)
-    try:
-        with session_scope(engine) as session:
-            model = registry.add_model(
-                session, name=name, family=family, stage=stage, stage_order=stage_order,
-                prompt_format="chat" if chat else "plain", **fields,
-            )
-            click.echo(
-                f"{model.name}: family {family}, stage {model.stage} (order "
-                f"{model.stage_order}), {model.prompt_format} prompts, from {model.source}"
-            )
-    finally:
-        engine.dispose()
+    with catalog_session(db_url) as session:
+        model = registry.add_model(
+            session, name=name, family=family, stage=stage, stage_order=stage_order,
+            prompt_format="chat" if chat else "plain", **fields,
+        )
+        click.echo(
+            f"{model.name}: family {family}, stage {model.stage} (order "
+            f"{model.stage_order}), {model.prompt_format} prompts, from {model.source}"
+        )
 
 
 @models_group.command("list")
@@ -65,18 +60,13 @@ def list_command(family: str | None, db_url: str | None) -> None:
 
     from catalog import registry
     from catalog.cli.store import echo_frame
-    from catalog.db import open_catalog, session_scope
 
-    engine = open_catalog(db_url)
-    try:
-        with session_scope(engine) as session:
-            rows = [
-                (m.family.name, m.stage, m.stage_order, m.name, m.source or "", m.revision or "",
-                 m.prompt_format)
-                for m in registry.list_models(session, family=family)
-            ]
-    finally:
-        engine.dispose()
+    with catalog_session(db_url) as session:
+        rows = [
+            (m.family.name, m.stage, m.stage_order, m.name, m.source or "", m.revision or "",
+             m.prompt_format)
+            for m in registry.list_models(session, family=family)
+        ]
     if not rows:
         click.echo("no models registered; see `catalog models add --help` or `catalog models load study`")
         return
@@ -93,15 +83,10 @@ def load_command(experiment: str, db_url: str | None) -> None:
     Example: catalog models load study
     """
     from catalog import registry
-    from catalog.db import open_catalog, session_scope
 
-    engine = open_catalog(db_url)
-    try:
-        with session_scope(engine) as session:
-            models = registry.load_experiment(session, experiment)
-            families = sorted({m.family.name for m in models})
-    finally:
-        engine.dispose()
+    with catalog_session(db_url) as session:
+        models = registry.load_experiment(session, experiment)
+        families = sorted({m.family.name for m in models})
     click.echo(f"registered {len(models)} models in {len(families)} families: {', '.join(families)}")
 
 

@@ -71,6 +71,12 @@ class UnitProgress:
         if self.bar is not None:
             self.bar.close()
 
+    def __enter__(self) -> UnitProgress:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
 
 def _clock(seconds: float) -> str:
     seconds = int(round(seconds))

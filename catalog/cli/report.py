@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from catalog.cli.common import analysis_options, analysis_request, db_option
+from catalog.cli.common import analysis_options, analysis_request, catalog_engine, db_option
 
 
 @click.command("report")
@@ -25,14 +25,10 @@ def report_command(db_url, output, **selection) -> None:
     Example: catalog report --task digit --bootstrap 200 --output catalog-report
     """
     from analysis.report import build_report
-    from catalog.db import open_catalog
 
     request = analysis_request(**selection)
-    engine = open_catalog(db_url)
-    try:
+    with catalog_engine(db_url) as engine:
         summary = build_report(engine, output, **request)
-    finally:
-        engine.dispose()
     click.echo(summary.path)
     click.echo(f"{len(summary.figures)} figures ({len(summary.tasks)} tasks, "
                f"{len(summary.families)} families) in {summary.path.parent / 'figures'}")

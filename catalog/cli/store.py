@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from catalog.cli.common import db_option
+from catalog.cli.common import catalog_engine, db_option
 
 
 def echo_frame(frame, fmt: str = "table") -> None:
@@ -40,14 +40,10 @@ def import_counts_command(path: Path, db_url: str | None) -> None:
 
     Example: catalog import-counts counts.csv --db postgresql://postgres@127.0.0.1/catalog
     """
-    from catalog.db import open_catalog
     from catalog.io import import_counts
 
-    engine = open_catalog(db_url)
-    try:
+    with catalog_engine(db_url) as engine:
         click.echo(import_counts(engine, path))
-    finally:
-        engine.dispose()
 
 
 @click.command("export")
@@ -64,16 +60,12 @@ def export_command(path: Path, fmt, families, tasks, mode, db_url: str | None) -
 
     Example: catalog export olmo.parquet --family olmo-2-1124-7b --task digit --task coin
     """
-    from catalog.db import open_catalog
     from catalog.io import export_counts
 
-    engine = open_catalog(db_url)
-    try:
+    with catalog_engine(db_url) as engine:
         rows = export_counts(
             engine, path, format=fmt, family=families or None, task=tasks or None, mode=mode
         )
-    finally:
-        engine.dispose()
     click.echo(f"wrote {rows:,} rows to {path}")
 
 
@@ -87,14 +79,10 @@ def sql_command(query: str, fmt: str, db_url: str | None) -> None:
 
     Example: catalog sql "SELECT model, option, probability FROM v_distributions WHERE task = 'coin'"
     """
-    from catalog.db import open_catalog
     from catalog.views import read_sql
 
-    engine = open_catalog(db_url)
-    try:
+    with catalog_engine(db_url) as engine:
         frame = read_sql(engine, query)
-    finally:
-        engine.dispose()
     echo_frame(frame, fmt)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from catalog.cli.common import db_option
+from catalog.cli.common import catalog_session, db_option
 
 
 @click.group("tasks")
@@ -25,7 +25,6 @@ def list_command(db_url: str | None) -> None:
     from sqlalchemy import select
 
     from catalog.cli.store import echo_frame
-    from catalog.db import open_catalog, session_scope
     from catalog.schema import Task
     from catalog.tasks import bundled_tasks
 
@@ -33,14 +32,10 @@ def list_command(db_url: str | None) -> None:
         spec.name: (spec.name, spec.kind, len(spec.options), len(spec.prompts), "bundled")
         for spec in bundled_tasks()
     }
-    engine = open_catalog(db_url)
-    try:
-        with session_scope(engine) as session:
-            for task in session.scalars(select(Task)):
-                where = "bundled, stored" if task.name in rows else "stored"
-                rows[task.name] = (task.name, task.kind, len(task.options), len(task.prompts), where)
-    finally:
-        engine.dispose()
+    with catalog_session(db_url) as session:
+        for task in session.scalars(select(Task)):
+            where = "bundled, stored" if task.name in rows else "stored"
+            rows[task.name] = (task.name, task.kind, len(task.options), len(task.prompts), where)
     columns = ["task", "kind", "options", "prompts", "where"]
     echo_frame(pl.DataFrame(sorted(rows.values()), schema=columns, orient="row"))
 
@@ -55,25 +50,20 @@ def show_command(name: str, db_url: str | None) -> None:
     """
     from sqlalchemy import select
 
-    from catalog.db import open_catalog, session_scope
     from catalog.schema import Task
     from catalog.tasks import bundled_task
 
-    engine = open_catalog(db_url)
-    try:
-        with session_scope(engine) as session:
-            task = session.scalar(select(Task).where(Task.name == name))
-            if task is not None:
-                prompts = [(p.position, p.key, p.template or "") for p in task.prompts]
-                kind, options, normalizer = task.kind, task.options, task.normalizer
-                description, where = task.description, "stored in the catalog"
-            else:
-                spec = bundled_task(name)
-                prompts = [(i, p.key, p.text) for i, p in enumerate(spec.prompts)]
-                kind, options, normalizer = spec.kind, spec.options, spec.normalizer
-                description, where = spec.description, "bundled, not stored yet"
-    finally:
-        engine.dispose()
+    with catalog_session(db_url) as session:
+        task = session.scalar(select(Task).where(Task.name == name))
+        if task is not None:
+            prompts = [(p.position, p.key, p.template or "") for p in task.prompts]
+            kind, options, normalizer = task.kind, task.options, task.normalizer
+            description, where = task.description, "stored in the catalog"
+        else:
+            spec = bundled_task(name)
+            prompts = [(i, p.key, p.text) for i, p in enumerate(spec.prompts)]
+            kind, options, normalizer = spec.kind, spec.options, spec.normalizer
+            description, where = spec.description, "bundled, not stored yet"
     click.echo(f"{name} ({kind} task, {where})")
     if description:
         click.echo(description)
@@ -95,17 +85,12 @@ def add_command(path: Path, db_url: str | None) -> None:
     Example: catalog tasks add my_task.toml
     """
     from catalog import registry
-    from catalog.db import open_catalog, session_scope
     from catalog.tasks import load_task_file
 
     spec = load_task_file(path)
-    engine = open_catalog(db_url)
-    try:
-        with session_scope(engine) as session:
-            task = registry.sync_task(session, spec)
-            prompts = len(task.prompts)
-    finally:
-        engine.dispose()
+    with catalog_session(db_url) as session:
+        task = registry.sync_task(session, spec)
+        prompts = len(task.prompts)
     click.echo(
         f"stored task {spec.name} ({spec.kind}, {len(spec.options)} options, {prompts} prompts)"
     )
