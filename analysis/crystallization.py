@@ -44,6 +44,7 @@ from sqlalchemy import Engine
 from analysis import metrics
 from analysis.frames import CountData, read_counts
 from analysis.layout import GroupSpec, Layout
+from analysis.options import AnalysisOptions
 from analysis.results import (
     CROSS_METRICS,
     SCALAR_METRICS,
@@ -52,39 +53,9 @@ from analysis.results import (
     CrystallizationResult,
     GroupResult,
 )
-from catalog.errors import InvalidInput
 
 # Bootstrap chunks hold about this many floats in the pairwise-JSD step (bounds memory).
 _CHUNK_FLOATS = 4_000_000
-
-
-@dataclass(frozen=True)
-class AnalysisOptions:
-    """Everything that changes a number; printed with every result as ``thresholds``."""
-
-    tau: float = 0.9
-    liquid_threshold: float = 0.1
-    nucleation_ratio_threshold: float = 1.0
-    probmass_threshold: float = 0.8
-    settle_tolerance: float = 0.1
-    min_samples: int = 1
-    bootstrap: int = 0
-    seed: int = 0
-
-    def validate(self, mode: str) -> None:
-        if not 0 < self.tau <= 1:
-            raise InvalidInput(f"tau must be in (0, 1], got {self.tau}")
-        if self.min_samples < 1:
-            raise InvalidInput(f"min_samples must be at least 1, got {self.min_samples}")
-        if self.bootstrap < 0:
-            raise InvalidInput(
-                f"bootstrap must be 0 (off) or a number of replicates, got {self.bootstrap}"
-            )
-        if self.bootstrap and mode == "exact":
-            raise InvalidInput(
-                "exact probabilities have no sampling noise to bootstrap; "
-                "drop --bootstrap or use --mode sampled"
-            )
 
 
 def analyze(

@@ -27,9 +27,11 @@ from dataclasses import dataclass
 import polars as pl
 from sqlalchemy import Engine, column, literal_column, select, table
 
+from catalog.enums import RUN_MODES
 from catalog.errors import InvalidInput, NotFound
+from catalog.schema import Task
+from catalog.views import read_sql
 
-MODES = ("sampled", "exact")
 UNIT_KEYS = ["family", "stage", "stage_order", "task", "prompt", "prompt_id"]
 
 
@@ -64,8 +66,6 @@ def read_counts(
     Raises NotFound when the selection has no runs at all, or names a family or task that
     has none, saying what the store holds.
     """
-    from catalog.views import read_sql
-
     _check_mode(mode)
     filters = {"mode": [mode], "family": families, "task": tasks}
     runs = read_sql(
@@ -115,8 +115,6 @@ def read_counts(
 
 def read_task_info(engine: Engine, names: Sequence[str]) -> pl.DataFrame:
     """Kind and closed option list of the named tasks (a few rows; read with SQLAlchemy)."""
-    from catalog.schema import Task
-
     query = select(Task.name, Task.kind, Task.options).where(Task.name.in_(list(names)))
     with engine.connect() as conn:
         rows = conn.execute(query).all()
@@ -232,8 +230,8 @@ def _select_sql(
 
 
 def _check_mode(mode: str) -> None:
-    if mode not in MODES:
-        raise InvalidInput(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+    if mode not in RUN_MODES:
+        raise InvalidInput(f"unknown mode {mode!r}; use one of {', '.join(RUN_MODES)}")
 
 
 def _check_selection(

@@ -1,6 +1,6 @@
 """Crystallization metrics as pure, vectorized NumPy functions.
 
-Every definition follows /shared/design/metrics.md ("the contract"); the docstrings quote
+Every definition follows docs/metrics.md ("the contract"); the docstrings quote
 the formula they implement. Logarithms are base 2.
 
 Array layout. A probability vector lives on the last axis (the task's option set ``O_t``,

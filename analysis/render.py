@@ -16,8 +16,7 @@ from typing import Any
 import polars as pl
 
 from analysis.results import CrystallizationResult, GroupResult, group_dict
-
-FORMATS = ("table", "json", "csv")
+from catalog.enums import RESULT_FORMATS
 
 
 def render(result: CrystallizationResult, fmt: str) -> str:
@@ -28,7 +27,7 @@ def render(result: CrystallizationResult, fmt: str) -> str:
         return to_csv(result)
     if fmt == "table":
         return to_table(result)
-    raise ValueError(f"unknown format {fmt!r}")
+    raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(RESULT_FORMATS)}")
 
 
 def to_csv(result: CrystallizationResult) -> str:

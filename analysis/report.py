@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import numpy as np
 from sqlalchemy import Engine
 
@@ -285,8 +286,6 @@ def _unique_slugs(names: Sequence[str], reserved: set[str]) -> dict[str, str]:
 
 
 def _render(**context: Any) -> str:
-    import jinja2
-
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("analysis", "templates"),
         autoescape=True,

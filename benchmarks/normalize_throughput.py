@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from catalog.normalize import get_normalizer
 from catalog.tasks import bundled_tasks
-from ingest.normalize import get_normalizer
 
 WRAPPERS = [
     "{x}",

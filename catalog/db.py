@@ -15,6 +15,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from filelock import FileLock
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import NoSuchModuleError, OperationalError, SQLAlchemyError
@@ -163,8 +164,6 @@ def _upgrade_lock(engine: Engine) -> Iterator[None]:
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_UPGRADE_LOCK})
                 conn.commit()
     elif engine.url.database and engine.url.database != ":memory:":
-        from filelock import FileLock
-
         with FileLock(str(Path(engine.url.database).expanduser()) + ".lock", timeout=300):
             yield
     else:

@@ -2,8 +2,9 @@
 
 Trains (or reuses) a toy family with :mod:`ingest.toylab`, registers its stages as an
 ordinary family, samples every stage, task and prompt with ``catalog ingest``'s job layer,
-analyzes the store and writes the report. torch and the analysis stack are imported inside
-the functions, so importing this module stays cheap.
+analyzes the store and writes the report. The analysis stack (Polars) and the toy lab
+(tokenizers; torch inside it) are imported when the demo runs, so importing this module (as
+``catalog demo``'s option defaults do) stays cheap.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 from sqlalchemy import Engine
 
 from catalog.db import session_scope
+from ingest.backends import SamplingParams
+from ingest.jobs import IngestRequest, run_ingest
 
 CACHE_ENV = "CATALOG_CACHE_DIR"
 
@@ -53,8 +56,7 @@ def run_demo(
 ) -> DemoResult:
     """Train or reuse the toy family, register it, ingest, analyze and report."""
     from analysis.crystallization import AnalysisOptions, analyze
-    from ingest.backends import SamplingParams
-    from ingest.jobs import IngestRequest, run_ingest
+    from analysis.report import write_report
     from ingest.toylab import ToyFamilySettings, register_family, train_family
 
     settings = ToyFamilySettings(
@@ -85,8 +87,6 @@ def run_demo(
                      options=AnalysisOptions(bootstrap=options.bootstrap, seed=options.seed))
     report_path = None
     if options.report_dir is not None:
-        from analysis.report import write_report
-
         say(f"4/4 report -> {options.report_dir}")
         report_path = write_report(result, options.report_dir).path
     return DemoResult(family, summary, result, report_path)

@@ -38,6 +38,7 @@ from sqlalchemy.schema import AddConstraint, DropConstraint
 
 from catalog import __version__, registry
 from catalog.db import session_scope
+from catalog.enums import COUNT_FILE_FORMATS
 from catalog.errors import InvalidInput, NotFound
 from catalog.schema import Model, OptionCount, Prompt, Run, Task, utcnow
 from catalog.views import read_view
@@ -125,8 +126,10 @@ def export_counts(
     """
     path = Path(path)
     format = format or FORMATS.get(path.suffix.lower())
-    if format not in ("csv", "parquet"):
-        raise InvalidInput(f"{path}: cannot tell the format; use --format csv or parquet")
+    if format not in COUNT_FILE_FORMATS:
+        raise InvalidInput(
+            f"{path}: cannot tell the format; use --format {' or '.join(COUNT_FILE_FORMATS)}"
+        )
     keys = ["family", "stage", "stage_order", "model", "task", "prompt", "prompt_text"]
     if mode == "sampled":
         counts = read_view(engine, "v_counts", family=family, task=task, mode="sampled")

@@ -16,14 +16,16 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from catalog.enums import PROMPT_FORMATS
 from catalog.errors import InvalidInput, NotFound
+from catalog.normalize import get_normalizer
+from catalog.prompting import text_hash
 from catalog.schema import Family, Model, Prompt, Task
-from catalog.tasks import TaskSpec
+from catalog.tasks import TaskSpec, bundled_task
 
 # Stage orders used when none is given; base must be 0. Stage names are matched
 # case-insensitively everywhere ("SFT" and "sft" are one stage of a family).
 DEFAULT_STAGE_ORDERS = {"base": 0, "sft": 1, "dpo": 2, "rl": 3, "rlvr": 3, "instruct": 3}
-PROMPT_FORMATS = ("chat", "plain")
 OPEN_TASK_NORMALIZER = "open_word"
 _PINNED_REVISION = re.compile(r"[0-9a-f]{40}\Z")
 # Fields a model row is compared on when the same name is registered again.
@@ -85,7 +87,9 @@ def add_model(
 ) -> Model:
     """Register one stage of a family. Adding an identical model again changes nothing."""
     if prompt_format not in PROMPT_FORMATS:
-        raise InvalidInput(f"prompt format must be 'chat' or 'plain', got {prompt_format!r}")
+        raise InvalidInput(
+            f"prompt format must be one of {', '.join(PROMPT_FORMATS)}, got {prompt_format!r}"
+        )
     if trust_remote_code and not (revision and _PINNED_REVISION.match(revision)):
         raise InvalidInput(
             f"model {name!r}: --trust-remote-code runs the repository's Python code, so it "
@@ -292,8 +296,6 @@ def ensure_open_task(session: Session, name: str) -> Task:
 
 def task_by_name(session: Session, name: str) -> Task:
     """The stored task, or the bundled task of that name (stored on first use)."""
-    from catalog.tasks import bundled_task
-
     task = session.scalar(select(Task).where(Task.name == name))
     if task is not None:
         return task
@@ -344,19 +346,11 @@ def ensure_prompts(
                 )
         if text is not None and (prompt.template is None or replace_text):
             prompt.template = text
-            prompt.text_hash = _text_hash(text)
+            prompt.text_hash = text_hash(text)
         result[key] = prompt
     session.flush()
     return result
 
 
 def _normalizer_version(name: str) -> str:
-    from ingest.normalize import get_normalizer
-
     return get_normalizer(name).version
-
-
-def _text_hash(text: str) -> str:
-    from ingest.prompting import text_hash
-
-    return text_hash(text)

@@ -30,6 +30,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from catalog.enums import PROMPT_FORMATS, RUN_MODES, RUN_STATUSES, TASK_KINDS, sql_in
+
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -37,10 +39,6 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-RUN_MODES = ("sampled", "exact")
-RUN_STATUSES = ("pending", "running", "done", "failed")
-TASK_KINDS = ("closed", "open")
 
 
 def utcnow() -> datetime:
@@ -91,7 +89,7 @@ class Model(Base):
     __table_args__ = (
         UniqueConstraint("family_id", "stage"),
         CheckConstraint("stage_order >= 0", name="stage_order_nonnegative"),
-        CheckConstraint("prompt_format IN ('chat', 'plain')", name="prompt_format_known"),
+        CheckConstraint(sql_in("prompt_format", PROMPT_FORMATS), name="prompt_format_known"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -115,7 +113,7 @@ class Task(Base):
     """A random-generation task (closed: a fixed option list; open: options as observed)."""
 
     __tablename__ = "tasks"
-    __table_args__ = (CheckConstraint("kind IN ('closed', 'open')", name="kind_known"),)
+    __table_args__ = (CheckConstraint(sql_in("kind", TASK_KINDS), name="kind_known"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
@@ -161,10 +159,8 @@ class Run(Base):
 
     __tablename__ = "runs"
     __table_args__ = (
-        CheckConstraint("mode IN ('sampled', 'exact')", name="mode_known"),
-        CheckConstraint(
-            "status IN ('pending', 'running', 'done', 'failed')", name="status_known"
-        ),
+        CheckConstraint(sql_in("mode", RUN_MODES), name="mode_known"),
+        CheckConstraint(sql_in("status", RUN_STATUSES), name="status_known"),
         CheckConstraint("n_samples IS NULL OR n_samples > 0", name="n_samples_positive"),
         CheckConstraint("n_invalid >= 0", name="n_invalid_nonnegative"),
         CheckConstraint("attempts >= 0", name="attempts_nonnegative"),

@@ -2,7 +2,7 @@
 
 A task file is TOML (see catalog/tasks/coin.toml for a commented example). This module
 parses and validates it into a :class:`TaskSpec`; storing specs in the database is done by
-:mod:`catalog.registry`, turning completions into options by :mod:`ingest.normalize`.
+:mod:`catalog.registry`, turning completions into options by :mod:`catalog.normalize`.
 
 Every problem with a file is an :class:`~catalog.errors.InvalidInput` whose one-line message
 names the file and the field, e.g. ``my_task.toml: prompts[3].text: empty prompt text``.
@@ -17,11 +17,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from catalog.enums import TASK_KINDS, TaskKind
 from catalog.errors import InvalidInput, NotFound
+from catalog.normalize import NORMALIZERS
 
-TASK_KINDS = ("closed", "open")
 FILE_KEYS = ("name", "description", "kind", "options", "normalizer", "aliases", "params", "prompts")
 PROMPT_KEYS = ("key", "text")
 # Names and keys are used on the command line (--task, --prompt) and in file names.
@@ -47,7 +48,7 @@ class TaskSpec:
     """
 
     name: str
-    kind: Literal["closed", "open"]
+    kind: TaskKind
     normalizer: str
     prompts: tuple[PromptSpec, ...]
     options: tuple[str, ...] = ()
@@ -161,7 +162,7 @@ def _spec_from_mapping(data: Mapping[str, Any], source: str) -> TaskSpec:
     description = _string(data, "description", fail, default="", allow_empty=True)
     kind = _string(data, "kind", fail)
     if kind not in TASK_KINDS:
-        raise fail("kind", f"{kind!r} is not one of: closed, open")
+        raise fail("kind", f"{kind!r} is not one of: {', '.join(TASK_KINDS)}")
 
     options = _string_list(data.get("options", []), "options", fail)
     if kind == "closed" and not options:
@@ -191,9 +192,6 @@ def _spec_from_mapping(data: Mapping[str, Any], source: str) -> TaskSpec:
         aliases=aliases,
         params=dict(params),
     )
-    # Imported here: ingest.normalize imports this module (pure Python either way, no torch).
-    from ingest.normalize import NORMALIZERS
-
     normalizer = NORMALIZERS.get(spec.normalizer)
     if normalizer is None:
         known = ", ".join(NORMALIZERS)

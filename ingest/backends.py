@@ -31,12 +31,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Self
 
-from catalog.errors import InvalidInput, ModelLoadError
-from ingest import prompting
+import numpy as np
 
-PROMPT_FORMATS = ("chat", "plain")
-DEVICES = ("auto", "cpu", "cuda")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+from catalog import prompting
+from catalog.enums import DEVICES, DTYPES, PROMPT_FORMATS
+from catalog.errors import InvalidInput, ModelLoadError
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,7 @@ class ModelSpec:
     ``revision`` is a hub branch, tag or commit (a pinned 40-hex commit is required with
     ``trust_remote_code``). ``gguf_file`` names a GGUF file inside ``source``.
     ``prompt_format`` is ``"chat"`` (the tokenizer's chat template) or ``"plain"`` (the plain
-    completion scaffold of :mod:`ingest.prompting`).
+    completion scaffold of :mod:`catalog.prompting`).
     """
 
     source: str
@@ -75,13 +74,14 @@ class SamplingParams:
     ``stop``: strings that end a completion (the stored text is cut before the stop string).
     A model's ``generation_config`` defaults (e.g. ``top_k=50``, repetition penalties) never
     apply: what is stored is what was asked for. Greedy decoding is ``top_k=1``.
+    The defaults are the study's, and ``catalog ingest``'s option defaults are read from here.
     """
 
-    n: int
+    n: int = 1000
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int | None = None
-    max_new_tokens: int = 32
+    max_new_tokens: int = 24
     stop: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -295,8 +295,6 @@ class TableBackend(Backend):
         return dist
 
     def sample(self, rendered: str, params: SamplingParams, seed: int) -> dict[str, int]:
-        import numpy as np
-
         dist = self._distribution(rendered)
         time.sleep(self.delay_seconds)
         draws = np.random.default_rng(seed).multinomial(params.n, list(dist.values()))

@@ -25,6 +25,7 @@ padding needs no attention mask: a real token never attends to a later pad).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -140,8 +141,6 @@ def sequence_logprobs(
 
 def _expanded(prompt_cache, rows: int):
     """A copy of a one-row prompt cache repeated to ``rows`` rows (the original is kept)."""
-    import copy
-
     cache = copy.copy(prompt_cache)
     cache.layers = [copy.copy(layer) for layer in prompt_cache.layers]
     cache.batch_repeat_interleave(rows)

@@ -31,21 +31,22 @@ from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 import catalog
 from catalog.db import session_scope
+from catalog.enums import RUN_MODES
 from catalog.errors import CatalogError, InvalidInput, NotFound
+from catalog.normalize import get_normalizer
+from catalog.prompting import text_hash
 from catalog.registry import family_models, get_model, task_by_name
 from catalog.schema import Completion, ExactProb, Model, OptionCount, Prompt, Run, Task, utcnow
 from catalog.tasks import TaskSpec
 from ingest.backends import Backend, ModelSpec, SamplingParams, load_backend
 from ingest.exact import default_surface_forms
-from ingest.normalize import get_normalizer
-from ingest.prompting import text_hash
 
-MODES = ("sampled", "exact")
 # Base models run on after their answer ("7\nQuestion: ..."): stopping at the newline keeps
 # the prefix tree small. Only used when the user gives no stop strings.
 PLAIN_DEFAULT_STOP = ("\n",)
@@ -70,8 +71,8 @@ class IngestRequest:
     lease_seconds: int = 1800
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise InvalidInput(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
+        if self.mode not in RUN_MODES:
+            raise InvalidInput(f"mode {self.mode!r} is not one of {', '.join(RUN_MODES)}")
         if not self.models and not self.families:
             raise InvalidInput("name the models to sample with --model NAME or --family NAME")
         if not self.tasks:
@@ -230,11 +231,8 @@ def store_pending(engine: Engine, units: list[Unit], model: Model, request: Inge
 
 
 def _dialect_insert(engine: Engine, table):
-    if engine.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    return dialect_insert(table)
+    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
 
 
 def _run_ids(session: Session, keys: list[str]) -> dict[str, int]:

@@ -21,6 +21,7 @@ torch and transformers are imported inside functions, never at module import.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -31,9 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from catalog import prompting
 from catalog.errors import InvalidInput, ModelLoadError
-from ingest import prompting
 from ingest.backends import Backend, ExactDistribution, ModelSpec, SamplingParams
+from ingest.exact import option_probabilities
+from ingest.sampling import TreeSampler
 
 PINNED_REVISION = re.compile(r"[0-9a-f]{40}")
 FULL_HASH_LIMIT = 2 * 1024**3
@@ -259,8 +262,6 @@ class TransformersBackend(Backend):
         allow_pickle: bool = False,
         batch_size: int | str = "auto",
     ) -> None:
-        from ingest.sampling import TreeSampler
-
         super().__init__(spec)
         self.loaded = load_model(spec, device=device, dtype=dtype, allow_pickle=allow_pickle)
         self.sampler = TreeSampler(
@@ -285,8 +286,6 @@ class TransformersBackend(Backend):
     def option_probabilities(
         self, rendered: str, options: Mapping[str, Sequence[str]]
     ) -> ExactDistribution:
-        from ingest.exact import option_probabilities
-
         return option_probabilities(
             self.loaded.model,
             self.loaded.tokenizer,
@@ -306,8 +305,6 @@ class TransformersBackend(Backend):
         }
 
     def close(self) -> None:
-        import gc
-
         import torch
 
         self.loaded = self.sampler = None

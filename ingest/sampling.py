@@ -5,7 +5,7 @@ prompt once, draw how many of the N samples take each next token from ``Multinom
 (``q`` the next-token distribution after temperature, top-k and top-p), and recurse into
 every token that got a count, with that count, reusing the parent's KV cache. A branch ends
 at an end-of-sequence token, a stop string or ``max_new_tokens``; every leaf is a completion
-with its count, and the counts sum to N (see /work/shared/design/ingest.md).
+with its count, and the counts sum to N (see docs/ingest.md).
 
 How it runs (:class:`TreeSampler`):
 

@@ -41,11 +41,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tokenizers import Regex, pre_tokenizers
+from filelock import FileLock
+from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers
+from tokenizers import models as tokenizer_models
 
+from catalog import registry
 from catalog.errors import InvalidInput
-from catalog.tasks import PromptSpec, TaskSpec
-from ingest.prompting import render, render_plain
+from catalog.prompting import render, render_plain
+from catalog.tasks import PromptSpec, TaskSpec, bundled_task
 
 # Bump when a change in this module changes what a given set of settings trains: the version
 # is part of the settings hash, so stale cached families are not reused.
@@ -121,8 +124,6 @@ class ToyFamilySettings:
         """The tasks, cut to the first ``prompts_per_task`` prompts, validated."""
         tasks = self.tasks
         if tasks is None:
-            from catalog.tasks import bundled_task
-
             tasks = tuple(bundled_task(name) for name in DEFAULT_TASKS)
         resolved = tuple(_cut_prompts(task, self.prompts_per_task) for task in tasks)
         _check_tasks(resolved, self)
@@ -307,7 +308,6 @@ def build_tokenizer(tasks: Sequence[TaskSpec]):
     give almost no probability) rather than ``<unk>``. No token is added automatically (no
     BOS), so ``tokenizer(text)`` and ``apply_chat_template(..., tokenize=True)`` agree.
     """
-    from tokenizers import Tokenizer, decoders, models
     from transformers import PreTrainedTokenizerFast
 
     answers = [a for t in tasks for o in t.options for a in (o, *t.aliases.get(o, ()))]
@@ -316,7 +316,7 @@ def build_tokenizer(tasks: Sequence[TaskSpec]):
     words = sorted({word for text in texts for word, _ in WORDS.pre_tokenize_str(text)})
     specials = [PAD, BOS, EOS, UNK, *ROLE_TOKENS]
     vocab = {token: i for i, token in enumerate(specials + words)}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    backend = Tokenizer(tokenizer_models.WordLevel(vocab=vocab, unk_token=UNK))
     backend.pre_tokenizer = WORDS
     backend.decoder = decoders.Fuse()
     backend.add_special_tokens(specials)
@@ -677,8 +677,6 @@ def train_family(
     directory that is renamed into place when complete, so a crash never leaves a family
     that looks finished.
     """
-    from filelock import FileLock
-
     settings = settings or ToyFamilySettings()
     root = family_dir(out_dir, settings)
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -750,8 +748,6 @@ def register_family(session, family: ToyFamily, name: str | None = None) -> list
     nothing; another family under a name already taken is an InvalidInput. Tasks are not
     registered here (sync them with :func:`catalog.registry.sync_task`).
     """
-    from catalog import registry
-
     family_name = name or family.name
     seeds = ", ".join(f"{task}={p.seed_key}" for task, p in sorted(family.planted.items()))
     registry.ensure_family(

@@ -61,7 +61,7 @@ def test_sampling_params_normalize_top_k_zero_and_single_stop_string():
         "temperature": 1.0,
         "top_p": 1.0,
         "top_k": None,
-        "max_new_tokens": 32,
+        "max_new_tokens": 24,
         "stop": ["\n"],
     }
 

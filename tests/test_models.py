@@ -12,8 +12,8 @@ import pytest
 import torch
 from tiny_models import cached_tiny_model, gguf_copy, pickle_copy
 
+from catalog import prompting
 from catalog.errors import InvalidInput, ModelLoadError
-from ingest import prompting
 from ingest.backends import ModelSpec, SamplingParams, load_backend
 from ingest.exact import option_probabilities
 from ingest.models import TransformersBackend, load_model, resolve_device

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from catalog.errors import InvalidInput
+from catalog.normalize import NORMALIZERS, get_normalizer, normalize, normalize_counts
 from catalog.tasks import bundled_task, bundled_tasks, parse_task_text
-from ingest.normalize import NORMALIZERS, get_normalizer, normalize, normalize_counts
 
 # (completion text, expected option or None) per bundled task.
 CASES: dict[str, list[tuple[str, str | None]]] = {
@@ -387,5 +387,5 @@ def test_open_task_aliases_give_the_canonical_answer():
 
 
 def test_normalizers_do_not_import_torch():
-    code = "import sys, ingest.normalize; assert 'torch' not in sys.modules"
+    code = "import sys, catalog.normalize; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -8,10 +8,10 @@ from sqlalchemy import func, select
 from catalog import registry
 from catalog.db import session_scope
 from catalog.errors import InvalidInput, NotFound
+from catalog.normalize import get_normalizer
+from catalog.prompting import text_hash
 from catalog.schema import Family, Model, Prompt, Task
 from catalog.tasks import PromptSpec, TaskSpec, bundled_task
-from ingest.normalize import get_normalizer
-from ingest.prompting import text_hash
 
 PINNED = "0123456789abcdef0123456789abcdef01234567"
 

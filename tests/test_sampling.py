@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 import torch
-from scipy.stats import chi2_contingency
+from scipy.stats import chi2_contingency, chisquare
 from tiny_models import cached_tiny_model
 from transformers import GenerationConfig
 
@@ -67,6 +67,60 @@ def homogeneity_pvalue(first: Counter, second: Counter, min_expected: float = 5.
             row[rarest] += row.pop()
     assert len(rows[0]) >= 3, "too few categories for a meaningful test"
     return chi2_contingency(rows).pvalue
+
+
+def exact_completions(
+    model, tokenizer, rendered, eos_ids, *, max_new_tokens: int, stop: tuple[str, ...] = ()
+) -> dict[str, float]:
+    """The exact distribution of completion texts with at most two new tokens at temperature 1
+    (no top-k, no top-p), from the model's own next-token probabilities: one forward pass for
+    the first token, one batched pass over every possible first token for the second.
+
+    Written from the sampling contract, independently of the sampler: a branch ends at an EOS
+    id (not part of its text) or after ``max_new_tokens``; its text is the decoded new tokens
+    (special tokens skipped), cut before the first stop string.
+    """
+    assert max_new_tokens in (1, 2)
+    ids = torch.tensor([encode_prompt(tokenizer, rendered)])
+    with torch.inference_mode():
+        first = torch.softmax(model(ids).logits[0, -1].double(), dim=-1)
+        vocab = len(first)
+        if max_new_tokens == 2:
+            extended = torch.cat([ids.expand(vocab, -1), torch.arange(vocab)[:, None]], dim=1)
+            second = torch.softmax(model(extended).logits[:, -1].double(), dim=-1)
+    eos = set(eos_ids)
+    paths: list[list[int]] = []
+    probabilities: list[float] = []
+    for t1 in range(vocab):
+        if t1 in eos or max_new_tokens == 1:
+            paths.append([] if t1 in eos else [t1])
+            probabilities.append(first[t1].item())
+            continue
+        joint = (first[t1] * second[t1]).tolist()
+        for t2 in range(vocab):
+            paths.append([t1] if t2 in eos else [t1, t2])
+            probabilities.append(joint[t2])
+    exact: Counter[str] = Counter()
+    for text, p in zip(tokenizer.batch_decode(paths, skip_special_tokens=True), probabilities):
+        cuts = [pos for pos in (text.find(s) for s in stop) if pos >= 0]
+        exact[text[: min(cuts)] if cuts else text] += p
+    return dict(exact)
+
+
+def goodness_of_fit_pvalue(counts: dict[str, int], exact: dict[str, float]) -> float:
+    """Chi-square goodness-of-fit p-value of sampled text counts against exact probabilities;
+    texts expected fewer than 5 times are pooled into one "other" cell."""
+    n = sum(counts.values())
+    kept = [text for text, p in exact.items() if n * p >= 5]
+    observed = [counts.get(text, 0) for text in kept]
+    expected = [n * exact[text] for text in kept]
+    observed.append(n - sum(observed))
+    expected.append(n - sum(expected))
+    if expected[-1] < 5:  # too little left over for its own cell: merge it into the last kept
+        observed[-2] += observed.pop()
+        expected[-2] += expected.pop()
+    assert len(kept) >= 3, "too few categories for a meaningful test"
+    return chisquare(observed, expected).pvalue
 
 
 @pytest.mark.parametrize(
@@ -149,41 +203,63 @@ def test_top_k_one_is_greedy_decoding(backend, rendered):
 
 
 def test_max_new_tokens_bounds_every_completion(backend, rendered):
-    tokenizer = backend.loaded.tokenizer
-    single_tokens = {tokenizer.decode([i], skip_special_tokens=True) for i in range(len(tokenizer))}
+    loaded = backend.loaded
     counts = backend.sample(rendered, SamplingParams(n=N, max_new_tokens=1), seed=0)
-    assert set(counts) <= single_tokens
-    assert len(counts) > 3
+    exact = exact_completions(
+        loaded.model, loaded.tokenizer, rendered, loaded.eos_token_ids, max_new_tokens=1
+    )
+    assert set(counts) <= set(exact)  # every completion is one token (or EOS: "")
+    assert goodness_of_fit_pvalue(counts, exact) > SIGNIFICANCE
     result = backend.sampler.sample(rendered, SamplingParams(n=N, max_new_tokens=3), seed=0)
     assert len(result.widths) <= 3
 
 
 def test_eos_ends_branches_and_is_not_in_the_text(backend, rendered):
-    result = backend.sampler.sample(rendered, SamplingParams(n=N, max_new_tokens=8), seed=0)
-    # trained answers end with <|im_end|>: "7" then EOS is a leaf of depth 2
-    assert result.counts["7"] > N / 10
-    assert not any("<|im_end|>" in text for text in result.counts)
-    assert result.widths[-1] < max(result.widths) / 2  # most branches ended at an EOS
+    """Two-token completions against their exact distribution: a branch whose second token
+    is EOS is a one-token leaf whose text has no EOS in it."""
+    loaded = backend.loaded
+    counts = backend.sample(rendered, SamplingParams(n=N, max_new_tokens=2), seed=0)
+    exact = exact_completions(
+        loaded.model, loaded.tokenizer, rendered, loaded.eos_token_ids, max_new_tokens=2
+    )
+    assert not any("<|im_end|>" in text for text in counts)
+    assert set(counts) <= set(exact)
+    assert goodness_of_fit_pvalue(counts, exact) > SIGNIFICANCE
+    longer = backend.sample(rendered, SamplingParams(n=N, max_new_tokens=8), seed=0)
+    assert sum(longer.values()) == N
+    assert not any("<|im_end|>" in text for text in longer)
 
 
 def test_every_eos_id_ends_a_branch(backend, rendered):
     loaded = backend.loaded
     seven = loaded.tokenizer.convert_tokens_to_ids("7")
-    sampler = TreeSampler(loaded.model, loaded.tokenizer, [*loaded.eos_token_ids, seven])
-    counts = sampler.sample(rendered, SamplingParams(n=N, max_new_tokens=6), seed=0).counts
-    # the token "7" (the most likely first token) now ends its branch and is not in the text
-    assert "7" not in counts and not any(text.startswith("7") for text in counts)
-    assert counts[""] > N / 10
+    eos = [*loaded.eos_token_ids, seven]
+    sampler = TreeSampler(loaded.model, loaded.tokenizer, eos)
+    counts = sampler.sample(rendered, SamplingParams(n=N, max_new_tokens=2), seed=0).counts
+    exact = exact_completions(loaded.model, loaded.tokenizer, rendered, eos, max_new_tokens=2)
+    # the token "7" now ends its branch and is not in the text: "7" alone is never a completion
+    assert "7" not in counts and "7" not in exact
+    assert set(counts) <= set(exact)
+    assert goodness_of_fit_pvalue(counts, exact) > SIGNIFICANCE
 
 
 def test_stop_strings_cut_the_completion(backend, rendered):
-    counts = backend.sample(
-        rendered, SamplingParams(n=N, max_new_tokens=6, stop=(" ", "!")), seed=0
+    loaded = backend.loaded
+    stop = (" ", "!")
+    counts = backend.sample(rendered, SamplingParams(n=N, max_new_tokens=2, stop=stop), seed=0)
+    exact = exact_completions(
+        loaded.model, loaded.tokenizer, rendered, loaded.eos_token_ids, max_new_tokens=2,
+        stop=stop,
     )
+    uncut = exact_completions(
+        loaded.model, loaded.tokenizer, rendered, loaded.eos_token_ids, max_new_tokens=2
+    )
+    cut_mass = sum(p for text, p in uncut.items() if any(s in text for s in stop))
+    assert N * cut_mass >= 5, "the stop strings must matter for this model, else no power"
     assert sum(counts.values()) == N
     assert not any(" " in text or "!" in text for text in counts)
-    assert counts["I"] > 0  # "I pick 5." cut at the first space
-    assert counts["Sure"] > 0  # "Sure! 7" cut at the "!"
+    assert set(counts) <= set(exact)
+    assert goodness_of_fit_pvalue(counts, exact) > SIGNIFICANCE
 
 
 def test_many_samples_cost_only_their_distinct_prefixes(backend, rendered):

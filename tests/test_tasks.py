@@ -11,6 +11,7 @@ from importlib import resources
 import pytest
 
 from catalog.errors import InvalidInput, NotFound
+from catalog.normalize import NORMALIZERS
 from catalog.tasks import (
     PromptSpec,
     TaskSpec,
@@ -19,7 +20,6 @@ from catalog.tasks import (
     load_task_file,
     parse_task_text,
 )
-from ingest.normalize import NORMALIZERS
 
 SUITE = (
     "digit number_1_10 number_1_100 coin die letter rps color suit weekday month us_state "

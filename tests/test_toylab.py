@@ -20,11 +20,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from catalog.db import session_scope
 from catalog.errors import InvalidInput
+from catalog.normalize import normalize
+from catalog.prompting import render
 from catalog.registry import family_models
 from ingest.backends import ModelSpec, SamplingParams, load_backend
 from ingest.exact import default_surface_forms
-from ingest.normalize import normalize
-from ingest.prompting import render
 from ingest.toylab import (
     ANSWER_PREFIX,
     MANIFEST,

@@ -80,7 +80,7 @@ def training_texts(seed: int, per_prompt: int = 40) -> list[str]:
     for prompt, answers in TRAINING_ANSWERS.items():
         options, weights = zip(*answers)
         texts += [chat_text(prompt, a) for a in rng.choices(options, weights, k=per_prompt)]
-        # the plain scaffold of ingest.prompting, answers ending at a newline
+        # the plain scaffold of catalog.prompting, answers ending at a newline
         texts += [f"Question: {prompt}\nAnswer: {a.strip()}\n" for a in options]
     rng.shuffle(texts)
     return texts

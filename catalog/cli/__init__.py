@@ -11,6 +11,7 @@ from __future__ import annotations
 import click
 
 from catalog import __version__
+from catalog.cli.common import DB_HELP
 from catalog.errors import CatalogError
 
 
@@ -26,7 +27,8 @@ class CatalogGroup(click.Group):
 
 @click.group(cls=CatalogGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="catalog")
-def main() -> None:
+@click.option("--db", "db_url", default=None, metavar="URL", help=DB_HELP)
+def main(db_url: str | None) -> None:
     """A results catalog for randomness-crystallization studies.
 
     Store sample counts of every stage of a model family on random tasks, then measure
@@ -39,7 +41,8 @@ def main() -> None:
       catalog import-counts counts.csv  # counts sampled elsewhere
       catalog analyze --format table    # crystallization metrics
 
-    The database is --db URL, else $CATALOG_DATABASE_URL, else sqlite:///catalog.db.
+    The database is --db URL (before or after the command name), else
+    $CATALOG_DATABASE_URL, else sqlite:///catalog.db.
     """
 
 

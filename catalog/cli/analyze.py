@@ -7,19 +7,20 @@ from pathlib import Path
 import click
 
 from catalog.cli.common import analysis_options, analysis_request, catalog_engine, db_option
+from catalog.enums import RESULT_FORMATS
 
 
 @click.command("analyze")
 @db_option
 @analysis_options
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
+@click.option("--format", "fmt", type=click.Choice(RESULT_FORMATS), default="table",
               show_default=True)
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write to this file instead of standard output.")
 def analyze_command(db_url, fmt, output, **selection) -> None:
     """Measure crystallization: liquidity, seed, nucleation ratio, ProbMass, verdicts.
 
-    Definitions: shared/design/metrics.md (README "Analysis"). The thresholds are printed
+    Definitions: docs/metrics.md in the catalog's repository. The thresholds are printed
     with the result.
 
     Example: catalog analyze --family olmo-2-7b --task digit --bootstrap 1000 --format json

@@ -3,47 +3,80 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from analysis.options import AnalysisOptions
 from catalog.config import ENV_VAR
+from catalog.db import open_catalog, session_scope
+from catalog.enums import RUN_MODES
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
     from sqlalchemy.orm import Session
 
+DB_HELP = f"Database URL (default: ${ENV_VAR}, else sqlite:///catalog.db)."
+
+
+def _db_from_group(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``catalog --db URL CMD`` and ``catalog CMD --db URL`` both work; the one after the
+    command wins. The environment variable and the default are resolved later, by
+    :func:`catalog.config.database_url`, so an explicit ``--db`` anywhere beats them."""
+    if value is None:
+        return ctx.find_root().params.get("db_url")
+    return value
+
+
 db_option = click.option(
-    "--db",
-    "db_url",
-    envvar=ENV_VAR,
-    default=None,
-    metavar="URL",
-    help=f"Database URL (default: ${ENV_VAR}, else sqlite:///catalog.db).",
+    "--db", "db_url", default=None, metavar="URL", help=DB_HELP, callback=_db_from_group
 )
 
+
+def dataclass_defaults(cls) -> dict[str, Any]:
+    """The default of each field of a dataclass that has one: the CLI's option defaults are
+    read from the dataclasses the options fill, so the library and the CLI never disagree."""
+    defaults = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            defaults[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            defaults[f.name] = f.default_factory()
+    return defaults
+
+
 # The selection and thresholds shared by `catalog analyze` and `catalog report`.
+_ANALYSIS = dataclass_defaults(AnalysisOptions)
 _ANALYSIS_OPTIONS = (
     click.option("--family", "families", multiple=True, metavar="F",
                  help="Only this family (repeatable)."),
     click.option("--task", "tasks", multiple=True, metavar="T",
                  help="Only this task (repeatable)."),
-    click.option("--mode", type=click.Choice(["sampled", "exact"]), default="sampled",
+    click.option("--mode", type=click.Choice(RUN_MODES), default="sampled",
                  show_default=True, help="Sampled counts or exact probabilities (never mixed)."),
-    click.option("--tau", type=float, default=0.9, show_default=True, help="Seed-support mass."),
-    click.option("--bootstrap", type=click.IntRange(min=0), default=0, show_default=True,
+    click.option("--tau", type=float, default=_ANALYSIS["tau"], show_default=True,
+                 help="Seed-support mass."),
+    click.option("--bootstrap", type=click.IntRange(min=0), default=_ANALYSIS["bootstrap"],
+                 show_default=True,
                  help="Bootstrap replicates for 95% intervals and seed stability (0: off)."),
-    click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap random seed."),
-    click.option("--liquid-threshold", type=float, default=0.1, show_default=True,
+    click.option("--seed", type=int, default=_ANALYSIS["seed"], show_default=True,
+                 help="Bootstrap random seed."),
+    click.option("--liquid-threshold", "liquid_threshold", type=float,
+                 default=_ANALYSIS["liquid_threshold"], show_default=True,
                  help="Liquid at base when L[base] >= this."),
-    click.option("--nr-threshold", type=float, default=1.0, show_default=True,
+    click.option("--nr-threshold", "nucleation_ratio_threshold", type=float,
+                 default=_ANALYSIS["nucleation_ratio_threshold"], show_default=True,
                  help="Nucleated needs NR < this."),
-    click.option("--probmass-threshold", type=float, default=0.8, show_default=True,
+    click.option("--probmass-threshold", "probmass_threshold", type=float,
+                 default=_ANALYSIS["probmass_threshold"], show_default=True,
                  help="Nucleated needs ProbMass[sft] >= this."),
-    click.option("--settle-tolerance", type=float, default=0.1, show_default=True,
+    click.option("--settle-tolerance", "settle_tolerance", type=float,
+                 default=_ANALYSIS["settle_tolerance"], show_default=True,
                  help="Settled when ProbMass[s] >= ProbMass[sft] - this."),
-    click.option("--min-samples", type=click.IntRange(min=1), default=1, show_default=True,
+    click.option("--min-samples", "min_samples", type=click.IntRange(min=1),
+                 default=_ANALYSIS["min_samples"], show_default=True,
                  help="Exclude (and report) prompts with fewer valid samples."),
 )
 
@@ -57,28 +90,15 @@ def analysis_options(command):
 
 
 def analysis_request(families, tasks, mode, **thresholds) -> dict:
-    """Keyword arguments for ``analysis.crystallization.analyze`` from the CLI options."""
-    from analysis.crystallization import AnalysisOptions
-
-    options = AnalysisOptions(
-        tau=thresholds["tau"],
-        liquid_threshold=thresholds["liquid_threshold"],
-        nucleation_ratio_threshold=thresholds["nr_threshold"],
-        probmass_threshold=thresholds["probmass_threshold"],
-        settle_tolerance=thresholds["settle_tolerance"],
-        min_samples=thresholds["min_samples"],
-        bootstrap=thresholds["bootstrap"],
-        seed=thresholds["seed"],
-    )
+    """Keyword arguments for ``analysis.crystallization.analyze`` from the CLI options (the
+    threshold options are named after the :class:`AnalysisOptions` fields they fill)."""
     return {"families": families or None, "tasks": tasks or None, "mode": mode,
-            "options": options}
+            "options": AnalysisOptions(**thresholds)}
 
 
 @contextlib.contextmanager
 def catalog_engine(db_url: str | None) -> Iterator[Engine]:
     """The catalog's engine for a command (schema gate included), disposed afterwards."""
-    from catalog.db import open_catalog
-
     engine = open_catalog(db_url)
     try:
         yield engine
@@ -89,7 +109,5 @@ def catalog_engine(db_url: str | None) -> Iterator[Engine]:
 @contextlib.contextmanager
 def catalog_session(db_url: str | None) -> Iterator[Session]:
     """One transaction on the catalog for a command: committed on success, else rolled back."""
-    from catalog.db import session_scope
-
     with catalog_engine(db_url) as engine, session_scope(engine) as session:
         yield session

@@ -6,7 +6,12 @@ from pathlib import Path
 
 import click
 
-from catalog.cli.common import catalog_engine, db_option
+from catalog.cli.common import catalog_engine, dataclass_defaults, db_option
+from catalog.cli.progress import UnitProgress
+from catalog.config import database_url, masked
+from catalog.demo import DemoOptions, planted_vs_found, run_demo
+
+_DEMO = dataclass_defaults(DemoOptions)
 
 
 def _seed_prompts(values: tuple[str, ...]) -> dict[str, str]:
@@ -20,16 +25,21 @@ def _seed_prompts(values: tuple[str, ...]) -> dict[str, str]:
 
 
 @click.command("demo")
-@click.option("--family", default="toy", show_default=True, help="Name to register the toy family as.")
+@click.option("--family", default=_DEMO["family"], show_default=True,
+              help="Name to register the toy family as.")
 @click.option("--seed-prompt", "seed_prompts", multiple=True, metavar="TASK=KEY",
               help="Plant this prompt as the task's seed (default: each task's third prompt).")
-@click.option("--samples", "-n", type=click.IntRange(min=1), default=1000, show_default=True)
-@click.option("--prompts-per-task", type=click.IntRange(min=2, max=12), default=12,
-              show_default=True, help="Train and sample the first K prompts of each task.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Sampling and bootstrap seed.")
-@click.option("--bootstrap", type=click.IntRange(min=0), default=200, show_default=True)
+@click.option("--samples", "-n", type=click.IntRange(min=1), default=_DEMO["samples"],
+              show_default=True)
+@click.option("--prompts-per-task", type=click.IntRange(min=2, max=12),
+              default=_DEMO["prompts_per_task"], show_default=True,
+              help="Train and sample the first K prompts of each task.")
+@click.option("--seed", type=int, default=_DEMO["seed"], show_default=True,
+              help="Sampling and bootstrap seed.")
+@click.option("--bootstrap", type=click.IntRange(min=0), default=_DEMO["bootstrap"],
+              show_default=True)
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("catalog-report"), show_default=True, help="Report directory.")
+              default=_DEMO["report_dir"], show_default=True, help="Report directory.")
 @click.option("--no-report", is_flag=True, help="Skip the HTML report.")
 @db_option
 def demo(family, seed_prompts, samples, prompts_per_task, seed, bootstrap, report_dir, no_report, db_url) -> None:
@@ -42,9 +52,6 @@ def demo(family, seed_prompts, samples, prompts_per_task, seed, bootstrap, repor
     Example: catalog demo --seed-prompt digit=polite --samples 2000
     """
     from analysis.render import render
-    from catalog.cli.progress import UnitProgress
-    from catalog.config import database_url, masked
-    from catalog.demo import DemoOptions, planted_vs_found, run_demo
 
     options = DemoOptions(
         family=family, seed_prompts=_seed_prompts(seed_prompts), samples=samples, seed=seed,

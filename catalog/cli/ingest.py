@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import click
 
-from catalog.cli.common import catalog_engine, db_option
+from catalog.cli.common import catalog_engine, dataclass_defaults, db_option
+from catalog.cli.progress import UnitProgress
+from catalog.enums import DEVICES, DTYPES, RUN_MODES
+from ingest.backends import SamplingParams
+from ingest.jobs import IngestRequest, run_ingest
+
+# The option defaults are the library's (one place: the dataclasses the options fill).
+_SAMPLING = dataclass_defaults(SamplingParams)
+_REQUEST = dataclass_defaults(IngestRequest)
 
 
 def _split(values: tuple[str, ...]) -> list[str]:
@@ -27,22 +35,24 @@ def _batch_size(value: str) -> int | str:
 @click.option("--task", "tasks", multiple=True, required=True, metavar="NAME[,NAME]",
               help="Task(s) to sample (see `catalog tasks list`).")
 @click.option("--prompt", "prompts", multiple=True, metavar="KEY", help="Only these prompt keys.")
-@click.option("--samples", "-n", type=int, default=1000, show_default=True, help="N per prompt.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--temperature", type=float, default=1.0, show_default=True)
-@click.option("--top-p", type=float, default=1.0, show_default=True, help="1 = off.")
-@click.option("--top-k", type=int, default=None, help="Default: off.")
-@click.option("--max-new-tokens", type=int, default=24, show_default=True)
-@click.option("--stop", multiple=True, metavar="TEXT",
-              help="Stop string (repeatable). Default: none for chat stages, newline for plain.")
-@click.option("--mode", type=click.Choice(["sampled", "exact"]), default="sampled",
-              show_default=True, help="exact: score each option's probability (closed tasks).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+@click.option("--samples", "-n", type=int, default=_SAMPLING["n"], show_default=True,
+              help="N per prompt.")
+@click.option("--seed", type=int, default=_REQUEST["seed"], show_default=True)
+@click.option("--temperature", type=float, default=_SAMPLING["temperature"], show_default=True)
+@click.option("--top-p", type=float, default=_SAMPLING["top_p"], show_default=True,
+              help="1 = off.")
+@click.option("--top-k", type=int, default=_SAMPLING["top_k"], help="Default: off.")
+@click.option("--max-new-tokens", type=int, default=_SAMPLING["max_new_tokens"],
               show_default=True)
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
-              default="auto", show_default=True)
-@click.option("--batch-size", default="auto", show_default=True, metavar="auto|INT",
-              help="Most rows per forward pass; auto halves it on out-of-memory.")
+@click.option("--stop", multiple=True, metavar="TEXT", default=_SAMPLING["stop"],
+              help="Stop string (repeatable). Default: none for chat stages, newline for plain.")
+@click.option("--mode", type=click.Choice(RUN_MODES), default=_REQUEST["mode"],
+              show_default=True, help="exact: score each option's probability (closed tasks).")
+@click.option("--device", type=click.Choice(DEVICES), default=_REQUEST["device"],
+              show_default=True)
+@click.option("--dtype", type=click.Choice(DTYPES), default=_REQUEST["dtype"], show_default=True)
+@click.option("--batch-size", default=_REQUEST["batch_size"], show_default=True,
+              metavar="auto|INT", help="Most rows per forward pass; auto halves it on out-of-memory.")
 @click.option("--allow-pickle", is_flag=True,
               help="Accept pickle (.bin) checkpoints; they can run code when loaded.")
 @db_option
@@ -55,10 +65,6 @@ def ingest(models, families, tasks, prompts, samples, seed, temperature, top_p, 
 
     Example: catalog ingest --family toy --task digit,coin --samples 1000 --seed 1
     """
-    from catalog.cli.progress import UnitProgress
-    from ingest.backends import SamplingParams
-    from ingest.jobs import IngestRequest, run_ingest
-
     request = IngestRequest(
         models=_split(models), families=_split(families), tasks=_split(tasks),
         prompts=_split(prompts), seed=seed, mode=mode, device=device, dtype=dtype,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
+from catalog import registry
 from catalog.cli.common import catalog_session, db_option
+from catalog.cli.store import echo_frame
 
 
 @click.group("models")
@@ -33,8 +35,6 @@ def add_command(name, family, stage, stage_order, chat, db_url, **fields) -> Non
 
     Example: catalog models add olmo-sft --family olmo-2-1124-7b --stage sft --source allenai/OLMo-2-1124-7B-SFT
     """
-    from catalog import registry
-
     if chat is None:
         chat = registry.stage_order_for(stage, stage_order) != 0
     with catalog_session(db_url) as session:
@@ -58,9 +58,6 @@ def list_command(family: str | None, db_url: str | None) -> None:
     """
     import polars as pl
 
-    from catalog import registry
-    from catalog.cli.store import echo_frame
-
     with catalog_session(db_url) as session:
         rows = [
             (m.family.name, m.stage, m.stage_order, m.name, m.source or "", m.revision or "",
@@ -82,8 +79,6 @@ def load_command(experiment: str, db_url: str | None) -> None:
 
     Example: catalog models load study
     """
-    from catalog import registry
-
     with catalog_session(db_url) as session:
         models = registry.load_experiment(session, experiment)
         families = sorted({m.family.name for m in models})

@@ -6,6 +6,7 @@ import sys
 import time
 
 import click
+from tqdm import tqdm
 
 
 class UnitProgress:
@@ -37,8 +38,6 @@ class UnitProgress:
         self._log(f"{info['model']}: {info['units']} units, {already} already done, "
                   f"{info['todo']} to sample")
         if self.interactive:
-            from tqdm import tqdm
-
             if self.bar is None:
                 self.bar = tqdm(total=self.total, unit="unit", file=self.stream, dynamic_ncols=True)
             else:

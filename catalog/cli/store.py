@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from catalog.cli.common import catalog_engine, db_option
+from catalog.enums import COUNT_FILE_FORMATS, RUN_MODES
 
 
 def echo_frame(frame, fmt: str = "table") -> None:
@@ -48,11 +49,11 @@ def import_counts_command(path: Path, db_url: str | None) -> None:
 
 @click.command("export")
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default=None,
+@click.option("--format", "fmt", type=click.Choice(COUNT_FILE_FORMATS), default=None,
               help="File format (default: from the file name's suffix).")
 @click.option("--family", "families", multiple=True, metavar="F", help="Only this family (repeatable).")
 @click.option("--task", "tasks", multiple=True, metavar="T", help="Only this task (repeatable).")
-@click.option("--mode", type=click.Choice(["sampled", "exact"]), default="sampled", show_default=True,
+@click.option("--mode", type=click.Choice(RUN_MODES), default="sampled", show_default=True,
               help="Sampled counts (importable) or exact probabilities.")
 @db_option
 def export_command(path: Path, fmt, families, tasks, mode, db_url: str | None) -> None:

@@ -5,8 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from sqlalchemy import select
 
+from catalog import registry
 from catalog.cli.common import catalog_session, db_option
+from catalog.cli.store import echo_frame
+from catalog.schema import Task
+from catalog.tasks import bundled_task, bundled_tasks, load_task_file
 
 
 @click.group("tasks")
@@ -22,11 +27,6 @@ def list_command(db_url: str | None) -> None:
     Example: catalog tasks list
     """
     import polars as pl
-    from sqlalchemy import select
-
-    from catalog.cli.store import echo_frame
-    from catalog.schema import Task
-    from catalog.tasks import bundled_tasks
 
     rows = {
         spec.name: (spec.name, spec.kind, len(spec.options), len(spec.prompts), "bundled")
@@ -48,11 +48,6 @@ def show_command(name: str, db_url: str | None) -> None:
 
     Example: catalog tasks show digit
     """
-    from sqlalchemy import select
-
-    from catalog.schema import Task
-    from catalog.tasks import bundled_task
-
     with catalog_session(db_url) as session:
         task = session.scalar(select(Task).where(Task.name == name))
         if task is not None:
@@ -84,9 +79,6 @@ def add_command(path: Path, db_url: str | None) -> None:
 
     Example: catalog tasks add my_task.toml
     """
-    from catalog import registry
-    from catalog.tasks import load_task_file
-
     spec = load_task_file(path)
     with catalog_session(db_url) as session:
         task = registry.sync_task(session, spec)

@@ -1,0 +1,40 @@
+"""The analysis options: every threshold and setting that changes a number.
+
+Kept apart from :mod:`analysis.crystallization` (and free of numpy and Polars) so that the
+CLI can read the defaults for its options without slowing ``catalog --help``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from catalog.errors import InvalidInput
+
+
+@dataclass(frozen=True)
+class AnalysisOptions:
+    """Everything that changes a number; printed with every result as ``thresholds``."""
+
+    tau: float = 0.9
+    liquid_threshold: float = 0.1
+    nucleation_ratio_threshold: float = 1.0
+    probmass_threshold: float = 0.8
+    settle_tolerance: float = 0.1
+    min_samples: int = 1
+    bootstrap: int = 0
+    seed: int = 0
+
+    def validate(self, mode: str) -> None:
+        if not 0 < self.tau <= 1:
+            raise InvalidInput(f"tau must be in (0, 1], got {self.tau}")
+        if self.min_samples < 1:
+            raise InvalidInput(f"min_samples must be at least 1, got {self.min_samples}")
+        if self.bootstrap < 0:
+            raise InvalidInput(
+                f"bootstrap must be 0 (off) or a number of replicates, got {self.bootstrap}"
+            )
+        if self.bootstrap and mode == "exact":
+            raise InvalidInput(
+                "exact probabilities have no sampling noise to bootstrap; "
+                "drop --bootstrap or use --mode sampled"
+            )
