@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.schema import AddConstraint, DropConstraint
 
 from catalog import __version__, registry
+from catalog.conditions import Condition
 from catalog.db import session_scope
 from catalog.enums import COUNT_FILE_FORMATS
 from catalog.errors import InvalidInput, NotFound
@@ -437,8 +438,10 @@ def _delete_imported(conn: Connection, runs: pl.DataFrame) -> int:
 def _insert_runs(conn: Connection, runs: pl.DataFrame, source_file: str) -> pl.DataFrame:
     """Insert one done 'import' run per row; returns (model, task, prompt, run_id)."""
     now = utcnow()
+    condition = Condition.unknown_import()
     rows = runs.select(
         "unit_key", "model_id", "task_id", "prompt_id",
+        condition_key=pl.lit(condition.key),
         mode=pl.lit("sampled"),
         origin=pl.lit("import"),
         status=pl.lit("done"),
@@ -453,13 +456,15 @@ def _insert_runs(conn: Connection, runs: pl.DataFrame, source_file: str) -> pl.D
     if conn.dialect.name == "postgresql":
         stamped = rows.with_columns(
             sampling=pl.lit("{}"),
+            condition=pl.lit(json.dumps(condition.to_dict())),
             library_versions=pl.lit("{}"),
             created_at=pl.lit(now.isoformat()),
             finished_at=pl.lit(now.isoformat()),
         )
         _copy(conn, "runs", stamped)
     else:
-        extra = {"sampling": {}, "library_versions": {}, "created_at": now, "finished_at": now}
+        extra = {"sampling": {}, "condition": condition.to_dict(), "library_versions": {},
+                 "created_at": now, "finished_at": now}
         for chunk in rows.iter_slices(_CHUNK_ROWS):
             conn.execute(insert(Run.__table__), [{**row, **extra} for row in chunk.iter_rows(named=True)])
     ids = _import_run_ids(conn, runs["model_id"].unique().to_list())

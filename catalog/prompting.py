@@ -12,6 +12,8 @@ import hashlib
 
 # The answer is expected right after "Answer:", e.g. " 7" then a newline or end of text.
 PLAIN_SCAFFOLD = "Question: {prompt}\nAnswer:"
+# Its name and version: part of every run's sampling condition (catalog.conditions).
+PLAIN_SCAFFOLD_NAME = "qa@1"
 
 
 def render_plain(prompt: str) -> str:

@@ -27,6 +27,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -87,8 +88,15 @@ class Model(Base):
 
     __tablename__ = "models"
     __table_args__ = (
-        UniqueConstraint("family_id", "stage"),
+        # A stage is one model, or several checkpoints with distinct steps; at most one model
+        # of a stage has no step (NULLs are distinct in a unique constraint: a partial index).
+        UniqueConstraint("family_id", "stage", "step"),
+        Index(
+            "uq_models_family_id_stage_final", "family_id", "stage", unique=True,
+            sqlite_where=text("step IS NULL"), postgresql_where=text("step IS NULL"),
+        ),
         CheckConstraint("stage_order >= 0", name="stage_order_nonnegative"),
+        CheckConstraint("step IS NULL OR step >= 0", name="step_nonnegative"),
         CheckConstraint(sql_in("prompt_format", PROMPT_FORMATS), name="prompt_format_known"),
     )
 
@@ -97,12 +105,17 @@ class Model(Base):
     family_id: Mapped[int] = mapped_column(ForeignKey("families.id"), index=True)
     stage: Mapped[str] = mapped_column(String(100))
     stage_order: Mapped[int] = mapped_column(Integer)
+    # A checkpoint of the stage: its training step (or tokens). NULL: the stage's one model.
+    step: Mapped[int | None] = mapped_column(BigInteger)
     # Hub id or local path; NULL for models known only through imported counts.
     source: Mapped[str | None] = mapped_column(String(1000))
     revision: Mapped[str | None] = mapped_column(String(200))
     prompt_format: Mapped[str] = mapped_column(String(10), default="chat")
     gguf_file: Mapped[str | None] = mapped_column(String(500))
     trust_remote_code: Mapped[bool] = mapped_column(default=False)
+    # The sampling backend registered under this name, and its options (validated by it).
+    backend: Mapped[str] = mapped_column(String(50), default="transformers")
+    backend_options: Mapped[dict[str, Any]] = mapped_column(default=dict)
     notes: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -190,6 +203,12 @@ class Run(Base):
     top_k: Mapped[int | None] = mapped_column(Integer)
     max_new_tokens: Mapped[int | None] = mapped_column(Integer)
     sampling: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # What changes the answer distribution (catalog.conditions): runs of one condition are
+    # pooled, runs of different conditions never are.
+    condition: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    condition_key: Mapped[str] = mapped_column(String(16), index=True, default="")
+    # The task's options or normalizer changed after this run was normalized.
+    stale: Mapped[bool] = mapped_column(default=False)
 
     # Results.
     n_invalid: Mapped[int] = mapped_column(Integer, default=0)
@@ -197,6 +216,9 @@ class Run(Base):
 
     # Work-queue bookkeeping.
     claimed_by: Mapped[str | None] = mapped_column(String(200))
+    # A fresh token per claim: the final write must present it (fencing a lost lease).
+    claim_token: Mapped[str | None] = mapped_column(String(32))
+    heartbeat_at: Mapped[datetime | None] = mapped_column()
     lease_expires_at: Mapped[datetime | None] = mapped_column()
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
@@ -222,6 +244,13 @@ class Run(Base):
     model: Mapped[Model] = relationship()
     task: Mapped[Task] = relationship()
     prompt: Mapped[Prompt] = relationship()
+
+
+def storable_text(text: str) -> str:
+    """A completion text as both databases can store it: PostgreSQL text cannot hold NUL
+    (a byte-level tokenizer can decode one), so NUL becomes U+FFFD, the replacement
+    character. Normalizers see the text as the model wrote it."""
+    return text.replace("\x00", "\ufffd")
 
 
 class Completion(Base):

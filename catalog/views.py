@@ -36,13 +36,22 @@ _RUN_COLUMNS = {
     "family": _TEXT,
     "stage": _TEXT,
     "stage_order": _INT,
+    "step": _INT,
     "model": _TEXT,
     "task": _TEXT,
     "prompt": _TEXT,
     "prompt_id": _INT,
     "prompt_text": _TEXT,
 }
-# Column dtypes of each public view (migrations/versions/0002_query_views.py).
+# The sampling condition's columns (catalog.conditions), in every view.
+_CONDITION_COLUMNS = {
+    "temperature": _FLOAT,
+    "top_p": _FLOAT,
+    "top_k": _INT,
+    "max_new_tokens": _INT,
+    "condition_key": _TEXT,
+}
+# Column dtypes of each public view (migrations/versions/0004_conditions_checkpoints_queue.py).
 VIEW_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
     "v_runs": {
         **_RUN_COLUMNS,
@@ -54,10 +63,9 @@ VIEW_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
         "n_invalid": _INT,
         "covered_mass": _FLOAT,
         "seed": _INT,
-        "temperature": _FLOAT,
-        "top_p": _FLOAT,
-        "top_k": _INT,
-        "max_new_tokens": _INT,
+        **_CONDITION_COLUMNS,
+        "stale": pl.Boolean,
+        "backend": _TEXT,
         "finished_at": _UTC,
     },
     "v_counts": {
@@ -67,6 +75,7 @@ VIEW_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
         "mode": _TEXT,
         "n_invalid": _INT,
         "run_id": _INT,
+        **_CONDITION_COLUMNS,
     },
     "v_distributions": {
         **_RUN_COLUMNS,
@@ -74,6 +83,7 @@ VIEW_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
         "count": _INT,
         "mode": _TEXT,
         "probability": _FLOAT,
+        **_CONDITION_COLUMNS,
     },
 }
 VIEWS = tuple(VIEW_SCHEMAS)

@@ -36,13 +36,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 import catalog
+from catalog.conditions import Condition
 from catalog.db import session_scope
 from catalog.enums import RUN_MODES
 from catalog.errors import CatalogError, InvalidInput, NotFound
 from catalog.normalize import get_normalizer
-from catalog.prompting import text_hash
+from catalog.prompting import PLAIN_SCAFFOLD_NAME, text_hash
 from catalog.registry import family_models, get_model, task_by_name
-from catalog.schema import Completion, ExactProb, Model, OptionCount, Prompt, Run, Task, utcnow
+from catalog.schema import (
+    Completion, ExactProb, Model, OptionCount, Prompt, Run, Task, storable_text, utcnow,
+)
 from catalog.tasks import TaskSpec
 from ingest.backends import Backend, ModelSpec, SamplingParams, load_backend
 from ingest.exact import default_surface_forms
@@ -244,9 +247,24 @@ def _run_ids(session: Session, keys: list[str]) -> dict[str, int]:
     return ids
 
 
+def unit_condition(request: IngestRequest) -> Condition:
+    """The sampling condition of the request's units: the user's parameters and stop strings
+    (not the newline stop the catalog adds for plain stages) and the base-stage scaffold."""
+    if request.mode == "exact":
+        return Condition.exact(scaffold=PLAIN_SCAFFOLD_NAME)
+    params = request.params
+    return Condition.sampled(
+        temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
+        max_new_tokens=params.max_new_tokens, stop=params.stop, scaffold=PLAIN_SCAFFOLD_NAME,
+    )
+
+
 def _pending_row(unit: Unit, request: IngestRequest) -> dict:
     params = unit.params
+    condition = unit_condition(request)
     return {
+        "condition": condition.to_dict(),
+        "condition_key": condition.key,
         "unit_key": unit.key,
         "model_id": unit.model_id,
         "task_id": unit.task_id,
@@ -391,12 +409,15 @@ def store_result(
     completion_rows, option_rows, exact_rows = [], [], []
     if result.completions is not None:
         counts: dict[str | None, int] = {}
+        stored: dict[str, dict] = {}
         for text, count in result.completions.items():
             option = normalizer(text, unit.task)
             counts[option] = counts.get(option, 0) + count
-            completion_rows.append(
-                {"run_id": unit.run_id, "text": text, "count": count, "option": option}
-            )
+            row = stored.setdefault(storable_text(text), {
+                "run_id": unit.run_id, "text": storable_text(text), "count": 0, "option": option
+            })
+            row["count"] += count
+        completion_rows = list(stored.values())
         values["n_invalid"] = counts.pop(None, 0)
         option_rows = [{"run_id": unit.run_id, "option": o, "count": c} for o, c in counts.items()]
     else:
