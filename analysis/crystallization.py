@@ -1,9 +1,20 @@
-"""Crystallization analysis: per (family, task) results and cross-family seed prediction.
+"""Crystallization analysis: per (family, task, condition) results, cross-family seed
+prediction, temperature sweeps and checkpoint trajectories.
 
 ``analyze(engine, ...)`` reads the store and ``analyze_data(data, ...)`` works on a
 :class:`~analysis.frames.CountData`; both return a :class:`CrystallizationResult`, which
 gives the JSON contract of ``catalog analyze`` (``to_dict``) and the same numbers as Polars
 DataFrames (``stages``, ``tasks``, ``cross_family``).
+
+Conditions (docs/metrics.md, section 11): every metric is computed per (family, task,
+condition); runs of different conditions are never pooled, cross-family pairs are formed
+within one condition, and a (family, task) sampled at several temperatures of otherwise one
+condition also gets a temperature sweep (:mod:`analysis.sweeps`).
+
+Checkpoints (section 12): the stage metrics use each stage's final checkpoint (the highest
+step, or the stage's step-less model, which is taken to come after its steps); the
+trajectories (:mod:`analysis.trajectories`) run over every checkpoint, with the stage
+metrics' seed.
 
 Choices the contract leaves open (also in the README):
 
@@ -26,9 +37,10 @@ Choices the contract leaves open (also in the README):
 - Cross-family pairs: every ordered pair of selected families that both sampled the task.
   A pair is compared (``status`` "ok") when both have a seed and their base stages were
   sampled on the same prompt ids; otherwise ``status`` says why and the numbers are null.
-- Bootstrap: each (family, task) has its own random stream seeded by (seed, family, task),
-  so its intervals do not depend on which other families are selected. Replicates where a
-  metric is undefined are left out of its percentiles. Cross-family intervals pair
+- Bootstrap: each (family, task, condition) has its own random stream seeded by (seed,
+  family, task, condition_key), so its intervals do not depend on which other families or
+  conditions are selected; its trajectories have another stream of their own. Replicates
+  where a metric is undefined are left out of its percentiles. Cross-family intervals pair
   replicate r of A with replicate r of B (independent resamples of independent data).
 """
 
@@ -41,10 +53,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from sqlalchemy import Engine
 
-from analysis import metrics
+from analysis import metrics, trajectories
 from analysis.frames import CountData, read_counts
 from analysis.layout import GroupSpec, Layout
-from analysis.options import AnalysisOptions
+from analysis.options import AnalysisOptions, ConditionSelection
 from analysis.results import (
     CROSS_METRICS,
     SCALAR_METRICS,
@@ -52,7 +64,9 @@ from analysis.results import (
     CrossResult,
     CrystallizationResult,
     GroupResult,
+    GroupTrajectories,
 )
+from analysis.sweeps import temperature_sweeps
 
 # Bootstrap chunks hold about this many floats in the pairwise-JSD step (bounds memory).
 _CHUNK_FLOATS = 4_000_000
@@ -65,14 +79,17 @@ def analyze(
     tasks: Sequence[str] | None = None,
     mode: str = "sampled",
     options: AnalysisOptions | None = None,
+    conditions: ConditionSelection | None = None,
 ) -> CrystallizationResult:
-    """Read the selected counts from the store and analyze them.
+    """Read the selected counts from the store and analyze them (``conditions``: only runs
+    with these sampling parameters).
 
     Example: ``analyze(engine, families=["OLMo 2 7B"], options=AnalysisOptions(bootstrap=1000))``
     """
     options = options or AnalysisOptions()
     options.validate(mode)
-    return analyze_data(read_counts(engine, families=families, tasks=tasks, mode=mode), options)
+    data = read_counts(engine, families=families, tasks=tasks, mode=mode, conditions=conditions)
+    return analyze_data(data, options)
 
 
 def analyze_data(data: CountData, options: AnalysisOptions | None = None) -> CrystallizationResult:
@@ -82,11 +99,35 @@ def analyze_data(data: CountData, options: AnalysisOptions | None = None) -> Cry
     layout = Layout.build(data)
     groups = [_analyze_group(layout, spec, options, data.mode) for spec in layout.groups]
     cross: list[CrossResult] = []
-    for task in layout.task_names:
-        sampled = [g for g in groups if g.task == task and g.stages]
+    for key in dict.fromkeys((g.task, g.condition_key) for g in groups):
+        sampled = [g for g in groups if (g.task, g.condition_key) == key and g.stages]
         replicates = _bootstrap_task(sampled, options) if options.bootstrap else None
         cross.extend(_cross_family(sampled, replicates))
-    return CrystallizationResult({**asdict(options), "mode": data.mode}, groups, cross)
+    with_trajectories = options.trajectories
+    if with_trajectories is None:  # on when some stage has several checkpoints
+        with_trajectories = any(len(s.checkpoints) > len(s.stages) for s in layout.groups)
+    series = []
+    if with_trajectories:
+        series = [
+            _group_trajectories(layout, spec, group, options, data.mode)
+            for spec, group in zip(layout.groups, groups)
+            if group.usable.any()
+        ]
+    thresholds = {**asdict(options), "trajectories": with_trajectories, "mode": data.mode}
+    return CrystallizationResult(
+        thresholds, groups, cross, trajectories=series,
+        sweeps=temperature_sweeps(groups, options.reference_temperature),
+        warnings=_stale_warning(data),
+    )
+
+
+def _stale_warning(data: CountData) -> list[str]:
+    if not data.stale_runs:
+        return []
+    return [
+        f"{data.stale_runs} of the selected runs are stale: their task's options or normalizer "
+        "changed after they were normalized; re-normalize them with `catalog renormalize`"
+    ]
 
 
 def stage_roles(stages: Sequence[str], orders: Sequence[int]) -> metrics.StageRoles:
@@ -115,11 +156,12 @@ def _analyze_group(
     option_names, prompt_keys = layout.options[task], layout.prompt_keys[task]
     prompt_ids = layout.prompt_ids[task]
     roles = stage_roles(spec.stages, spec.stage_orders)
-    counts = layout.block(spec)
-    sampled = layout.cells(spec, layout.sampled)
+    # The stage metrics use each stage's final checkpoint.
+    counts = layout.block(spec)[spec.finals]
+    sampled = layout.cells(spec, layout.sampled)[spec.finals]
+    usable = _usable(counts, sampled, options, mode)
     totals = counts.sum(axis=-1)
     minimum = options.min_samples if mode == "sampled" else np.finfo(float).tiny
-    usable = sampled & (totals >= minimum)
     p = np.where(usable[..., None], counts / np.where(usable, totals, 1.0)[..., None], 0.0)
 
     problems: list[str] = []
@@ -186,6 +228,10 @@ def _analyze_group(
     group = GroupResult(
         family=spec.family,
         task=task,
+        condition_key=spec.condition_key,
+        condition=layout.conditions.get(spec.condition_key, {}),
+        steps=[spec.checkpoints[i][1] for i in spec.finals],
+        checkpoints=list(spec.checkpoints),
         kind=kind,
         options=option_names,
         stages=spec.stages,
@@ -210,14 +256,24 @@ def _analyze_group(
     return group
 
 
+def _usable(
+    counts: np.ndarray, sampled: np.ndarray, options: AnalysisOptions, mode: str
+) -> np.ndarray:
+    """Usable (checkpoint, prompt) cells: sampled, with at least ``min_samples`` valid samples
+    (exact mode: any positive probability on O_t)."""
+    minimum = options.min_samples if mode == "sampled" else np.finfo(float).tiny
+    return sampled & (counts.sum(axis=-1) >= minimum)
+
+
 def _validity(layout: Layout, spec: GroupSpec, mode: str) -> np.ndarray:
-    """Per stage: valid / (valid + invalid) samples; exact mode: mean covered mass."""
+    """Per stage (its final checkpoint): valid / (valid + invalid) samples; exact mode: the
+    mean covered mass."""
     if mode == "sampled":
-        valid = layout.cells(spec, layout.n_valid).sum(axis=1)
-        invalid = layout.cells(spec, layout.n_invalid).sum(axis=1)
+        valid = layout.cells(spec, layout.n_valid)[spec.finals].sum(axis=1)
+        invalid = layout.cells(spec, layout.n_invalid)[spec.finals].sum(axis=1)
         return metrics.ratio(valid, valid + invalid)
-    sampled = layout.cells(spec, layout.sampled)
-    covered = np.where(sampled, layout.cells(spec, layout.covered_mass), np.nan)
+    sampled = layout.cells(spec, layout.sampled)[spec.finals]
+    covered = np.where(sampled, layout.cells(spec, layout.covered_mass)[spec.finals], np.nan)
     known = ~np.isnan(covered)
     return metrics.ratio(np.where(known, covered, 0.0).sum(axis=1), known.sum(axis=1))
 
@@ -301,9 +357,7 @@ def _bootstrap_task(
         s, n, k = g.counts.shape
         per_replicate = s * max(n * (n - 1) // 2, n, 1) * max(k, 1)
         chunk = max(1, min(options.bootstrap, _CHUNK_FLOATS // per_replicate))
-        rng = np.random.default_rng(
-            [options.seed, zlib.crc32(g.family.encode()), zlib.crc32(g.task.encode())]
-        )
+        rng = np.random.default_rng(_stream(options, g))
         closed = g.kind == "closed"
         parts: dict[str, list[np.ndarray]] = {}
         for start in range(0, options.bootstrap, chunk):
@@ -334,6 +388,44 @@ def _bootstrap_task(
     return kept
 
 
+def _stream(options: AnalysisOptions, g: GroupResult, *purpose: str) -> list[int]:
+    """The seed of a group's own random stream: (seed, family, task, condition, purpose)."""
+    names = (g.family, g.task, g.condition_key, *purpose)
+    return [options.seed, *(zlib.crc32(name.encode()) for name in names)]
+
+
+# ----- checkpoint trajectories -------------------------------------------------------------
+
+
+def _group_trajectories(
+    layout: Layout, spec: GroupSpec, group: GroupResult, options: AnalysisOptions, mode: str
+) -> GroupTrajectories:
+    """The series of one (family, task, condition) over all its checkpoints, with the stage
+    metrics' seed S and support Sigma (docs/metrics.md, section 12). Cells the stage metrics
+    would exclude (too few valid samples) are left out at every checkpoint. The bootstrap
+    re-chooses the seed per replicate from the base and final SFT checkpoints, as the stage
+    metrics' bootstrap does."""
+    counts = layout.block(spec)
+    usable = _usable(counts, layout.cells(spec, layout.sampled), options, mode)
+    data = np.where(usable[..., None], counts, 0.0)
+    seed = support = rule = None
+    if group.seed_index >= 0:
+        roles = group.roles
+        seed = group.distributions[roles.base, group.seed_index]
+        support = metrics.seed_support(seed, options.tau)
+        rule = trajectories.SeedRule(spec.finals[roles.base], spec.finals[roles.sft], options.tau)
+    series = trajectories.trajectories(
+        spec.checkpoints,
+        list(data),
+        seed,
+        support,
+        replicates=options.bootstrap,
+        rng=np.random.default_rng(_stream(options, group, "trajectories")),
+        seed_rule=rule,
+    )
+    return GroupTrajectories(group.family, group.task, group.condition_key, group.condition, series)
+
+
 # ----- cross-family ------------------------------------------------------------------------
 
 
@@ -348,7 +440,8 @@ def _cross_family(
                 continue
             seed_a, seed_b = a.seed_index, b.seed_index
             result = CrossResult(
-                a.family, b.family, a.task, "ok", a.prompt_key(seed_a), b.prompt_key(seed_b)
+                a.family, b.family, a.task, "ok", a.prompt_key(seed_a), b.prompt_key(seed_b),
+                condition_key=a.condition_key, condition=a.condition,
             )
             results.append(result)
             if seed_a < 0 or seed_b < 0:

@@ -1,57 +1,75 @@
 """Counts from the store as lean Polars frames, and the dense arrays the metrics work on.
 
 ``read_counts`` reads one mode's counts (sampled counts by default; ``mode="exact"`` reads
-exact probabilities instead, the two are never mixed) for the selected families and tasks
-through the public views, in three queries:
+exact probabilities instead, the two are never mixed) for the selected families, tasks and
+sampling conditions through the public views, in four queries:
 
-- ``v_runs``: one row per done run, for the (family, stage, task, prompt) of each run and its
-  invalid count (a run whose samples are all invalid has no ``v_counts`` rows, so validity
-  must come from here);
+- ``v_runs``: one row per done run, for the (family, stage, step, task, prompt, condition)
+  of each run, its invalid count (a run whose samples are all invalid has no ``v_counts``
+  rows, so validity must come from here) and its ``stale`` flag;
 - ``v_counts`` (sampled) or ``v_distributions`` (exact): the option counts, read as just
   ``run_id, option, count`` so that millions of rows stay small (no repeated names);
-- ``tasks``: each task's kind and closed option list.
+- ``tasks``: each task's kind and closed option list;
+- ``runs``: the readable JSON of each condition in the selection (one run per condition).
 
-Several done runs of the same (model, task, prompt, mode) are pooled into one *unit*: their
-counts are added (exact probabilities are averaged by ``v_distributions``).
+Several done runs of the same (model, task, prompt, mode) **in one condition** are pooled
+into one *unit*: their counts are added (exact probabilities are averaged by
+``v_distributions``). Runs in different conditions are different units, never pooled
+(docs/metrics.md, section 11). A model is one checkpoint: (family, stage, step).
 
 ``CountData`` holds the result; ``counts_from_frame`` builds the same thing from an
 import-style long frame (family, stage, stage_order, task, prompt, prompt_id, option,
-count), which is how the metrics are tested without a database.
+count; optionally step and the condition columns), which is how the metrics are tested
+without a database.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import polars as pl
-from sqlalchemy import Engine, column, literal_column, select, table
+from sqlalchemy import Engine, column, func, literal_column, select, table
 
+from analysis.options import ConditionSelection
+from catalog.conditions import Condition
 from catalog.enums import RUN_MODES
 from catalog.errors import InvalidInput, NotFound
-from catalog.schema import Task
+from catalog.schema import Run, Task
 from catalog.views import read_sql
 
-UNIT_KEYS = ["family", "stage", "stage_order", "task", "prompt", "prompt_id"]
+UNIT_KEYS = [
+    "family", "stage", "stage_order", "step", "task", "prompt", "prompt_id", "condition_key",
+]
+# The keys an import-style frame must have (step and the condition are optional).
+FRAME_KEYS = ["family", "stage", "stage_order", "task", "prompt", "prompt_id"]
+# The condition's parameters that are columns of the views (and may select runs).
+CONDITION_FIELDS = ("temperature", "top_p", "top_k", "max_new_tokens")
 
 
 @dataclass(frozen=True)
 class CountData:
     """One mode's counts for a selection of families and tasks.
 
-    - ``units``: one row per pooled (family, stage, task, prompt): ``unit`` (UInt32 row
-      number), family, stage, stage_order, task, prompt (key), prompt_id, ``n_invalid``
-      (summed over the pooled runs), ``covered_mass`` (mean over exact runs, else null).
+    - ``units``: one row per pooled (family, stage, step, task, prompt, condition):
+      ``unit`` (UInt32 row number), family, stage, stage_order, step (null: the stage's one
+      model), task, prompt (key), prompt_id, condition_key, ``n_invalid`` (summed over the
+      pooled runs), ``covered_mass`` (mean over exact runs, else null).
     - ``counts``: ``unit``, ``option``, ``value`` (a sample count, or an exact probability);
       only rows with a positive value.
     - ``tasks``: ``task``, ``kind`` ("closed"/"open"), ``options`` (the closed option list;
       empty for open tasks).
+    - ``conditions``: {condition_key: the condition's JSON} (``Condition.to_dict()``).
+    - ``stale_runs``: how many of the selected runs are stale (``runs.stale``).
     """
 
     mode: str
     units: pl.DataFrame
     counts: pl.DataFrame
     tasks: pl.DataFrame
+    conditions: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    stale_runs: int = 0
 
 
 def read_counts(
@@ -60,11 +78,13 @@ def read_counts(
     families: Sequence[str] | None = None,
     tasks: Sequence[str] | None = None,
     mode: str = "sampled",
+    conditions: ConditionSelection | None = None,
 ) -> CountData:
-    """Read the store's done runs of one mode for the selected families and tasks.
+    """Read the store's done runs of one mode for the selected families, tasks and
+    conditions (``conditions``: runs with these sampling parameters; None: all).
 
-    Raises NotFound when the selection has no runs at all, or names a family or task that
-    has none, saying what the store holds.
+    Raises NotFound when the selection has no runs at all, or names a family, task or
+    condition parameter that has none, saying what the store holds.
     """
     _check_mode(mode)
     filters = {"mode": [mode], "family": families, "task": tasks}
@@ -73,16 +93,19 @@ def read_counts(
         _select_sql(
             engine,
             "v_runs",
-            [*UNIT_KEYS, "run_id", "n_invalid", "covered_mass"],
+            [*UNIT_KEYS, *CONDITION_FIELDS, "run_id", "n_invalid", "covered_mass", "stale"],
             filters,
         ),
     )
     _check_selection(engine, runs, families, tasks, mode)
     runs = runs.with_columns(
-        pl.col("stage_order", "prompt_id").cast(pl.Int64),
+        pl.col("stage_order", "step", "prompt_id", "top_k", "max_new_tokens").cast(pl.Int64),
+        pl.col("temperature", "top_p").cast(pl.Float64),
         pl.col("n_invalid").fill_null(0).cast(pl.Int64),
         pl.col("covered_mass").cast(pl.Float64),
+        pl.col("stale").cast(pl.Boolean).fill_null(False),
     )
+    runs = _select_conditions(runs, conditions or ConditionSelection(), mode)
     units = _pool_units(runs)
     run_to_unit = runs.join(units.select(*UNIT_KEYS, "unit"), on=UNIT_KEYS, nulls_equal=True)
     if mode == "sampled":
@@ -97,20 +120,37 @@ def read_counts(
             .collect()
         )
     else:
-        # Repeated exact runs are averaged and renormalized by the view itself.
-        keys = ["family", "stage", "task", "prompt_id"]
+        # Repeated exact runs of one condition are averaged and renormalized by the view.
+        keys = ["family", "stage", "step", "task", "prompt_id", "condition_key"]
         exact = read_sql(
             engine,
             _select_sql(engine, "v_distributions", [*keys, "option", "probability"], filters),
         )
         counts = (
-            exact.with_columns(pl.col("prompt_id").cast(pl.Int64))
+            exact.with_columns(pl.col("prompt_id", "step").cast(pl.Int64))
             .filter(pl.col("probability") > 0)
-            .join(units.select(*keys, "unit"), on=keys)
+            .join(units.select(*keys, "unit"), on=keys, nulls_equal=True)
             .select("unit", "option", pl.col("probability").cast(pl.Float64).alias("value"))
         )
     task_names = units["task"].unique().sort().to_list()
-    return CountData(mode, units, counts, read_task_info(engine, task_names))
+    keys = units["condition_key"].unique().sort().to_list()
+    return CountData(
+        mode, units, counts, read_task_info(engine, task_names),
+        conditions=read_conditions(engine, keys), stale_runs=int(runs["stale"].sum()),
+    )
+
+
+def read_conditions(engine: Engine, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """{condition_key: the condition's JSON} of the done runs with these keys (one run per
+    key is read: every run of a condition stores the same JSON)."""
+    first = (
+        select(func.min(Run.id))
+        .where(Run.status == "done", Run.condition_key.in_(list(keys)))
+        .group_by(Run.condition_key)
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(select(Run.condition_key, Run.condition).where(Run.id.in_(first)))
+        return {key: dict(condition or {}) for key, condition in rows}
 
 
 def read_task_info(engine: Engine, names: Sequence[str]) -> pl.DataFrame:
@@ -145,25 +185,36 @@ def counts_from_frame(
 
     Columns: family, stage, stage_order, task, prompt, prompt_id, option and ``count``
     (sampled) or ``probability`` (exact); optional ``n_invalid`` per row of a (family,
-    stage, task, prompt). A null option with a count stands for invalid samples only.
-    ``closed_options`` maps a task to its option list (None or absent: open task).
+    stage, task, prompt), ``step`` (the checkpoint; null: the stage's one model) and the
+    condition columns temperature, top_p, top_k, max_new_tokens, scaffold (a row without
+    any is in the "imported" condition, as imported counts are). A null option with a count stands
+    for invalid samples only. ``closed_options`` maps a task to its option list (None or
+    absent: open task).
     """
     _check_mode(mode)
     value = "count" if mode == "sampled" else "probability"
-    missing = [c for c in [*UNIT_KEYS, "option", value] if c not in frame.columns]
+    missing = [c for c in [*FRAME_KEYS, "option", value] if c not in frame.columns]
     if missing:
         raise InvalidInput(f"the counts frame lacks column(s) {', '.join(missing)}")
-    if "n_invalid" not in frame.columns:
-        frame = frame.with_columns(n_invalid=pl.lit(0, pl.Int64))
+    types = {"n_invalid": pl.Int64, "step": pl.Int64, "temperature": pl.Float64,
+             "top_p": pl.Float64, "top_k": pl.Int64, "max_new_tokens": pl.Int64,
+             "scaffold": pl.String}
+    frame = frame.with_columns(
+        (pl.col(name) if name in frame.columns else pl.lit(0 if name == "n_invalid" else None))
+        .cast(dtype)
+        .alias(name)
+        for name, dtype in types.items()
+    )
+    frame, conditions = _with_condition_keys(frame, mode)
     runs = frame.with_columns(
-        pl.col("stage_order", "prompt_id", "n_invalid").cast(pl.Int64),
+        pl.col("stage_order", "prompt_id").cast(pl.Int64),
         covered_mass=pl.lit(None, pl.Float64),
     )
     # n_invalid is per (model, prompt): take it once per unit, not once per option row.
     units = _pool_units(runs.unique(subset=UNIT_KEYS, keep="first", maintain_order=True))
     counts = (
         runs.filter(pl.col("option").is_not_null() & (pl.col(value) > 0))
-        .join(units.select(*UNIT_KEYS, "unit"), on=UNIT_KEYS)
+        .join(units.select(*UNIT_KEYS, "unit"), on=UNIT_KEYS, nulls_equal=True)
         .select("unit", pl.col("option").cast(pl.String), pl.col(value).alias("value"))
     )
     if mode == "sampled":
@@ -172,7 +223,24 @@ def counts_from_frame(
         counts = counts.with_columns(pl.col("value").cast(pl.Float64))
     names = units["task"].unique().to_list()
     closed_options = closed_options or {}
-    return CountData(mode, units, counts, task_frame({n: closed_options.get(n) for n in names}))
+    tasks = task_frame({n: closed_options.get(n) for n in names})
+    return CountData(mode, units, counts, tasks, conditions=conditions)
+
+
+def _with_condition_keys(frame: pl.DataFrame, mode: str) -> tuple[pl.DataFrame, dict]:
+    """Add ``condition_key`` from the condition columns; returns {key: condition JSON}."""
+    columns = [*CONDITION_FIELDS, "scaffold"]
+    combos = frame.select(columns).unique()
+    conditions, keys = {}, []
+    for row in combos.iter_rows(named=True):
+        if all(v is None for v in row.values()):
+            condition = Condition(mode, imported=True)
+        else:
+            condition = Condition(mode, **row)
+        conditions[condition.key] = condition.to_dict()
+        keys.append(condition.key)
+    combos = combos.with_columns(condition_key=pl.Series(keys, dtype=pl.String))
+    return frame.join(combos, on=columns, nulls_equal=True), conditions
 
 
 def option_sets(data: CountData) -> pl.DataFrame:
@@ -206,13 +274,44 @@ def option_sets(data: CountData) -> pl.DataFrame:
 
 
 def _pool_units(runs: pl.DataFrame) -> pl.DataFrame:
-    """One row per (family, stage, task, prompt), runs pooled, numbered in a stable order."""
+    """One row per (family, stage, step, task, prompt, condition), runs pooled, numbered in
+    a stable order."""
     return (
         runs.group_by(UNIT_KEYS)
         .agg(pl.col("n_invalid").sum(), pl.col("covered_mass").mean())
-        .sort("family", "task", "stage_order", "stage", "prompt_id")
+        .sort(
+            "family", "task", "condition_key", "stage_order", "stage", "step", "prompt_id",
+            nulls_last=True,
+        )
         .with_row_index("unit")
     )
+
+
+def _select_conditions(
+    runs: pl.DataFrame, selection: ConditionSelection, mode: str
+) -> pl.DataFrame:
+    """The runs whose sampling parameters are among the selected values; NotFound (saying
+    which values the selection holds) when none is."""
+    wanted = selection.filters()
+    if not wanted:
+        return runs
+    kept = runs
+    for name, values in wanted.items():
+        chosen = pl.col(name).is_in([v for v in values if not (name == "top_k" and v == 0)])
+        if name == "top_k" and 0 in values:  # top-k 0 is "off", stored as null
+            chosen = chosen | pl.col(name).is_null()
+        kept = kept.filter(chosen.fill_null(False))
+    if kept.is_empty():
+        asked = "; ".join(f"{n} {', '.join(f'{v:g}' for v in vs)}" for n, vs in wanted.items())
+        held = "; ".join(
+            f"{n} " + (", ".join(f"{v:g}" for v in runs[n].drop_nulls().unique().sort()) or "none")
+            for n in wanted
+        )
+        raise NotFound(
+            f"no done {mode} runs with {asked} in the selection; it holds {held} "
+            "(imported counts without condition columns have none)"
+        )
+    return kept
 
 
 def _select_sql(

@@ -110,8 +110,9 @@ def liquidity(p: np.ndarray, mask: np.ndarray, totals: np.ndarray | None = None)
     ``p`` has shape (..., N, K) and ``mask`` (..., N) or (N,); NaN with fewer than two
     usable prompts. ``totals`` (optional, broadcastable to (..., N)) are the sample sizes
     behind ``p`` when it holds sampled counts over their totals: where every usable prompt
-    of a row has the same size n, the pair entropies come from a table of ``T log2 T`` over
-    the integer pair counts T (an exact rewriting, about four times faster than logs).
+    of a row has the same size n, the pair entropies (and the prompts' own entropies) come
+    from a table of ``T log2 T`` over the integer pair counts T (an exact rewriting, about
+    four times faster than logs).
 
     Matrix operations over blocks of prompt pairs (no loop over prompts or options): the
     blocks only keep the working set in the CPU cache.
@@ -126,22 +127,40 @@ def liquidity(p: np.ndarray, mask: np.ndarray, totals: np.ndarray | None = None)
     weights = (mask[:, first] & mask[:, second]).astype(float)
     size = _common_sample_size(totals, mask, p.shape[:-1])
     tabled = ~np.isnan(size)
-    counts = np.rint(flat[tabled] * size[tabled, None, None]).astype(np.int32)
+    everywhere = bool(tabled.all())
+    tabled_rows = flat if everywhere else flat[tabled]  # no copy in the common case
+    counts = np.rint(tabled_rows * size[tabled, None, None]).astype(np.int32)
     table = _xlog2x_table(2 * int(size[tabled].max())) if tabled.any() else None
+
+    def by_rows(from_counts, from_logs, columns: int) -> np.ndarray:
+        """Per row: the table's value where the row is tabled, the logarithms' elsewhere."""
+        if everywhere:
+            return from_counts()
+        out = np.empty((flat.shape[0], columns))
+        if tabled.any():
+            out[tabled] = from_counts()
+        out[~tabled] = from_logs()
+        return out
+
     # sum over usable pairs of H(M) (blocked), then subtract the (H(P) + H(Q)) / 2 part,
     # which sums to (usable - 1) / 2 * sum over usable prompts of H(P).
     mixture_total = np.zeros(flat.shape[0])
     block = max(1, _PAIR_BLOCK_FLOATS // max(1, flat.shape[0] * k))
     for start in range(0, len(first), block):
         i, j = first[start : start + block], second[start : start + block]
-        pair = np.empty((flat.shape[0], len(i)))
-        if tabled.any():
-            pair[tabled] = _pair_entropy_from_counts(counts, size[tabled], i, j, table)
-        if not tabled.all():
-            pair[~tabled] = _pair_entropy(flat[~tabled], i, j)
+        pair = by_rows(
+            lambda: _pair_entropy_from_counts(counts, size[tabled], i, j, table),
+            lambda: _pair_entropy(flat[~tabled], i, j),
+            len(i),
+        )
         mixture_total += np.einsum("bp,bp->b", pair, weights[:, start : start + block])
     usable = mask.sum(axis=-1)
-    own_total = (usable - 1) / 2 * np.sum(np.where(mask, entropy(flat), 0.0), axis=-1)
+    own = by_rows(
+        lambda: _entropy_from_counts(counts, size[tabled], table),
+        lambda: entropy(flat[~tabled]),
+        n,
+    )
+    own_total = (usable - 1) / 2 * np.sum(np.where(mask, own, 0.0), axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = (mixture_total - own_total) / weights.sum(axis=-1)
     return np.clip(mean, 0.0, 1.0).reshape(batch)
@@ -181,9 +200,21 @@ def _pair_entropy_from_counts(
     """
     pair_counts = np.take(counts, i, axis=1)
     pair_counts += np.take(counts, j, axis=1)
-    sums = np.take(table, pair_counts).sum(axis=-1)
+    sums = _sum_last(np.take(table, pair_counts))
     size = size[:, None]
     return 1.0 - 0.5 * (sums / size - 2.0 * np.log2(size))
+
+
+def _entropy_from_counts(counts: np.ndarray, size: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """``H(P)`` of each prompt where ``P = counts / size``: ``log2 n - (1/n) sum C log2 C``
+    (meaningless for an unusable all-zero row, which the callers mask out)."""
+    size = size[:, None]
+    return np.log2(size) - _sum_last(np.take(table, counts)) / size
+
+
+def _sum_last(values: np.ndarray) -> np.ndarray:
+    """Sum over a short last axis (the options): einsum, 3-4x faster than ``sum(axis=-1)``."""
+    return np.einsum("...k->...", values)
 
 
 def _pair_entropy(p: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:

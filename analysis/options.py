@@ -1,4 +1,5 @@
-"""The analysis options: every threshold and setting that changes a number.
+"""The analysis options: every threshold and setting that changes a number, and the
+selection of sampling conditions.
 
 Kept apart from :mod:`analysis.crystallization` (and free of numpy and Polars) so that the
 CLI can read the defaults for its options without slowing ``catalog --help``.
@@ -6,14 +7,20 @@ CLI can read the defaults for its options without slowing ``catalog --help``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from catalog.errors import InvalidInput
 
 
 @dataclass(frozen=True)
 class AnalysisOptions:
-    """Everything that changes a number; printed with every result as ``thresholds``."""
+    """Everything that changes a number; printed with every result as ``thresholds``.
+
+    ``reference_temperature``: the temperature whose seed support the temperature sweep
+    measures every temperature's ProbMass against (docs/metrics.md, section 11).
+    ``trajectories``: compute checkpoint trajectories (section 12); None: when any stage of
+    the selection has more than one checkpoint.
+    """
 
     tau: float = 0.9
     liquid_threshold: float = 0.1
@@ -23,6 +30,8 @@ class AnalysisOptions:
     min_samples: int = 1
     bootstrap: int = 0
     seed: int = 0
+    reference_temperature: float = 1.0
+    trajectories: bool | None = None
 
     def validate(self, mode: str) -> None:
         if not 0 < self.tau <= 1:
@@ -38,3 +47,18 @@ class AnalysisOptions:
                 "exact probabilities have no sampling noise to bootstrap; "
                 "drop --bootstrap or use --mode sampled"
             )
+
+
+@dataclass(frozen=True)
+class ConditionSelection:
+    """Which sampling conditions to analyze: runs whose parameter is one of the given values
+    (an empty tuple selects every value). ``top_k`` 0 selects runs without top-k."""
+
+    temperature: tuple[float, ...] = ()
+    top_p: tuple[float, ...] = ()
+    top_k: tuple[int, ...] = ()
+    max_new_tokens: tuple[int, ...] = ()
+
+    def filters(self) -> dict[str, tuple]:
+        """The parameters that select something: {column: allowed values}."""
+        return {name: tuple(values) for name, values in asdict(self).items() if values}

@@ -27,10 +27,12 @@ import matplotlib
 import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from analysis.results import CrossResult, CrystallizationResult, GroupResult
+from analysis.results import CrossResult, GroupResult, GroupTrajectories
+from analysis.sweeps import TemperatureSweep
 
 DPI = 100
 MAX_OPTIONS = 30
@@ -330,16 +332,17 @@ def task_trajectories(groups: Sequence[GroupResult], orders: list[int]) -> list[
     return out
 
 
-def averaged_trajectories(result: CrystallizationResult, orders: list[int]) -> list[Trajectory]:
-    """Each family's metrics averaged over tasks at each stage order; band = min..max over tasks."""
+def averaged_trajectories(groups: Sequence[GroupResult], orders: list[int]) -> list[Trajectory]:
+    """Each family's metrics averaged over tasks at each stage order; band = min..max over
+    tasks. ``groups``: the groups of one condition."""
     out = []
-    for family in dict.fromkeys(g.family for g in result.groups):
-        groups = [g for g in result.groups if g.family == family and g.stages]
-        if not groups:
+    for family in dict.fromkeys(g.family for g in groups):
+        sampled = [g for g in groups if g.family == family and g.stages]
+        if not sampled:
             continue
         names = [n for panel in _PANELS for n in panel[:2] if n]
-        table = {n: np.full((len(groups), len(orders)), np.nan) for n in names}
-        for row, g in enumerate(groups):
+        table = {n: np.full((len(sampled), len(orders)), np.nan) for n in names}
+        for row, g in enumerate(sampled):
             columns = [orders.index(int(o)) for o in g.stage_orders]
             for n in names:
                 if n in g.values:
@@ -431,6 +434,132 @@ def _threshold(ax, value, label: str) -> None:
         ax.axhline(value, color="0.5", linestyle=":", linewidth=1)
         ax.annotate(label, (1, value), xycoords=("axes fraction", "data"), xytext=(-2, 2),
                     textcoords="offset points", fontsize=7, color="0.4", ha="right")
+
+
+# ----- checkpoint trajectories -------------------------------------------------------------
+
+# (series, panel title, y label); the series of analysis.trajectories.TRAJECTORY_METRICS.
+_CHECKPOINT_PANELS = (
+    ("liquidity", "Liquidity L", "mean pairwise JSD (bits)"),
+    ("entropy_pooled", "Pooled entropy", "H(P̄) (bits)"),
+    ("mse_to_seed", "MSE to seed", "MSE(P̄, S)"),
+    ("probmass", "ProbMass", "mass on seed support"),
+    ("tv_to_previous", "TV to previous", "TV(P̄[c], P̄[c-1])"),
+)
+_BAND_COLORS = ("0.94", "white")
+
+
+def checkpoint_figure(groups: Sequence[GroupTrajectories], colors: dict[str, tuple]) -> Figure:
+    """One task and condition: per family (rows) each series against its checkpoints.
+
+    Stages are shaded bands, labelled at the top; the change point k* is a dashed vertical
+    line between the last point of the old level and the first of the new one, with the
+    two levels drawn as grey segments and, when bootstrapped, the 95% interval of the break
+    as a red band. TV to the previous checkpoint is drawn at the later checkpoint.
+    """
+    widest = max(len(g.series[0].steps) for g in groups if g.series)
+    panel = (float(np.clip(0.09 * widest + 1.2, 2.0, 4.0)), 1.7)
+    margins = Margins(left=0.7, right=0.2, bottom=0.5, top=0.5, wgap=0.6, hgap=0.85)
+    figure, axes = panel_grid(len(groups), len(_CHECKPOINT_PANELS), panel, margins)
+    for row, g in zip(axes, groups):
+        series = {t.metric: t for t in g.series}
+        checkpoints = series["liquidity"].steps
+        for ax, (metric, title, ylabel) in zip(row, _CHECKPOINT_PANELS):
+            _stage_bands(ax, checkpoints)
+            ax.set_xlim(-0.5, len(checkpoints) - 0.5)
+            ax.set_ylabel(ylabel, fontsize=7)
+            t = series.get(metric)
+            if t is None:
+                ax.set_title(f"{_short(g.family)}: {title}", color=colors[g.family])
+                ax.text(0.5, 0.5, "no seed", ha="center", va="center", transform=ax.transAxes)
+                continue
+            first = len(checkpoints) - len(t.values)  # TV starts at c_1
+            x = np.arange(len(t.values)) + first
+            ax.plot(x, np.asarray(t.values, float), "-", marker="o", markersize=2.5,
+                    color=colors[g.family], linewidth=1.2)
+            cp = t.change_point
+            verdict = ""
+            if cp is not None:
+                verdict = f"\n{'transition' if cp.transition else 'drift'}, ΔBIC {cp.delta_bic:.1f}"
+                split = cp.index + first - 0.5
+                ax.axvline(split, color="crimson", linestyle="--", linewidth=1)
+                ax.hlines([cp.before, cp.after], [first - 0.3, split], [split, x[-1] + 0.3],
+                          colors="0.45", linewidth=1)
+                if cp.ci is not None:
+                    ax.axvspan(cp.ci[0] + first - 0.5, cp.ci[1] + first - 0.5 + 0.02,
+                               color="crimson", alpha=0.15, linewidth=0)
+            ax.set_title(f"{_short(g.family)}: {title}{verdict}", color=colors[g.family])
+            ax.yaxis.set_major_locator(MaxNLocator(4))
+            ax.set_xlabel("checkpoint", fontsize=7)
+    return figure
+
+
+def _stage_bands(ax, checkpoints: Sequence[tuple[str, int | None]]) -> None:
+    """Alternating shaded bands, one per stage, named on top; ticks at a few steps."""
+    starts = [i for i, (stage, _) in enumerate(checkpoints)
+              if i == 0 or checkpoints[i - 1][0] != stage]
+    ends = [*starts[1:], len(checkpoints)]
+    for n, (start, end) in enumerate(zip(starts, ends)):
+        ax.axvspan(start - 0.5, end - 0.5, color=_BAND_COLORS[n % 2], linewidth=0, zorder=0)
+        ax.annotate(_short(checkpoints[start][0]), ((start + end - 1) / 2, 1.0),
+                    xycoords=("data", "axes fraction"), xytext=(0, -2), textcoords="offset points",
+                    ha="center", va="top", fontsize=6, color="0.35")
+    every = max(1, int(np.ceil(len(checkpoints) / 6)))
+    ticks = list(range(0, len(checkpoints), every))
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([checkpoints[i][0] if checkpoints[i][1] is None else str(checkpoints[i][1])
+                        for i in ticks], fontsize=6)
+
+
+# ----- temperature sweeps ------------------------------------------------------------------
+
+_SWEEP_PANELS = (
+    ("entropy_pooled", "entropy_mean_prompt", "Entropy", "entropy (bits)"),
+    ("liquidity", None, "Liquidity L", "mean pairwise JSD (bits)"),
+    ("probmass_reference_seed", "probmass_own_seed", "ProbMass", "mass on seed support"),
+)
+_SWEEP_DASHED = {
+    "entropy_pooled": ("pooled H(P̄)", "mean over prompts"),
+    "probmass_reference_seed": ("seed at reference T", "seed at each T"),
+}
+
+
+def temperature_sweep_figure(sweeps: Sequence[TemperatureSweep]) -> Figure:
+    """One task: per sweep (rows: family and shared condition) entropy, liquidity and
+    ProbMass against temperature, one line per stage (dashed: the companion series)."""
+    margins = Margins(left=0.65, right=1.3, bottom=0.5, top=0.45, wgap=0.7, hgap=0.65)
+    figure, axes = panel_grid(len(sweeps), len(_SWEEP_PANELS), (2.5, 1.9), margins)
+    stages = list(dict.fromkeys(stage for sweep in sweeps for stage in sweep.stages))
+    palette = matplotlib.colormaps["Dark2"].colors
+    stage_color = {stage: palette[i % len(palette)] for i, stage in enumerate(stages)}
+    for row, sweep in zip(axes, sweeps):
+        for ax, (name, dashed, title, ylabel) in zip(row, _SWEEP_PANELS):
+            for stage in sweep.stages:
+                for metric, style in ((name, "-"), (dashed, "--")):
+                    if metric is None:
+                        continue
+                    x, y = sweep.series(stage, metric)
+                    y = np.array([np.nan if v is None else v for v in y], float)
+                    ax.plot(x, y, style, marker="o", markersize=3, color=stage_color[stage],
+                            label=stage if style == "-" else None)
+            ax.axvline(sweep.reference_temperature, color="0.6", linestyle=":", linewidth=1)
+            ax.set_title(f"{_short(sweep.family)}: {title}")
+            ax.set_ylabel(ylabel)
+            ax.set_xlabel("temperature")
+            ax.yaxis.set_major_locator(MaxNLocator(5))
+            if name == "probmass_reference_seed":
+                ax.set_ylim(-0.02, 1.05)
+            if name in _SWEEP_DASHED:
+                solid, dash = _SWEEP_DASHED[name]
+                ax.plot([], [], "-", color="0.3", label=solid)
+                ax.plot([], [], "--", color="0.3", label=dash)
+                ax.legend(handles=ax.get_legend_handles_labels()[0][-2:], frameon=False,
+                          loc="best", fontsize=7)
+    handles = [Line2D([], [], color=stage_color[s], marker="o", markersize=3)
+               for s in stages]
+    figure.legend(handles, stages, loc="upper right", frameon=False, title="stage",
+                  bbox_to_anchor=(1.0, 1 - margins.top / figure.get_size_inches()[1]))
+    return figure
 
 
 # ----- cross-family seed prediction -------------------------------------------------------

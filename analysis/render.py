@@ -1,9 +1,10 @@
 """Text renderings of a crystallization result: a terminal table, JSON and CSV.
 
-The table shows, per (family, task), its stages in order with entropy, liquidity, MSE to
-the seed, ProbMass and validity; then the seed prompt, nucleation ratio, held-out check and
-verdict lines; then the cross-family table. The thresholds come first, so a pasted table
-always says how it was computed.
+The table prints one block per sampling condition: per (family, task), its stages in order
+with entropy, liquidity, MSE to the seed, ProbMass and validity; then the seed prompt,
+nucleation ratio, held-out check and verdict lines; then the condition's cross-family
+table. Temperature sweeps and checkpoint trajectories (one reading per series) follow. The
+thresholds come first, so a pasted table always says how it was computed.
 """
 
 from __future__ import annotations
@@ -15,7 +16,15 @@ from typing import Any
 
 import polars as pl
 
-from analysis.results import CrystallizationResult, GroupResult, group_dict
+from analysis.results import (
+    CrossResult,
+    CrystallizationResult,
+    GroupResult,
+    condition_label,
+    cross_dict,
+    group_dict,
+)
+from analysis.sweeps import TemperatureSweep
 from catalog.enums import RESULT_FORMATS
 
 
@@ -31,13 +40,17 @@ def render(result: CrystallizationResult, fmt: str) -> str:
 
 
 def to_csv(result: CrystallizationResult) -> str:
-    """One row per (family, task, stage): per-stage metrics plus the group's seed, ratios
-    and verdicts (list columns joined with "; ") and the thresholds (``thresholds_*``
-    columns). Cross-family rows are in the JSON and the table."""
+    """One row per (family, task, condition, stage): per-stage metrics plus the group's seed,
+    ratios and verdicts (list columns joined with "; ") and the thresholds (``thresholds_*``
+    columns). Cross-family rows, sweeps and trajectories are in the JSON and the table."""
+    stages = result.stages
+    shared = [c for c in result.tasks.columns if c in stages.columns and c != "condition_key"]
     per_group = result.tasks.with_columns(
         pl.col("problems").list.join("; "), pl.col("stages").list.join("; ")
-    ).drop("stages")
-    frame = result.stages.join(per_group, on=["family", "task"], how="left").with_columns(
+    ).drop("stages", *[c for c in shared if c not in ("family", "task")])
+    frame = stages.join(
+        per_group, on=["family", "task", "condition_key"], how="left", nulls_equal=True
+    ).with_columns(
         pl.lit(value).alias(f"thresholds_{name}") for name, value in result.thresholds.items()
     )
     buffer = io.StringIO()
@@ -60,10 +73,20 @@ def to_table(result: CrystallizationResult) -> str:
         ),
         "",
     ]
-    for group in result.groups:
-        lines += _group_block(group, bool(t["bootstrap"]))
+    bootstrapped = bool(t["bootstrap"])
+    for key in dict.fromkeys(g.condition_key for g in result.groups):
+        groups = [g for g in result.groups if g.condition_key == key]
+        lines += [f"condition: {condition_label(groups[0].condition)} [{key}]", ""]
+        for group in groups:
+            lines += _group_block(group, bootstrapped)
+            lines.append("")
+        lines += _cross_block([c for c in result.cross if c.condition_key == key], bootstrapped)
         lines.append("")
-    lines += _cross_block(result, bool(t["bootstrap"]))
+    for sweep in result.sweeps:
+        lines += _sweep_block(sweep)
+        lines.append("")
+    if t.get("trajectories"):
+        lines += _trajectory_block(result)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -120,28 +143,61 @@ def _group_block(g: GroupResult, bootstrapped: bool) -> list[str]:
     return lines
 
 
-def _cross_block(result: CrystallizationResult, bootstrapped: bool) -> list[str]:
-    if not result.cross:
-        return ["cross-family: fewer than two families sampled a task"]
+def _cross_block(cross: list[CrossResult], bootstrapped: bool) -> list[str]:
+    if not cross:
+        return ["cross-family: fewer than two families sampled a task in this condition"]
     headers = ["task", "family A", "family B", "seed A", "seed B", "MSE",
                "rank", "pred. ratio", "same seed"]
     rows = []
     problems = []
-    for c in result.cross_family.iter_rows(named=True):
+    for c in map(cross_dict, cross):
         if c["status"] != "ok":
             problems.append(f"  {c['task']}: {c['family_a']} -> {c['family_b']}: {c['status']}")
             continue
         rank = f"{c['rank']}/{c['n_candidates']}"
         ratio = _number(c["predictive_ratio"], 4)
-        if bootstrapped and c.get("predictive_ratio_ci_low") is not None:
-            low, high = c["predictive_ratio_ci_low"], c["predictive_ratio_ci_high"]
-            ratio += f" [{_number(low, 3)}, {_number(high, 3)}]"
+        bounds = (c["ci"] or {}).get("predictive_ratio")
+        if bootstrapped and bounds and bounds[0] is not None:
+            ratio += f" [{_number(bounds[0], 3)}, {_number(bounds[1], 3)}]"
         rows.append([c["task"], c["family_a"], c["family_b"], c["seed_prompt_a"],
                      c["seed_prompt_b"], _number(c["mse"], 6), rank, ratio,
                      _yes(c["same_seed_prompt"])])
     lines = ["cross-family seed prediction (A's seed vs B's SFT distribution):"]
     lines += ["  " + line for line in _columns(headers, rows)] if rows else ["  no comparable pair"]
     return lines + problems
+
+
+def _sweep_block(sweep: TemperatureSweep) -> list[str]:
+    reference = f"T={sweep.reference_temperature:g}"
+    seed = sweep.reference_seed_prompt
+    lines = [
+        f"temperature sweep: {sweep.family} / {sweep.task} ({sweep.label()}); "
+        f"reference {reference}, seed {seed or 'undefined'}"
+        + ("" if sweep.reference_condition_key else f" ({reference} was not sampled)")
+    ]
+    headers = ["T", "stage", "H prompt", "H pooled", "liquidity", "PM ref seed",
+               "PM own seed", "own seed"]
+    rows = [
+        [f"{p['temperature']:g}", p["stage"], _number(p["entropy_mean_prompt"], 3),
+         _number(p["entropy_pooled"], 3), _number(p["liquidity"], 4),
+         _number(p["probmass_reference_seed"], 4), _number(p["probmass_own_seed"], 4),
+         p["seed_prompt"] or "-"]
+        for p in sweep.points
+    ]
+    return lines + ["  " + line for line in _columns(headers, rows)]
+
+
+def _trajectory_block(result: CrystallizationResult) -> list[str]:
+    lines = ["checkpoint trajectories (change point per series; delta_bic > 0: a transition):"]
+    if not result.trajectories:
+        return lines + ["  no (family, task) with usable prompts"]
+    for t in result.trajectories:
+        points = len(t.series[0].steps) if t.series else 0
+        lines.append(
+            f"  {t.family} / {t.task} [{condition_label(t.condition)}]: {points} checkpoints"
+        )
+        lines += [f"    {series.reading()}" for series in t.series]
+    return lines
 
 
 def _cell(g: GroupResult, name: str, i: int, digits: int, bootstrapped: bool) -> str:

@@ -6,7 +6,10 @@ output_dir)`` draws it: ``output_dir/report.html`` embeds every figure as a base
 URI with inline CSS and no scripts, so it opens offline and can be mailed as one file; each
 figure is also written to ``output_dir/figures/<name>.png`` under a stable, descriptive name
 (``<task>-base-prompts``, ``<task>-stage-distributions``, ``<task>-trajectories``,
-``<task>-cross-family``, ``all-tasks-trajectories``, ``all-tasks-cross-family``).
+``<task>-cross-family``, ``<task>-checkpoints`` with checkpoint trajectories,
+``all-tasks-trajectories``, ``all-tasks-cross-family``, ``<task>-temperature-sweep``).
+With several sampling conditions in the selection each (task, condition) has its own
+section and the condition is part of its figures' names (``<task>-t-0-7-24-tokens-...``).
 
 matplotlib is imported inside ``write_report`` (through :mod:`analysis.plots`), so importing
 this module, and ``catalog --help``, stay fast.
@@ -18,7 +21,7 @@ import base64
 import re
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,15 @@ import numpy as np
 from sqlalchemy import Engine
 
 from analysis.crystallization import AnalysisOptions, analyze
-from analysis.results import CrossResult, CrystallizationResult, GroupResult, json_number
+from analysis.options import ConditionSelection
+from analysis.results import (
+    CrossResult,
+    CrystallizationResult,
+    GroupResult,
+    condition_label,
+    json_number,
+)
+from analysis.sweeps import TemperatureSweep
 from catalog import __version__
 from catalog.errors import NotFound
 
@@ -55,6 +66,7 @@ class ReportSummary:
     figures: list[Path]
     families: list[str]
     tasks: list[str]
+    warnings: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         return (
@@ -71,14 +83,18 @@ def build_report(
     tasks: Sequence[str] | None = None,
     mode: str = "sampled",
     options: AnalysisOptions | None = None,
+    conditions: ConditionSelection | None = None,
 ) -> ReportSummary:
-    """Analyze the selected families and tasks and write the report to ``output_dir``.
+    """Analyze the selected families, tasks and conditions and write the report to
+    ``output_dir``.
 
     Raises NotFound (from the analysis) when the store or the selection holds no runs.
 
     Example: ``build_report(engine, "catalog-report", tasks=["digit"], options=AnalysisOptions(bootstrap=200))``
     """
-    result = analyze(engine, families=families, tasks=tasks, mode=mode, options=options)
+    result = analyze(
+        engine, families=families, tasks=tasks, mode=mode, options=options, conditions=conditions
+    )
     return write_report(result, output_dir)
 
 
@@ -104,8 +120,15 @@ def _draw(result: CrystallizationResult, groups: list[GroupResult], output_dir: 
     families = list(dict.fromkeys(g.family for g in groups))
     task_names = list(dict.fromkeys(g.task for g in groups))
     colors = plots.family_colors(families)
-    slugs = _unique_slugs(task_names, reserved={OVERALL})
     thresholds = result.thresholds
+    # One block of figures per condition; with one condition the names carry none.
+    conditions = {g.condition_key: condition_label(g.condition) for g in groups}
+    several = len(conditions) > 1
+    names = [_section_name(task, label, several) for label in conditions.values()
+             for task in task_names]
+    if several:
+        names += [_section_name(OVERALL, label, several) for label in conditions.values()]
+    slugs = _unique_slugs(list(dict.fromkeys(names)), reserved={OVERALL})
     written: list[Path] = []
 
     def save(figure, name: str, title: str, caption: str) -> ReportFigure:
@@ -116,66 +139,52 @@ def _draw(result: CrystallizationResult, groups: list[GroupResult], output_dir: 
         uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
         return ReportFigure(name, path, title, caption, uri)
 
-    overall_orders, overall_labels = plots.stage_axis(groups)
-    overall = [
-        save(
-            plots.trajectories_figure(
-                plots.averaged_trajectories(result, overall_orders), overall_labels, colors, thresholds
-            ),
-            f"{OVERALL}-trajectories",
-            "Metric trajectories, averaged over tasks",
-            _AVERAGED_CAPTION.format(n=len(task_names)),
-        )
-    ]
-    if len(families) >= 2:
+    overall = []
+    sections = []
+    for key, label in conditions.items():
+        block = [g for g in groups if g.condition_key == key]
+        cross_block = [c for c in result.cross if c.condition_key == key]
+        in_condition = f" ({label})" if several else ""
+        overall_slug = OVERALL if not several else slugs[_section_name(OVERALL, label, several)]
+        overall_orders, overall_labels = plots.stage_axis(block)
         overall.append(
             save(
-                plots.cross_family_figure(result.cross, families, "all tasks"),
-                f"{OVERALL}-cross-family",
-                "Cross-family seed prediction, all tasks",
-                _CROSS_OVERALL_CAPTION,
+                plots.trajectories_figure(
+                    plots.averaged_trajectories(block, overall_orders), overall_labels, colors,
+                    thresholds,
+                ),
+                f"{overall_slug}-trajectories",
+                "Metric trajectories, averaged over tasks" + in_condition,
+                _AVERAGED_CAPTION.format(n=len({g.task for g in block})),
             )
         )
-
-    sections = []
-    for task in task_names:
-        task_groups = [g for g in groups if g.task == task]
-        slug = slugs[task]
-        orders, labels = plots.stage_axis(task_groups)
-        figures = [
-            save(plots.base_prompts_figure(task_groups, colors), f"{slug}-base-prompts",
-                 "Base prompts: the liquid", _BASE_CAPTION),
-            save(plots.stage_distributions_figure(task_groups, colors),
-                 f"{slug}-stage-distributions", "Answer distributions by stage", _STAGES_CAPTION),
-            save(
-                plots.trajectories_figure(
-                    plots.task_trajectories(task_groups, orders), labels, colors, thresholds
-                ),
-                f"{slug}-trajectories",
-                "Metric trajectories across stages",
-                _TRAJECTORY_CAPTION + (_CI_NOTE if thresholds.get("bootstrap") else ""),
-            ),
-        ]
-        if len(task_groups) >= 2:
-            cross = [c for c in result.cross if c.task == task]
-            figures.append(
+        block_families = list(dict.fromkeys(g.family for g in block))
+        if len(block_families) >= 2:
+            overall.append(
                 save(
-                    plots.cross_family_figure(cross, [g.family for g in task_groups], task, colorbar=False),
-                    f"{slug}-cross-family",
-                    "Cross-family seed prediction",
-                    _CROSS_TASK_CAPTION,
+                    plots.cross_family_figure(cross_block, block_families, "all tasks"),
+                    f"{overall_slug}-cross-family",
+                    "Cross-family seed prediction, all tasks" + in_condition,
+                    _CROSS_OVERALL_CAPTION,
                 )
             )
-        sections.append(
+        for task in dict.fromkeys(g.task for g in block):
+            task_groups = [g for g in block if g.task == task]
+            slug = slugs[_section_name(task, label, several)]
+            sections.append(
+                _task_section(result, task_groups, cross_block, slug, colors, save, label, several)
+            )
+
+    sweeps = []
+    for task in dict.fromkeys(s.task for s in result.sweeps):
+        task_sweeps = [s for s in result.sweeps if s.task == task]
+        name = f"{_unique_slugs([task], reserved=set())[task]}-temperature-sweep"
+        sweeps.append(
             {
                 "task": task,
-                "anchor": f"task-{slug}",
-                "kind": task_groups[0].kind,
-                "n_options": len(task_groups[0].options),
-                "n_prompts": len(task_groups[0].prompt_keys),
-                "rows": [_summary_row(g, slug) for g in task_groups],
-                "cross": [_cross_row(c) for c in result.cross if c.task == task],
-                "figures": figures,
+                "figure": save(plots.temperature_sweep_figure(task_sweeps), name,
+                               f"{task}: temperature sweep", _SWEEP_CAPTION),
+                "rows": [_sweep_row(s) for s in task_sweeps],
             }
         )
 
@@ -186,21 +195,95 @@ def _draw(result: CrystallizationResult, groups: list[GroupResult], output_dir: 
         thresholds=_threshold_rows(thresholds),
         families=families,
         tasks=task_names,
+        several_conditions=several,
+        warnings=list(result.warnings),
         summary=[row for section in sections for row in section["rows"]],
         overall=overall,
+        sweeps=sweeps,
         sections=sections,
         single_family=len(families) < 2,
     )
     path = output_dir / REPORT_FILE
     path.write_text(html, encoding="utf-8")
-    return ReportSummary(path, written, families, task_names)
+    return ReportSummary(path, written, families, task_names, list(result.warnings))
+
+
+def _section_name(task: str, condition: str, several: bool) -> str:
+    """What a section's (and its figures') slug is made from: the task, and the condition
+    when the report holds several."""
+    return f"{task} {condition}" if several else task
+
+
+def _task_section(
+    result: CrystallizationResult,
+    task_groups: list[GroupResult],
+    cross: list[CrossResult],
+    slug: str,
+    colors: dict,
+    save,
+    condition: str,
+    several: bool,
+) -> dict[str, Any]:
+    """One (task, condition) section: its tables, figures and trajectory readings."""
+    from analysis import plots
+
+    task = task_groups[0].task
+    thresholds = result.thresholds
+    orders, labels = plots.stage_axis(task_groups)
+    figures = [
+        save(plots.base_prompts_figure(task_groups, colors), f"{slug}-base-prompts",
+             "Base prompts: the liquid", _BASE_CAPTION),
+        save(plots.stage_distributions_figure(task_groups, colors),
+             f"{slug}-stage-distributions", "Answer distributions by stage", _STAGES_CAPTION),
+        save(
+            plots.trajectories_figure(
+                plots.task_trajectories(task_groups, orders), labels, colors, thresholds
+            ),
+            f"{slug}-trajectories",
+            "Metric trajectories across stages",
+            _TRAJECTORY_CAPTION + (_CI_NOTE if thresholds.get("bootstrap") else ""),
+        ),
+    ]
+    task_cross = [c for c in cross if c.task == task]
+    if len(task_groups) >= 2:
+        figures.append(
+            save(
+                plots.cross_family_figure(task_cross, [g.family for g in task_groups], task,
+                                          colorbar=False),
+                f"{slug}-cross-family",
+                "Cross-family seed prediction",
+                _CROSS_TASK_CAPTION,
+            )
+        )
+    key = task_groups[0].condition_key
+    series = [t for t in result.trajectories
+              if t.task == task and t.condition_key == key and t.series]
+    readings = []
+    if series:
+        figures.append(
+            save(plots.checkpoint_figure(series, colors), f"{slug}-checkpoints",
+                 "Order parameters across checkpoints", _CHECKPOINT_CAPTION)
+        )
+        readings = [(t.family, [s.reading() for s in t.series]) for t in series]
+    return {
+        "task": task,
+        "condition": condition if several else None,
+        "anchor": f"task-{slug}",
+        "kind": task_groups[0].kind,
+        "n_options": len(task_groups[0].options),
+        "n_prompts": len(task_groups[0].prompt_keys),
+        "rows": [_summary_row(g, slug, condition) for g in task_groups],
+        "cross": [_cross_row(c) for c in task_cross],
+        "figures": figures,
+        "readings": readings,
+    }
 
 
 # ----- table rows --------------------------------------------------------------------------
 
 
-def _summary_row(g: GroupResult, slug: str) -> dict[str, Any]:
-    """One (family, task) line of the verdict table."""
+def _summary_row(g: GroupResult, slug: str, condition: str) -> dict[str, Any]:
+    """One (family, task, condition) line of the verdict table."""
 
     def at(name: str, index: int | None) -> float | None:
         if index is None or name not in g.values:
@@ -212,6 +295,7 @@ def _summary_row(g: GroupResult, slug: str) -> dict[str, Any]:
     return {
         "family": g.family,
         "task": g.task,
+        "condition": condition,
         "anchor": f"task-{slug}",
         "status": g.status,
         "problems": list(g.problems),
@@ -249,6 +333,18 @@ def _cross_row(c: CrossResult) -> dict[str, Any]:
     }
 
 
+def _sweep_row(sweep: TemperatureSweep) -> dict[str, Any]:
+    return {
+        "family": sweep.family,
+        "condition": sweep.label(),
+        "temperatures": ", ".join(f"{t:g}" for t in sweep.temperatures),
+        "reference": f"{sweep.reference_temperature:g}",
+        "reference_seed_prompt": sweep.reference_seed_prompt,
+        "sampled": sweep.reference_condition_key is not None,
+        "points": sweep.points,
+    }
+
+
 _THRESHOLD_LABELS = (
     ("mode", "counts", "sampled counts or exact probabilities"),
     ("tau", "tau", "seed support: smallest top set of the seed's options with at least this mass"),
@@ -259,6 +355,9 @@ _THRESHOLD_LABELS = (
     ("min_samples", "min samples", "prompts with fewer valid samples are excluded"),
     ("bootstrap", "bootstrap", "replicates for 95% intervals and seed stability (0: off)"),
     ("seed", "random seed", "of the bootstrap"),
+    ("reference_temperature", "reference temperature",
+     "temperature sweeps: ProbMass on the seed support chosen at this temperature"),
+    ("trajectories", "trajectories", "checkpoint trajectories and change points computed"),
 )
 
 
@@ -353,6 +452,23 @@ _CROSS_TASK_CAPTION = (
     "by MSE to B's SFT distribution (rank 1 = A's seed is the best of A's prompts) and the "
     "predictive ratio MSE(P̄_B[sft], S_A) / MSE(P̄_B[sft], P̄_A[base]). Blue cells (ratio "
     "below 1) mean the seed predicts better than A's base average; red cells worse."
+)
+_CHECKPOINT_CAPTION = (
+    "Each row is one family, each panel one order parameter at every checkpoint in order "
+    "(x: the checkpoint's step; shaded bands: its stages). Liquidity and pooled entropy fall "
+    "and ProbMass on the seed's support rises where the model crystallizes; TV to previous is "
+    "how far P̄ moved since the checkpoint before. The dashed red line is the best single "
+    "change point (the break between two levels, drawn grey), with its bootstrap 95% interval "
+    "as a red band when bootstrapped. ΔBIC compares the two-level step with a straight line: "
+    "positive, an abrupt transition; negative, a steady drift. The seed is the stage "
+    "metrics' (chosen with the final SFT checkpoint)."
+)
+_SWEEP_CAPTION = (
+    "One row per family (and shared sampling condition), one line per stage, against the "
+    "sampling temperature. A liquid base keeps a high pooled entropy and liquidity at every "
+    "temperature; a crystallized stage has low liquidity, and its ProbMass on the seed "
+    "support chosen at the reference temperature (dotted line; solid) shows whether heating "
+    "melts it off that seed; dashed, the seed re-chosen at each temperature."
 )
 _CROSS_OVERALL_CAPTION = (
     "The cross-family matrix over all tasks: in how many tasks family A's seed ranks first "

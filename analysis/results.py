@@ -1,21 +1,29 @@
 """Results of a crystallization analysis: the JSON contract and the same numbers as frames.
 
 ``CrystallizationResult.to_dict()`` is the stable JSON contract of ``catalog analyze``
-(``{"thresholds": {...}, "tasks": [...], "cross_family": [...]}``); ``stages``, ``tasks``
-and ``cross_family`` give the same values as Polars DataFrames. Undefined values (NaN in
-the metric arrays) are null, never NaN or infinity.
+(``{"thresholds": {...}, "tasks": [...], "cross_family": [...]}``, plus ``"trajectories"``
+when checkpoint trajectories were computed and ``"temperature_sweep"`` when the selection
+holds a temperature sweep); ``stages``, ``tasks`` and ``cross_family`` give the same values
+as Polars DataFrames. Every task and cross-family row carries its sampling condition.
+Undefined values (NaN in the metric arrays) are null, never NaN or infinity.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 
 from analysis.metrics import StageRoles
+from catalog.conditions import Condition
+
+if TYPE_CHECKING:
+    from analysis.sweeps import TemperatureSweep
+    from analysis.trajectories import Trajectory
 
 # Per-stage metrics (arrays over the stage axis) and per-group scalars, in output order.
 STAGE_METRICS = (
@@ -43,11 +51,22 @@ _PLAIN_STAGE_METRICS = tuple(
 )
 
 
+# The condition's columns of every frame: its key, its one-line label and its parameters.
+_CONDITION_SCHEMA = {
+    "condition_key": pl.String,
+    "condition": pl.String,
+    "temperature": pl.Float64,
+    "top_p": pl.Float64,
+    "top_k": pl.Int64,
+    "max_new_tokens": pl.Int64,
+}
 _STAGE_SCHEMA = {
     "family": pl.String,
     "task": pl.String,
+    **_CONDITION_SCHEMA,
     "stage": pl.String,
     "stage_order": pl.Int64,
+    "step": pl.Int64,
     "role": pl.String,
     "n_prompts": pl.Int64,
     "n_excluded": pl.Int64,
@@ -58,6 +77,7 @@ _STAGE_SCHEMA = {
 _TASK_SCHEMA = {
     "family": pl.String,
     "task": pl.String,
+    **_CONDITION_SCHEMA,
     "kind": pl.String,
     "status": pl.String,
     "problems": pl.List(pl.String),
@@ -79,6 +99,7 @@ _CROSS_SCHEMA = {
     "family_a": pl.String,
     "family_b": pl.String,
     "task": pl.String,
+    **_CONDITION_SCHEMA,
     "status": pl.String,
     "seed_prompt_a": pl.String,
     "seed_prompt_b": pl.String,
@@ -90,12 +111,39 @@ _CROSS_SCHEMA = {
 }
 
 
+def condition_dict(key: str | None, condition: Mapping[str, Any]) -> dict[str, Any]:
+    """A row's ``condition``: the condition's JSON (``Condition.to_dict()``: mode,
+    temperature, top_p, top_k, max_new_tokens, stop, scaffold; or mode and ``imported``)
+    and its ``condition_key``."""
+    return {**condition, "condition_key": key}
+
+
+def condition_label(condition: Mapping[str, Any]) -> str:
+    """The condition in one line (``T=0.7, 24 tokens``; ``imported (condition unknown)``)."""
+    return Condition.from_dict(condition).label()
+
+
+def _condition_columns(key: str | None, condition: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "condition_key": key,
+        "condition": condition_label(condition),
+        **{name: condition.get(name)
+           for name in ("temperature", "top_p", "top_k", "max_new_tokens")},
+    }
+
+
 @dataclass
 class GroupResult:
-    """The analysis of one (family, task); arrays run over ``stages`` unless scalar."""
+    """The analysis of one (family, task, condition); arrays run over ``stages`` unless
+    scalar. ``steps``: the step of each stage's final checkpoint, the one its metrics use
+    (None: the stage's step-less model); ``checkpoints``: every (stage, step) in order."""
 
     family: str
     task: str
+    condition_key: str
+    condition: dict[str, Any]
+    steps: list[int | None]
+    checkpoints: list[tuple[str, int | None]]
     kind: str
     options: list[str]
     stages: list[str]
@@ -141,7 +189,8 @@ class GroupResult:
 
 @dataclass
 class CrossResult:
-    """Cross-family seed prediction for one ordered (family_a, family_b, task)."""
+    """Cross-family seed prediction for one ordered (family_a, family_b, task) in one
+    condition."""
 
     family_a: str
     family_b: str
@@ -152,22 +201,55 @@ class CrossResult:
     values: dict[str, float] = field(default_factory=dict)
     same_seed_prompt: bool | None = None
     ci: dict[str, tuple[float, float]] | None = None
+    condition_key: str | None = None
+    condition: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GroupTrajectories:
+    """The checkpoint trajectories of one (family, task, condition), one per metric."""
+
+    family: str
+    task: str
+    condition_key: str
+    condition: dict[str, Any]
+    series: list[Trajectory]
+
+    def records(self) -> list[dict[str, Any]]:
+        """The JSON contract's ``trajectories`` records: one per metric, with its reading."""
+        head = {
+            "family": self.family,
+            "task": self.task,
+            "condition": condition_dict(self.condition_key, self.condition),
+        }
+        return [{**head, **t.to_dict(), "reading": t.reading()} for t in self.series]
 
 
 @dataclass
 class CrystallizationResult:
-    """Results of one analysis: the JSON contract (``to_dict``) and Polars frames."""
+    """Results of one analysis: the JSON contract (``to_dict``) and Polars frames.
+
+    ``warnings``: lines about the selection that do not stop the analysis (stale runs).
+    """
 
     thresholds: dict[str, Any]
     groups: list[GroupResult]
     cross: list[CrossResult]
+    trajectories: list[GroupTrajectories] = field(default_factory=list)
+    sweeps: list[TemperatureSweep] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        document = {
             "thresholds": dict(self.thresholds),
             "tasks": [group_dict(g) for g in self.groups],
             "cross_family": [cross_dict(c) for c in self.cross],
         }
+        if self.thresholds.get("trajectories"):
+            document["trajectories"] = [r for t in self.trajectories for r in t.records()]
+        if self.sweeps:
+            document["temperature_sweep"] = [s.to_dict() for s in self.sweeps]
+        return document
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
@@ -181,8 +263,10 @@ class CrystallizationResult:
                 row: dict[str, Any] = {
                     "family": g.family,
                     "task": g.task,
+                    **_condition_columns(g.condition_key, g.condition),
                     "stage": stage,
                     "stage_order": int(g.stage_orders[i]),
+                    "step": g.steps[i],
                     "role": g.role(i),
                     "n_prompts": int(g.n_prompts[i]),
                     "n_excluded": len(g.excluded_prompts.get(stage, [])),
@@ -213,6 +297,7 @@ class CrystallizationResult:
             row: dict[str, Any] = {
                 "family": g.family,
                 "task": g.task,
+                **_condition_columns(g.condition_key, g.condition),
                 "kind": g.kind,
                 "status": g.status,
                 "problems": list(g.problems),
@@ -241,7 +326,7 @@ class CrystallizationResult:
 
 
 def _flat_cross(c: CrossResult) -> dict[str, Any]:
-    d = cross_dict(c)
+    d = cross_dict(c) | _condition_columns(c.condition_key, c.condition)
     row = {k: d[k] for k in _CROSS_SCHEMA}
     for name, (low, high) in (d["ci"] or {}).items():
         row[f"{name}_ci_low"], row[f"{name}_ci_high"] = low, high
@@ -284,11 +369,14 @@ def group_dict(g: GroupResult) -> dict[str, Any]:
     d: dict[str, Any] = {
         "family": g.family,
         "task": g.task,
+        "condition": condition_dict(g.condition_key, g.condition),
         "kind": g.kind,
         "status": g.status,
         "problems": list(g.problems),
         "stages": list(g.stages),
         "stage_orders": {s: int(o) for s, o in zip(g.stages, g.stage_orders)},
+        "steps": dict(zip(g.stages, g.steps)),
+        "checkpoints": [[stage, step] for stage, step in g.checkpoints],
         "roles": {
             "base": None if g.roles.base is None else g.stages[g.roles.base],
             "sft": None if g.roles.sft is None else g.stages[g.roles.sft],
@@ -351,6 +439,7 @@ def cross_dict(c: CrossResult) -> dict[str, Any]:
         "family_a": c.family_a,
         "family_b": c.family_b,
         "task": c.task,
+        "condition": condition_dict(c.condition_key, c.condition),
         "status": c.status,
         "seed_prompt_a": c.seed_prompt_a,
         "seed_prompt_b": c.seed_prompt_b,

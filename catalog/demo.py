@@ -2,7 +2,9 @@
 
 Trains (or reuses) a toy family with :mod:`ingest.toylab`, registers its stages as an
 ordinary family, samples every stage, task and prompt with ``catalog ingest``'s job layer,
-analyzes the store and writes the report. The analysis stack (Polars) and the toy lab
+analyzes the store and writes the report. With ``checkpoints`` SFT and DPO are registered as
+that many checkpoints each, and the analysis follows the metrics over them (trajectories,
+with the change point). The analysis stack (Polars) and the toy lab
 (tokenizers; torch inside it) are imported when the demo runs, so importing this module (as
 ``catalog demo``'s option defaults do) stays cheap.
 """
@@ -38,6 +40,7 @@ class DemoOptions:
     train_seed: int = 0
     prompts_per_task: int | None = 12
     bootstrap: int = 200
+    checkpoints: int = 0  # evenly spaced checkpoints of SFT and of DPO to register and sample
     report_dir: Path | None = Path("catalog-report")
     toylab: Mapping[str, Any] = field(default_factory=dict)  # other ToyFamilySettings fields
 
@@ -61,19 +64,19 @@ def run_demo(
 
     settings = ToyFamilySettings(
         seed_prompts=dict(options.seed_prompts), prompts_per_task=options.prompts_per_task,
-        seed=options.train_seed, **options.toylab,
+        seed=options.train_seed, checkpoints=options.checkpoints, **options.toylab,
     )
     say(f"1/4 toy family {options.family!r}: training or reusing it in {cache_dir()}")
     family = train_family(cache_dir(), settings)
     say(f"    {'reused cached' if family.reused else 'trained'} stages "
-        f"{', '.join(s.name for s in family.stages)} "
+        f"{', '.join(_stage_line(s) for s in family.stages)} "
         f"(planted seeds: {_seeds(family)})")
     with session_scope(engine) as session:
-        register_family(session, family, options.family)
+        models = len(register_family(session, family, options.family))
 
     tasks = [task.name for task in settings.resolved_tasks()]
     prompts = sorted({p.key for task in settings.resolved_tasks() for p in task.prompts})
-    say(f"2/4 ingest: {len(family.stages)} stages x {', '.join(tasks)}, N={options.samples}")
+    say(f"2/4 ingest: {models} models x {', '.join(tasks)}, N={options.samples}")
     request = IngestRequest(
         families=[options.family], tasks=tasks, prompts=prompts, seed=options.seed,
         params=SamplingParams(n=options.samples, max_new_tokens=8),
@@ -90,6 +93,10 @@ def run_demo(
         say(f"4/4 report -> {options.report_dir}")
         report_path = write_report(result, options.report_dir).path
     return DemoResult(family, summary, result, report_path)
+
+
+def _stage_line(stage) -> str:
+    return stage.name + (f" ({len(stage.checkpoints)} checkpoints)" if stage.checkpoints else "")
 
 
 def _seeds(family) -> str:
@@ -112,3 +119,12 @@ def planted_vs_found(family, analysis) -> list[dict[str, Any]]:
             "settled": verdict.get("settled"),
         })
     return rows
+
+
+def change_points(analysis, metric: str = "liquidity") -> list[dict[str, Any]]:
+    """Per task: where the change point of ``metric`` fell over the checkpoints (the
+    analysis' trajectory records, with their one-line reading; empty without trajectories)."""
+    return [
+        record for record in analysis.to_dict().get("trajectories", [])
+        if record["metric"] == metric
+    ]

@@ -22,11 +22,21 @@ TASK_KINDS: tuple[str, ...] = get_args(TaskKind)
 PROMPT_FORMATS = ("chat", "plain")
 # Where and in what precision a model is loaded for ingest.
 DEVICES = ("auto", "cpu", "cuda")
+# How the vLLM backend seeds its samples: the engine once per generate call, or each request.
+VLLM_SEEDING_MODES = ("engine", "request")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # Files of counts (catalog import-counts / catalog export).
 COUNT_FILE_FORMATS = ("csv", "parquet")
+# Field maps of other tools' generation files (catalog import-completions --preset).
+IMPORT_PRESETS = ("vllm",)
 # Text renderings of an analysis result (catalog analyze --format).
 RESULT_FORMATS = ("table", "json", "csv")
+# Renderings of the work queue's progress (catalog status --format).
+STATUS_FORMATS = ("table", "json")
+# What a PostgreSQL login role may do to a shared catalog (catalog db create-role).
+ROLE_KINDS = ("reader", "writer")
+# Where catalog launch starts its workers (through submitit).
+LAUNCH_EXECUTORS = ("slurm", "local")
 
 
 def sql_in(column: str, values: Iterable[str]) -> str:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,12 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from catalog import checkpoints
 from catalog.enums import PROMPT_FORMATS
 from catalog.errors import InvalidInput, NotFound
 from catalog.normalize import get_normalizer
 from catalog.prompting import text_hash
-from catalog.schema import Family, Model, Prompt, Task
+from catalog.schema import Family, Model, Prompt, Run, Task
 from catalog.tasks import TaskSpec, bundled_task
 
 # Stage orders used when none is given; base must be 0. Stage names are matched
@@ -30,9 +32,12 @@ OPEN_TASK_NORMALIZER = "open_word"
 _PINNED_REVISION = re.compile(r"[0-9a-f]{40}\Z")
 # Fields a model row is compared on when the same name is registered again.
 _MODEL_FIELDS = (
-    "stage", "stage_order", "source", "revision", "prompt_format", "gguf_file",
-    "trust_remote_code", "notes",
+    "stage", "stage_order", "step", "source", "revision", "prompt_format", "gguf_file",
+    "trust_remote_code", "backend", "backend_options", "notes",
 )
+# Checks a backend's options, returning them converted (ingest.backends.check_backend_options;
+# the core cannot import ingest, so the CLI passes it in).
+BackendCheck = Callable[[str, Mapping[str, Any]], dict[str, Any]]
 
 
 def default_stage_order(stage: str) -> int | None:
@@ -78,14 +83,31 @@ def add_model(
     family: str,
     stage: str,
     stage_order: int | None = None,
+    step: int | None = None,
     source: str | None = None,
     revision: str | None = None,
     prompt_format: str = "chat",
     gguf_file: str | None = None,
     trust_remote_code: bool = False,
+    backend: str = "transformers",
+    backend_options: Mapping[str, Any] | None = None,
     notes: str | None = None,
+    check_backend: BackendCheck | None = None,
 ) -> Model:
-    """Register one stage of a family. Adding an identical model again changes nothing."""
+    """Register one stage of a family, or with ``step`` one checkpoint of a stage.
+
+    A stage's checkpoints share its stage order and have distinct steps; at most one model
+    of a stage has no step (it is the stage's final model). Adding an identical model again
+    changes nothing.
+
+    ``backend`` names the sampling backend (``transformers``, ``vllm``, ``table`` or a
+    registered one) and ``backend_options`` its options; ``check_backend(backend, options)``,
+    when given, validates them and returns them converted (an unknown backend or a bad
+    option is refused before anything is stored).
+    """
+    backend_options = _backend_options(name, backend, backend_options, check_backend)
+    if step is not None and step < 0:
+        raise InvalidInput(f"model {name!r}: step must be >= 0, got {step}")
     if prompt_format not in PROMPT_FORMATS:
         raise InvalidInput(
             f"prompt format must be one of {', '.join(PROMPT_FORMATS)}, got {prompt_format!r}"
@@ -98,11 +120,14 @@ def add_model(
     wanted = {
         "stage": stage,
         "stage_order": stage_order_for(stage, stage_order),
+        "step": step,
         "source": source,
         "revision": revision,
         "prompt_format": prompt_format,
         "gguf_file": gguf_file,
         "trust_remote_code": trust_remote_code,
+        "backend": backend,
+        "backend_options": backend_options,
         "notes": notes,
     }
     existing = session.scalar(select(Model).where(Model.name == name))
@@ -121,20 +146,89 @@ def add_model(
             )
         return existing
     family_row = ensure_family(session, family)
-    taken = session.scalar(
-        select(Model).where(
-            Model.family_id == family_row.id, func.lower(Model.stage) == stage.lower()
-        )
-    )
-    if taken is not None:
-        raise InvalidInput(
-            f"family {family!r} already has a {stage!r} stage (model {taken.name!r}); "
-            "each stage of a family is one model"
-        )
+    _check_checkpoint(session, family_row, name, wanted)
     model = Model(name=name, family=family_row, **wanted)
     session.add(model)
     session.flush()
     return model
+
+
+def _check_checkpoint(session: Session, family: Family, name: str, wanted: dict) -> None:
+    """A new model may join its stage's other checkpoints if its step is new there and its
+    stage order is theirs; it takes the stage's spelling ("SFT" joins "sft")."""
+    siblings = stage_models(session, family, wanted["stage"])
+    if not siblings:
+        return
+    stage = wanted["stage"] = siblings[0].stage
+    taken = next((m for m in siblings if m.step == wanted["step"]), None)
+    if taken is not None and taken.step is None:
+        raise InvalidInput(
+            f"family {family.name!r} already has a {stage!r} stage without a step (model "
+            f"{taken.name!r}); register another checkpoint of it with its own --step"
+        )
+    if taken is not None:
+        raise InvalidInput(
+            f"family {family.name!r} already has step {taken.step} of stage {stage!r} (model "
+            f"{taken.name!r}); each checkpoint of a stage needs its own step"
+        )
+    if siblings[0].stage_order != wanted["stage_order"]:
+        raise InvalidInput(
+            f"model {name!r}: stage {stage!r} of family {family.name!r} has stage order "
+            f"{siblings[0].stage_order} (model {siblings[0].name!r}), not "
+            f"{wanted['stage_order']}; the checkpoints of a stage share its order"
+        )
+
+
+def add_checkpoints(
+    session: Session,
+    *,
+    family: str,
+    stage: str,
+    source: str,
+    revisions: str | None = None,
+    **fields: Any,
+) -> list[Model]:
+    """Register every checkpoint of a training run as a model of one stage, by step.
+
+    ``source`` is the run's output directory (its ``checkpoint-<step>/`` folders), or with
+    ``revisions`` (a regex) a hub id whose matching branches are the checkpoints (their names
+    give the steps, see :func:`catalog.checkpoints.ref_step`). Models are named
+    ``<family>-<stage>-step<step>``; ``fields`` are :func:`add_model`'s other arguments.
+    """
+    if revisions is None:
+        found = checkpoints.checkpoint_dirs(source)
+    elif Path(source).is_dir():
+        raise InvalidInput(
+            f"{source} is a local directory: its checkpoints are its checkpoint-<step>/ "
+            "folders, so drop --revisions (which selects branches of a hub repository)"
+        )
+    else:
+        found = checkpoints.ref_checkpoints(source, checkpoints.hub_branches(source), revisions)
+    return [
+        add_model(
+            session, name=f"{family}-{stage}-step{c.step}", family=family, stage=stage,
+            step=c.step, source=c.source, revision=c.revision, **fields,
+        )
+        for c in found
+    ]
+
+
+def _backend_options(
+    name: str, backend: str, options: Mapping[str, Any] | None, check: BackendCheck | None
+) -> dict[str, Any]:
+    if not isinstance(backend, str) or not backend:
+        raise InvalidInput(f"model {name!r}: backend must be a backend's name, got {backend!r}")
+    if options is not None and not isinstance(options, Mapping):
+        raise InvalidInput(
+            f"model {name!r}: backend options must be a table of KEY = VALUE, got {options!r}"
+        )
+    options = dict(options or {})
+    if check is not None:
+        try:
+            options = check(backend, options)
+        except InvalidInput as exc:
+            raise InvalidInput(f"model {name!r}: {exc}") from None
+    return options
 
 
 def _comparable(field: str, value: Any) -> Any:
@@ -151,23 +245,53 @@ def get_model(session: Session, name: str) -> Model:
     return model
 
 
-def family_models(session: Session, family_name: str) -> list[Model]:
-    """The family's models (stages), in stage order."""
-    family = session.scalar(select(Family).where(Family.name == family_name))
+# Checkpoint order within a family: by stage, then step, the step-less (final) model last.
+_CHECKPOINT_ORDER = (Model.stage_order, Model.step.is_(None), Model.step, Model.id)
+
+
+def get_family(session: Session, name: str) -> Family:
+    family = session.scalar(select(Family).where(Family.name == name))
     if family is None:
-        raise NotFound(
-            f"no family named {family_name!r}; run `catalog models list` to see the families"
-        )
+        raise NotFound(f"no family named {name!r}; run `catalog models list` to see the families")
+    return family
+
+
+def family_models(session: Session, family_name: str) -> list[Model]:
+    """The family's models, every checkpoint of every stage, in (stage order, step) order."""
+    family = get_family(session, family_name)
+    query = select(Model).where(Model.family_id == family.id).order_by(*_CHECKPOINT_ORDER)
+    return list(session.scalars(query))
+
+
+def stage_models(session: Session, family: Family, stage: str) -> list[Model]:
+    """The checkpoints of one stage (matched case-insensitively), by step, the final last."""
     return list(
         session.scalars(
-            select(Model).where(Model.family_id == family.id).order_by(Model.stage_order, Model.id)
+            select(Model)
+            .where(Model.family_id == family.id, func.lower(Model.stage) == stage.lower())
+            .order_by(*_CHECKPOINT_ORDER)
         )
     )
 
 
+def stage_model(session: Session, family_name: str, stage: str, step: int | None = None) -> Model:
+    """The model of a family's stage: the checkpoint at ``step``, or else the stage's final
+    checkpoint (the one without a step, else the highest step)."""
+    models = stage_models(session, get_family(session, family_name), stage)
+    if step is not None:
+        models = [m for m in models if m.step == step]
+    if not models:
+        at = "" if step is None else f" at step {step}"
+        raise NotFound(
+            f"family {family_name!r} has no {stage!r} model{at}; run `catalog models list "
+            f"--family {family_name}` to see its stages and steps"
+        )
+    return models[-1]
+
+
 def list_models(session: Session, family: str | None = None) -> list[Model]:
-    """Registered models, by family name then stage order."""
-    query = select(Model).join(Family).order_by(Family.name, Model.stage_order, Model.id)
+    """Registered models, by family name then (stage order, step)."""
+    query = select(Model).join(Family).order_by(Family.name, *_CHECKPOINT_ORDER)
     if family is not None:
         query = query.where(Family.name == family)
     return list(session.scalars(query))
@@ -177,8 +301,8 @@ def list_models(session: Session, family: str | None = None) -> list[Model]:
 
 _FAMILY_KEYS = {"name", "description", "stages"}
 _STAGE_KEYS = {
-    "stage", "name", "stage_order", "source", "revision", "prompt_format", "gguf_file",
-    "trust_remote_code", "notes",
+    "stage", "name", "stage_order", "step", "source", "revision", "prompt_format", "gguf_file",
+    "trust_remote_code", "backend", "backend_options", "notes",
 }
 
 
@@ -202,12 +326,18 @@ def experiment_path(name_or_path: str | Path) -> Path:
     )
 
 
-def load_experiment(session: Session, path: str | Path) -> list[Model]:
+def load_experiment(
+    session: Session, path: str | Path, *, check_backend: BackendCheck | None = None
+) -> list[Model]:
     """Register the families and ordered stages of an experiment file (TOML).
 
     Each ``[[families]]`` has a name, a description and ``[[families.stages]]`` in pipeline
     order; a stage's order is its ``stage_order`` or else its position in that list. A
-    stage's model ``name`` defaults to its ``source``. See catalog/experiments/study.toml.
+    stage's model ``name`` defaults to its ``source``. Checkpoints of a stage are entries
+    with the same ``stage`` and their own ``step``; they count as one position. A stage may
+    name its ``backend`` and ``backend_options`` (a table, e.g. ``backend_options =
+    { tensor_parallel_size = 2 }``), checked by ``check_backend`` as in :func:`add_model`.
+    See catalog/experiments/study.toml.
     """
     path = experiment_path(path)
     try:
@@ -224,18 +354,20 @@ def load_experiment(session: Session, path: str | Path) -> list[Model]:
         if not isinstance(entry.get("name"), str) or not entry.get("stages"):
             raise InvalidInput(f"{where}: a family needs a name and at least one [[families.stages]]")
         ensure_family(session, entry["name"], entry.get("description"))
-        for position, stage in enumerate(entry["stages"]):
-            stage_where = f"{where}.stages[{position}]"
+        positions: dict[str, int] = {}  # stage name -> its position among the distinct stages
+        for index, stage in enumerate(entry["stages"]):
+            stage_where = f"{where}.stages[{index}]"
             _check_keys(stage, _STAGE_KEYS, stage_where)
             if not stage.get("stage") or not (stage.get("name") or stage.get("source")):
                 raise InvalidInput(f"{stage_where}: a stage needs `stage` and a `source` or `name`")
             fields = {key: value for key, value in stage.items() if key != "name"}
+            position = positions.setdefault(str(stage["stage"]).lower(), len(positions))
             fields.setdefault("stage_order", position)
             try:
                 models.append(
                     add_model(
                         session, name=stage.get("name") or stage["source"], family=entry["name"],
-                        **fields,
+                        check_backend=check_backend, **fields,
                     )
                 )
             except InvalidInput as exc:
@@ -275,6 +407,116 @@ def sync_task(session: Session, spec: TaskSpec) -> Task:
     session.flush()
     ensure_prompts(session, task, [(p.key, p.text) for p in spec.prompts], replace_text=True)
     return task
+
+
+@dataclass(frozen=True)
+class StoredTask:
+    """What storing a task file did: ``changed`` names the normalization fields it replaced
+    (then ``stale_runs`` runs of the task were marked stale)."""
+
+    name: str
+    created: bool
+    prompts: int
+    new_prompts: int
+    changed: tuple[str, ...] = ()
+    stale_runs: int = 0
+
+
+def store_task(session: Session, spec: TaskSpec, *, update: bool = False) -> StoredTask:
+    """Store a task file's task (``catalog tasks add``).
+
+    A stored task keeps its prompts: every key its file had must stay, with its text (its
+    runs were sampled with it); new keys are appended. Its kind, options, aliases, normalizer
+    or normalizer parameters are replaced only with ``update``, which marks every run of the
+    task stale: ``catalog renormalize`` re-derives their counts from their completions.
+    """
+    task = session.scalar(select(Task).where(Task.name == spec.name))
+    if task is None:
+        task = sync_task(session, spec)
+        return StoredTask(spec.name, True, len(task.prompts), len(task.prompts))
+    _check_prompts_kept(task, spec)
+    old, new = normalization_spec(task).normalization(), spec.normalization()
+    changed = tuple(key for key in new if old[key] != new[key])
+    runs = select(func.count()).select_from(Run).where(Run.task_id == task.id)
+    if changed and not update:
+        raise InvalidInput(
+            f"task {spec.name!r} is stored with other {', '.join(changed)}; add the file with "
+            f"--update to replace them (the task's {session.scalar(runs)} stored runs become "
+            "stale until `catalog renormalize` re-derives their counts)"
+        )
+    stored_keys = {p.key for p in task.prompts}
+    task.kind = spec.kind
+    task.options = list(spec.options)
+    task.normalizer = spec.normalizer
+    task.normalizer_version = _normalizer_version(spec.normalizer)
+    task.description = spec.description or None
+    task.spec = spec.to_dict()
+    session.flush()
+    prompts = ensure_prompts(session, task, [(p.key, p.text) for p in spec.prompts])
+    stale = 0
+    if changed:
+        stale = session.execute(
+            Run.__table__.update().where(Run.task_id == task.id).values(stale=True)
+        ).rowcount
+    session.expire(task, ["prompts"])
+    return StoredTask(
+        spec.name, False, len(task.prompts), len(prompts.keys() - stored_keys), changed, stale
+    )
+
+
+def _check_prompts_kept(task: Task, spec: TaskSpec) -> None:
+    texts = {p.key: p.text for p in spec.prompts}
+    for key in (p["key"] for p in task.spec.get("prompts", [])):
+        if key not in texts:
+            raise InvalidInput(
+                f"task {task.name!r}: prompt {key!r} is stored (its runs refer to it) but "
+                "missing from the file; keep every stored prompt and append new ones"
+            )
+    for prompt in task.prompts:
+        stored = prompt.template
+        if stored is not None and texts.get(prompt.key, stored) != stored:
+            raise InvalidInput(
+                f"task {task.name!r}: prompt {prompt.key!r} is stored with a different text "
+                "(its runs were sampled with it); give the new text a new prompt key"
+            )
+
+
+def normalization_spec(task: Task) -> TaskSpec:
+    """A stored task as its normalizer needs it: options, aliases and parameters as stored
+    (no prompts; tasks created by imports have none in their spec)."""
+    data = task.spec or {}
+    return TaskSpec(
+        name=task.name,
+        kind=task.kind,
+        normalizer=task.normalizer,
+        prompts=(),
+        options=tuple(task.options),
+        description=task.description or "",
+        aliases={option: tuple(forms) for option, forms in (data.get("aliases") or {}).items()},
+        params=dict(data.get("params") or {}),
+        scaffold=data.get("scaffold"),
+    )
+
+
+class TaskNormalizer:
+    """A stored task's normalizer as a function of the text alone, remembering the options
+    of the texts it has seen (completions repeat across runs and records)."""
+
+    _REMEMBERED = 200_000
+
+    def __init__(self, task: Task) -> None:
+        self.spec = normalization_spec(task)
+        self.normalizer = get_normalizer(task.normalizer)
+        self.version = self.normalizer.version
+        self._seen: dict[str, str | None] = {}
+
+    def __call__(self, text: str) -> str | None:
+        option = self._seen.get(text, self)
+        if option is self:
+            if len(self._seen) >= self._REMEMBERED:
+                self._seen.clear()
+            option = self._seen[text] = self.normalizer(text, self.spec)
+        return option
 
 
 def ensure_open_task(session: Session, name: str) -> Task:
@@ -331,14 +573,19 @@ def ensure_prompts(
         select(func.coalesce(func.max(Prompt.position) + 1, 0)).where(Prompt.task_id == task.id)
     )
     result: dict[str, Prompt] = {}
+    new: dict[str, dict] = {}  # inserted by one executemany: imports add thousands at once
     for key, text in keys:
         prompt = stored.get(key)
         if prompt is None:
-            prompt = Prompt(task_id=task.id, key=key, position=next_position)
-            next_position += 1
-            session.add(prompt)
-            stored[key] = prompt
-        elif text is not None and prompt.template is not None and prompt.template != text:
+            if key not in new:
+                new[key] = {"task_id": task.id, "key": key, "position": next_position,
+                            "template": None, "text_hash": None}
+                next_position += 1
+            row = new[key]
+            if text is not None and (row["template"] is None or replace_text):
+                row.update(template=text, text_hash=text_hash(text))
+            continue
+        if text is not None and prompt.template is not None and prompt.template != text:
             if not replace_text:
                 raise InvalidInput(
                     f"prompt {key!r} of task {task.name!r} is stored with a different text; "
@@ -349,6 +596,12 @@ def ensure_prompts(
             prompt.text_hash = text_hash(text)
         result[key] = prompt
     session.flush()
+    if new:
+        session.connection().execute(Prompt.__table__.insert(), list(new.values()))
+        session.expire(task, ["prompts"])
+        result.update((p.key, p) for p in session.scalars(
+            select(Prompt).where(Prompt.task_id == task.id, Prompt.key.in_(list(new)))
+        ))
     return result
 
 

@@ -22,8 +22,12 @@ from typing import Any
 from catalog.enums import TASK_KINDS, TaskKind
 from catalog.errors import InvalidInput, NotFound
 from catalog.normalize import NORMALIZERS
+from catalog.prompting import get_scaffold
 
-FILE_KEYS = ("name", "description", "kind", "options", "normalizer", "aliases", "params", "prompts")
+FILE_KEYS = (
+    "name", "description", "kind", "options", "normalizer", "aliases", "params", "scaffold",
+    "prompts",
+)
 PROMPT_KEYS = ("key", "text")
 # Names and keys are used on the command line (--task, --prompt) and in file names.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
@@ -43,7 +47,8 @@ class TaskSpec:
 
     ``options`` is the closed option list in canonical order (empty for open tasks);
     ``aliases`` maps an option to other surface forms that normalize to it;
-    ``params`` holds normalizer parameters (e.g. ``{"min": 1, "max": 100}``).
+    ``params`` holds normalizer parameters (e.g. ``{"min": 1, "max": 100}``);
+    ``scaffold`` is the base-stage scaffold's id (:mod:`catalog.prompting`; None: the default).
     Prompt order is the order of the file: a prompt's position is its prompt id.
     """
 
@@ -55,6 +60,7 @@ class TaskSpec:
     description: str = ""
     aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     params: Mapping[str, Any] = field(default_factory=dict)
+    scaffold: str | None = None
 
     # Specs key the normalizers' compiled-pattern caches, so hashing must be cheap; it uses
     # a few immutable fields (aliases/params are dicts), and equal specs hash equally.
@@ -85,8 +91,15 @@ class TaskSpec:
             "normalizer": self.normalizer,
             "aliases": {option: list(forms) for option, forms in self.aliases.items()},
             "params": dict(self.params),
+            "scaffold": self.scaffold,
             "prompts": [{"key": p.key, "text": p.text} for p in self.prompts],
         }
+
+    def normalization(self) -> dict[str, Any]:
+        """The fields that decide how completions normalize: a stored run's counts are out
+        of date (stale) when any of them changes."""
+        data = self.to_dict()
+        return {key: data[key] for key in ("kind", "options", "normalizer", "aliases", "params")}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "task") -> TaskSpec:
@@ -182,6 +195,14 @@ def _spec_from_mapping(data: Mapping[str, Any], source: str) -> TaskSpec:
     prompts = tuple(_prompt(i, entry, fail) for i, entry in enumerate(prompts_data))
     _check_unique([p.key for p in prompts], "prompts", "prompt key", fail)
 
+    scaffold = data.get("scaffold")
+    if scaffold is not None:
+        scaffold = _string(data, "scaffold", fail)
+        try:
+            scaffold = get_scaffold(scaffold).id
+        except InvalidInput as exc:
+            raise fail("scaffold", str(exc)) from None
+
     spec = TaskSpec(
         name=name,
         kind=kind,  # type: ignore[arg-type]  # checked against TASK_KINDS above
@@ -191,6 +212,7 @@ def _spec_from_mapping(data: Mapping[str, Any], source: str) -> TaskSpec:
         description=description,
         aliases=aliases,
         params=dict(params),
+        scaffold=scaffold,
     )
     normalizer = NORMALIZERS.get(spec.normalizer)
     if normalizer is None:

@@ -1,14 +1,22 @@
-"""Query results as Polars DataFrames: any SQL (``read_sql``) and the catalog's views (``read_view``).
+"""Query results as Polars DataFrames: any read-only SQL (``read_sql``) and the catalog's views
+(``read_view``).
 
 File SQLite and PostgreSQL are read through connectorx (``pl.read_database_uri``), which
 streams Arrow straight from the database without Python objects per row; queries with bound
-parameters, in-memory SQLite and other dialects go through an SQLAlchemy connection.
+parameters and in-memory SQLite go through an SQLAlchemy connection.
 
 SQLite is read by connectorx in a child process, never in this one: connectorx bundles its
 own copy of SQLite, and two SQLite libraries in one process break each other's POSIX locks.
 Measured here: closing connectorx's connection deleted the -wal/-shm files under a live
 sqlite3 connection of the same process, whose later commits then went to an unlinked WAL that
 no other connection (or process) could see. Across processes, SQLite's locking is correct.
+
+Every query is read-only by construction, so ``catalog sql`` cannot change the store: SQLite
+connections run it under ``PRAGMA query_only``; PostgreSQL connections (connectorx's and
+SQLAlchemy's) are opened with ``default_transaction_read_only``, so even a ``COMMIT`` inside
+the statement leaves the next one read-only. A statement that tries to write is refused with
+one line. (On a shared database the reader role of :mod:`catalog.roles` is the guarantee:
+a session can switch the setting off on purpose.)
 
 Column dtypes are made the same on both databases: integers become Int64, floating point and
 NUMERIC (PostgreSQL's ``SUM`` of integers) become Float64, timestamps are UTC. ``read_view``
@@ -17,16 +25,23 @@ also fixes each view's column dtypes, so an empty result has the same schema as 
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import polars as pl
-from sqlalchemy import Engine, column, literal_column, select, table, text
+from sqlalchemy import (
+    Connection, Engine, column, create_engine, literal_column, select, table, text,
+)
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import NullPool
 
 from catalog.errors import InvalidInput
 
@@ -89,10 +104,18 @@ VIEW_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
 VIEWS = tuple(VIEW_SCHEMAS)
 # Up to this many rows, reading SQLite in this process is quicker than a connectorx child.
 _SMALL_RESULT_ROWS = 20_000
+_READ_ONLY_OPTION = "-c default_transaction_read_only=on"
+_PG_READ_ONLY_SQLSTATE = "25006"  # read_only_sql_transaction
+READ_ONLY_REFUSAL = (
+    "catalog sql is read-only: the statement tries to write "
+    "(use the library or a writer role to change data)"
+)
 
 
 def read_sql(engine: Engine, sql: str, params: Mapping[str, Any] | None = None) -> pl.DataFrame:
-    """Run one SELECT and return its rows as a DataFrame with backend-independent dtypes.
+    """Run one read-only query and return its rows as a DataFrame with backend-independent
+    dtypes. A statement that tries to write (INSERT, UPDATE, DELETE, DDL, a data-modifying
+    CTE) is refused with :class:`InvalidInput` and changes nothing.
 
     ``params`` are bound by SQLAlchemy (``:name`` placeholders). Without them, PostgreSQL
     results come through connectorx; SQLite results of more than a few thousand rows too
@@ -107,7 +130,7 @@ def read_sql(engine: Engine, sql: str, params: Mapping[str, Any] | None = None) 
             return _stable_dtypes(frame)
     small = _SMALL_RESULT_ROWS if uri is not None and not params else None
     frame = _read_with_sqlalchemy(engine, sql, params, at_most=small)
-    if frame is None:  # a big SQLite result
+    if frame is None:  # a big SQLite result, of a statement that just ran here read-only
         frame = _read_with_connectorx(sql, uri)
     if frame is None:
         frame = _read_with_sqlalchemy(engine, sql, params)
@@ -158,8 +181,21 @@ def connectorx_uri(engine: Engine) -> str | None:
             return None
         return "sqlite://" + str(Path(url.database).expanduser().resolve())
     if backend == "postgresql":
-        return url.set(drivername="postgresql").render_as_string(hide_password=False)
+        # SQLAlchemy writes a space in a query value as "+", which connectorx keeps as is.
+        others = {key: value for key, value in url.query.items() if key != "options"}
+        base = url.set(drivername="postgresql", query=others).render_as_string(hide_password=False)
+        options = quote(_read_only_options(url), safe="")
+        return f"{base}{'&' if others else '?'}options={options}"
     return None
+
+
+def _read_only_url(url: URL) -> URL:
+    """A PostgreSQL URL whose sessions start every transaction read-only."""
+    return url.update_query_dict({"options": _read_only_options(url)})
+
+
+def _read_only_options(url: URL) -> str:
+    return " ".join(filter(None, [url.query.get("options"), _READ_ONLY_OPTION]))
 
 
 # Runs in a child process for SQLite (see the module docstring): query -> Arrow IPC file.
@@ -200,11 +236,15 @@ def _read_with_sqlalchemy(
 ) -> pl.DataFrame | None:
     """The query's rows through SQLAlchemy, or None if there are more than ``at_most``."""
     try:
-        with engine.connect() as conn:
+        with _read_only_connection(engine) as conn:
             if params:
                 result = conn.execute(text(sql), dict(params))
             else:  # no parameters: leave a user's ":" and "%" alone
                 result = conn.exec_driver_sql(sql)
+            if not result.returns_rows:
+                raise InvalidInput(
+                    "the statement returns no rows; give one query that does (e.g. SELECT ...)"
+                )
             columns = list(result.keys())
             if at_most is None:
                 rows = result.fetchall()
@@ -213,6 +253,8 @@ def _read_with_sqlalchemy(
                 if len(rows) > at_most:
                     return None
     except SQLAlchemyError as exc:
+        if _tries_to_write(getattr(exc, "orig", None)):
+            raise InvalidInput(READ_ONLY_REFUSAL) from None
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise InvalidInput(f"the query failed: {reason}") from None
     return pl.DataFrame(
@@ -222,6 +264,40 @@ def _read_with_sqlalchemy(
         infer_schema_length=None,
         strict=False,
     )
+
+
+@contextlib.contextmanager
+def _read_only_connection(engine: Engine) -> Iterator[Connection]:
+    """A connection on which the query cannot write (see the module docstring).
+
+    SQLite's driver runs one statement per call, so the pragma holds for the whole query;
+    in-memory databases need this very engine's connection. PostgreSQL gets a connection of
+    its own, so the pool's connections are never left read-only.
+    """
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA query_only = ON")
+            try:
+                yield conn
+            finally:
+                conn.rollback()
+                conn.exec_driver_sql("PRAGMA query_only = OFF")
+    elif engine.dialect.name == "postgresql":
+        read_only = create_engine(_read_only_url(engine.url), poolclass=NullPool)
+        try:
+            with read_only.connect() as conn:
+                yield conn
+        finally:
+            read_only.dispose()
+    else:
+        raise InvalidInput(f"queries need SQLite or PostgreSQL, not {engine.dialect.name}")
+
+
+def _tries_to_write(error: BaseException | None) -> bool:
+    """Whether a driver error is the database refusing a write in read-only mode."""
+    if getattr(error, "sqlstate", None) == _PG_READ_ONLY_SQLSTATE:
+        return True
+    return getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_READONLY
 
 
 def _stable_dtypes(frame: pl.DataFrame) -> pl.DataFrame:

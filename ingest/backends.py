@@ -3,33 +3,39 @@
 A :class:`Backend` wraps one loaded model. The job layer (work units, database writes, the
 ``catalog ingest`` CLI) only talks to this interface::
 
-    from ingest.backends import ModelSpec, SamplingParams, load_backend
+    from ingest.backends import ModelSpec, SampleRequest, SamplingParams, load_backend
 
     backend = load_backend(ModelSpec("path/or/hub-id", prompt_format="chat"), device="auto")
     rendered = backend.render("Pick a random digit.", "chat")     # store it with the run
     counts = backend.sample(rendered, SamplingParams(n=1000, max_new_tokens=8), seed=1234)
+    many = backend.sample_many([SampleRequest(rendered, SamplingParams(n=100), 1), ...])
     exact = backend.option_probabilities(rendered, {"7": ["7"], "3": ["3"]})
     provenance = backend.provenance()                             # columns of the runs table
 
-Backends are registered by name (:data:`BACKENDS`, :func:`register_backend`) in the style of
-lm-evaluation-harness. A model spec's ``source`` selects one: ``"table:<file.json>"`` is the
-:class:`TableBackend` (a fixed answer distribution given as data, no torch: fast tests of the
-job layer), anything else is a hub id or local directory for the ``transformers`` backend
-(:class:`ingest.models.TransformersBackend`). Heavy libraries (torch, transformers) are
-imported only when a backend that needs them is loaded.
+Backends are registered by name (:func:`registered_backends`, :func:`register_backend`) in
+the style of lm-evaluation-harness, and a model spec's ``backend`` selects one:
+``transformers`` (:class:`ingest.models.TransformersBackend`, the default: the tree sampler),
+``vllm`` (:class:`ingest.vllm_backend.VLLMBackend`, the ``catalog[vllm]`` extra) and
+``table`` (:class:`TableBackend`: a fixed answer distribution given as data, no torch, for
+fast tests of the job layer). Other packages add backends through the ``catalog.backends``
+entry point group (``name = "package.module:BackendClass"``). A backend declares the options
+it takes (:attr:`Backend.OPTIONS`) and validates them (:meth:`Backend.check_options`) before
+it loads. Heavy libraries (torch, transformers, vllm) are imported only when a backend that
+needs them is loaded.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.metadata
 import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, NamedTuple, Self
+from typing import Any, ClassVar, NamedTuple, Protocol, Self
 
 import numpy as np
 
@@ -42,12 +48,12 @@ from catalog.errors import InvalidInput, ModelLoadError
 class ModelSpec:
     """Where a model comes from and how prompts reach it (one row of the model registry).
 
-    ``source`` is a hub id (``"org/name"``), a local directory, or ``"<backend>:<argument>"``
-    for a registered non-transformers backend (e.g. ``"table:answers.json"``).
-    ``revision`` is a hub branch, tag or commit (a pinned 40-hex commit is required with
-    ``trust_remote_code``). ``gguf_file`` names a GGUF file inside ``source``.
+    ``source`` is a hub id (``"org/name"``) or a local directory (for the ``table`` backend:
+    its JSON file). ``revision`` is a hub branch, tag or commit (a pinned 40-hex commit is
+    required with ``trust_remote_code``). ``gguf_file`` names a GGUF file inside ``source``.
     ``prompt_format`` is ``"chat"`` (the tokenizer's chat template) or ``"plain"`` (the plain
-    completion scaffold of :mod:`catalog.prompting`).
+    completion scaffold of :mod:`catalog.prompting`). ``backend`` is a registered backend's
+    name and ``backend_options`` its options (checked by the backend when it loads).
     """
 
     source: str
@@ -55,6 +61,8 @@ class ModelSpec:
     gguf_file: str | None = None
     trust_remote_code: bool = False
     prompt_format: str = "chat"
+    backend: str = "transformers"
+    backend_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         if not self.source:
@@ -62,6 +70,10 @@ class ModelSpec:
         if self.prompt_format not in PROMPT_FORMATS:
             raise InvalidInput(
                 f"prompt format {self.prompt_format!r} is not one of {', '.join(PROMPT_FORMATS)}"
+            )
+        if not isinstance(self.backend_options, Mapping):
+            raise InvalidInput(
+                f"backend options must be a table of KEY = VALUE, got {self.backend_options!r}"
             )
 
 
@@ -121,11 +133,75 @@ class ExactDistribution(NamedTuple):
     covered_mass: float
 
 
+class SampleRequest(NamedTuple):
+    """One unit's sampling: a rendered prompt, its parameters and its seed (see
+    :meth:`Backend.sample_many`)."""
+
+    rendered: str
+    params: SamplingParams
+    seed: int
+
+
+_TRUE_WORDS, _FALSE_WORDS = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+@dataclass(frozen=True)
+class BackendOption:
+    """One option a backend takes: its type, what it does, and which values are allowed.
+
+    ``kind`` is ``bool``, ``int``, ``float`` or ``str``; a value may also be given as text
+    (``--backend-arg enforce_eager=true``) and is converted. ``allowed(value)`` is False for a
+    value of the right type that the backend refuses, described by ``requirement``
+    (e.g. ``"in (0, 1]"``); ``choices`` lists the only allowed values of a text option.
+    """
+
+    kind: type
+    help: str
+    allowed: Callable[[Any], bool] = lambda value: True
+    requirement: str = ""
+    choices: tuple[str, ...] = ()
+
+    def convert(self, name: str, value: Any) -> Any:
+        """``value`` as this option's type; InvalidInput (one line) if it is not one."""
+        converted = self._typed(value)
+        if converted is None or not self.allowed(converted) or (
+            self.choices and converted not in self.choices
+        ):
+            raise InvalidInput(f"backend option {name}={value!r} is invalid: {self.describe()}")
+        return converted
+
+    def describe(self) -> str:
+        if self.choices:
+            return f"use one of {', '.join(self.choices)}"
+        kind = {bool: "true or false", int: "an integer", float: "a number"}.get(self.kind, "text")
+        return f"use {kind}" + (f" {self.requirement}" if self.requirement else "")
+
+    def _typed(self, value: Any) -> Any:
+        if isinstance(value, str) and self.kind is not str:
+            text = value.strip().lower()
+            if self.kind is bool:
+                return True if text in _TRUE_WORDS else False if text in _FALSE_WORDS else None
+            try:
+                return self.kind(text)
+            except ValueError:
+                return None
+        if self.kind is bool:
+            return value if isinstance(value, bool) else None
+        if isinstance(value, bool):
+            return None  # True is an int in Python, never a number of GPUs
+        if self.kind is float and isinstance(value, int | float):
+            return float(value)
+        return value if isinstance(value, self.kind) else None
+
+
 class Backend(ABC):
     """One loaded model. Every method is deterministic given its arguments.
 
     Contract:
 
+    - :attr:`OPTIONS` declares the backend options it takes; :meth:`check_options` validates
+      a model's options against them (unknown key or bad value: one InvalidInput line) and
+      :func:`load_backend` calls it before the backend is constructed.
     - :meth:`render` turns a task's prompt text into the exact string the model sees
       (``"chat"``: the tokenizer's chat template with the generation prompt appended;
       ``"plain"``: the completion scaffold; default: the spec's ``prompt_format``). Store the
@@ -135,25 +211,52 @@ class Backend(ABC):
       (distinct texts only; equal texts are merged). The same ``seed`` gives the same counts
       on the same hardware, library versions and batch size. ``seed`` is an integer in
       ``[0, 2**63)``.
+    - :meth:`sample_many` does the same for several units at once and returns their counts
+      in order; the job layer offers up to :attr:`units_per_call` units per call. The
+      default samples them one by one; a backend that batches prompts (vLLM) overrides it and
+      states its own reproducibility (a batch's counts may depend on its composition).
     - :meth:`option_probabilities` scores each option's surface forms exactly (no sampling,
       model distribution at temperature 1) and returns an :class:`ExactDistribution`.
       Surface forms are the literal continuation texts (e.g. ``{"heads": ["heads",
       "Heads"]}``); a surface form may belong to one option only.
     - :meth:`provenance` returns the run columns that describe the setup: ``model_revision``,
-      ``dtype``, ``device``, ``chat_template_hash`` and ``library_versions`` (a dict).
+      ``dtype``, ``device``, ``chat_template_hash`` and ``library_versions`` (a dict);
+      :meth:`backend_record` the backend's name, options and its own choices (stored with
+      every run as ``library_versions["backend"]``).
     - :meth:`close` frees the model (memory, GPU); the backend is unusable afterwards.
+    - ``renderer(spec)``, an optional classmethod, returns an object whose ``render`` equals
+      a loaded backend's without loading the weights (what ``catalog plan`` renders with,
+      :func:`load_renderer`; without it the backend is loaded on the CPU to render).
     """
 
     name: str = ""
+    OPTIONS: ClassVar[Mapping[str, BackendOption]] = {}
+    units_per_call: int = 1
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
 
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The options converted to their types; InvalidInput for an unknown key or bad value."""
+        unknown = sorted(set(options) - set(cls.OPTIONS))
+        if unknown:
+            known = ", ".join(sorted(cls.OPTIONS)) or "none"
+            raise InvalidInput(
+                f"backend {cls.name!r} has no option {', '.join(unknown)}; its options: {known}"
+            )
+        return {key: cls.OPTIONS[key].convert(key, value) for key, value in options.items()}
+
     @abstractmethod
-    def render(self, prompt_text: str, prompt_format: str | None = None) -> str: ...
+    def render(self, prompt_text: str, prompt_format: str | None = None, *,
+               scaffold: str | None = None) -> str: ...
 
     @abstractmethod
     def sample(self, rendered: str, params: SamplingParams, seed: int) -> dict[str, int]: ...
+
+    def sample_many(self, requests: Sequence[SampleRequest]) -> list[dict[str, int]]:
+        """Counts for each request, in order; by default one :meth:`sample` call each."""
+        return [self.sample(*request) for request in requests]
 
     @abstractmethod
     def option_probabilities(
@@ -162,6 +265,10 @@ class Backend(ABC):
 
     @abstractmethod
     def provenance(self) -> dict[str, Any]: ...
+
+    def backend_record(self) -> dict[str, Any]:
+        """The backend's name and options as used (stored with every run it samples)."""
+        return {"name": self.name, "options": dict(self.spec.backend_options)}
 
     def close(self) -> None:
         """Release the model's memory. The default has nothing to release."""
@@ -173,28 +280,58 @@ class Backend(ABC):
         self.close()
 
 
-# name -> "module:attribute" (imported on first use, so torch loads only when needed) or a factory
-BACKENDS: dict[str, str | Callable[..., Backend]] = {
+ENTRY_POINT_GROUP = "catalog.backends"
+# name -> "module:Class" (imported on first use, so torch loads only when needed) or the class
+BACKENDS: dict[str, str | type[Backend]] = {
     "transformers": "ingest.models:TransformersBackend",
+    "vllm": "ingest.vllm_backend:VLLMBackend",
     "table": "ingest.backends:TableBackend",
 }
 
 
-def register_backend(name: str, factory: str | Callable[..., Backend]) -> None:
-    """Register a backend class (or ``"module:Class"`` path) under ``name``.
+def register_backend(name: str, backend: str | type[Backend]) -> None:
+    """Register a :class:`Backend` subclass (or its ``"module:Class"`` path) under ``name``.
 
-    The factory is called as ``factory(spec, device=..., dtype=..., allow_pickle=...,
-    batch_size=...)``; a spec selects it with ``source="<name>:<argument>"``.
+    It is constructed as ``cls(spec, device=..., dtype=..., allow_pickle=..., batch_size=...)``
+    for a model whose ``backend`` is ``name``. Installed packages register backends without
+    code through the ``catalog.backends`` entry point group, e.g. in their pyproject.toml::
+
+        [project.entry-points."catalog.backends"]
+        mybackend = "my_package.backend:MyBackend"
     """
-    BACKENDS[name] = factory
+    BACKENDS[name] = backend
 
 
-def backend_name(spec: ModelSpec) -> str:
-    """The registered backend a spec selects: its ``"<name>:"`` prefix, else transformers."""
-    prefix, sep, _ = spec.source.partition(":")
-    if sep and prefix in BACKENDS and prefix != "transformers":
-        return prefix
-    return "transformers"
+def registered_backends() -> dict[str, str | type[Backend]]:
+    """Every backend name: the built-in and registered ones, then the entry points' (an entry
+    point never replaces a name registered here)."""
+    found = {ep.name: ep.value for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    return {**found, **BACKENDS}
+
+
+def backend_class(name: str) -> type[Backend]:
+    """The backend class registered as ``name``; an unknown name is one InvalidInput line."""
+    backends = registered_backends()
+    if name not in backends:
+        raise InvalidInput(
+            f"unknown backend {name!r}; registered backends: {', '.join(sorted(backends))} "
+            f"(others register through the {ENTRY_POINT_GROUP!r} entry point group)"
+        )
+    target = backends[name]
+    if isinstance(target, str):
+        module_name, _, attribute = target.partition(":")
+        try:
+            target = getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError) as exc:
+            raise ModelLoadError(f"backend {name!r} ({backends[name]}) cannot be imported: {exc}")
+    if not (isinstance(target, type) and issubclass(target, Backend)):
+        raise ModelLoadError(f"backend {name!r} is {target!r}, not a Backend subclass")
+    return target
+
+
+def check_backend_options(name: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``options`` validated by the backend ``name`` (what ``catalog models add`` stores)."""
+    return backend_class(name).check_options(options or {})
 
 
 def load_backend(
@@ -205,13 +342,14 @@ def load_backend(
     allow_pickle: bool = False,
     batch_size: int | str = "auto",
 ) -> Backend:
-    """Load the model ``spec`` names, once; sample all its prompts through the result.
+    """Load the model ``spec`` names with its backend, once; sample all its prompts through it.
 
     ``device``: auto|cpu|cuda (auto = cuda if available); ``dtype``: auto|float32|bfloat16|
     float16 (auto = bfloat16 on a CUDA device that supports it, else float16 on CUDA, float32
     on CPU); ``allow_pickle``: accept pickle (``.bin``) checkpoints, which can run code when
     loaded; ``batch_size``: most rows per forward pass ("auto": start large, halve on
-    out-of-memory). Raises :class:`ModelLoadError` with a one-line message.
+    out-of-memory). An unknown backend or a bad backend option is :class:`InvalidInput`; a
+    model that cannot be loaded :class:`ModelLoadError`, each with a one-line message.
     """
     if device not in DEVICES:
         raise InvalidInput(f"device {device!r} is not one of {', '.join(DEVICES)}")
@@ -221,19 +359,39 @@ def load_backend(
         isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
     ):
         raise InvalidInput(f"batch size must be 'auto' or a positive integer, got {batch_size!r}")
-    factory = BACKENDS[backend_name(spec)]
-    if isinstance(factory, str):
-        module_name, _, attribute = factory.partition(":")
-        factory = getattr(importlib.import_module(module_name), attribute)
-    return factory(
-        spec, device=device, dtype=dtype, allow_pickle=allow_pickle, batch_size=batch_size
-    )
+    cls = backend_class(spec.backend)
+    spec = replace(spec, backend_options=cls.check_options(spec.backend_options))
+    return cls(spec, device=device, dtype=dtype, allow_pickle=allow_pickle, batch_size=batch_size)
+
+
+class Renderer(Protocol):
+    """Renders prompts exactly as a loaded backend of the same spec does."""
+
+    def render(self, prompt_text: str, prompt_format: str | None = None, *,
+               scaffold: str | None = None) -> str: ...
+
+
+def render_with(renderer: Renderer, prompt_text: str, prompt_format: str | None,
+                scaffold: str = prompting.DEFAULT_SCAFFOLD) -> str:
+    """``renderer.render``, passing the scaffold only when it is not the default: backends
+    written before scaffolds existed keep working with the default one."""
+    if scaffold == prompting.DEFAULT_SCAFFOLD:
+        return renderer.render(prompt_text, prompt_format)
+    return renderer.render(prompt_text, prompt_format, scaffold=scaffold)
+
+
+def load_renderer(spec: ModelSpec) -> Renderer:
+    """What the planner renders prompts with, without loading weights: the backend class's
+    ``renderer(spec)`` (the transformers backend loads its tokenizer alone), else the backend
+    itself loaded on the CPU. Its ``render`` equals the loaded backend's."""
+    make = getattr(backend_class(spec.backend), "renderer", None)
+    return make(spec) if make is not None else load_backend(spec, device="cpu")
 
 
 class TableBackend(Backend):
     """A model given as data: fixed completion distributions, no torch (for fast tests).
 
-    The table is a JSON file (``ModelSpec(source="table:path/to/table.json")``)::
+    The table is a JSON file (``ModelSpec("path/to/table.json", backend="table")``)::
 
         {"default": {"7": 0.6, " 3": 0.3, "I pick 5.": 0.1},
          "prompts": {"Pick a random digit.": {"4": 1.0}},
@@ -251,7 +409,7 @@ class TableBackend(Backend):
 
     def __init__(self, spec: ModelSpec, **_: Any) -> None:
         super().__init__(spec)
-        path = Path(spec.source.partition(":")[2]).expanduser()
+        path = Path(spec.source).expanduser()
         try:
             raw = path.read_bytes()
             table = json.loads(raw)
@@ -279,11 +437,12 @@ class TableBackend(Backend):
             raise ModelLoadError(f"table model {str(path)!r} has an empty or negative distribution")
         return {text: p / total for text, p in dist.items()}
 
-    def render(self, prompt_text: str, prompt_format: str | None = None) -> str:
+    def render(self, prompt_text: str, prompt_format: str | None = None, *,
+               scaffold: str | None = None) -> str:
         if (prompt_format or self.spec.prompt_format) == "chat":
             rendered = self.CHAT_TEMPLATE.format(prompt=prompt_text)
         else:
-            rendered = prompting.render_plain(prompt_text)
+            rendered = prompting.render_plain(prompt_text, scaffold)
         self._prompt_of[rendered] = prompt_text
         return rendered
 

@@ -29,6 +29,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -57,61 +58,136 @@ class LoadedModel:
     @property
     def eos_token_ids(self) -> list[int]:
         """End-of-sequence ids: the generation config's (all of them), else the tokenizer's."""
-        eos = self.model.generation_config.eos_token_id
-        if eos is None:
-            eos = self.model.config.eos_token_id
-        if eos is None:
-            eos = self.tokenizer.eos_token_id
-        ids = [eos] if isinstance(eos, int) else list(eos or [])
-        return sorted(set(ids))
+        return eos_token_ids(self.model.generation_config, self.model.config, self.tokenizer)
+
+
+def eos_token_ids(generation_config, config, tokenizer) -> list[int]:
+    """The ids that end a completion: the generation config's EOS ids (all of them), else the
+    model config's, else the tokenizer's. Every backend ends completions at exactly these."""
+    eos = getattr(generation_config, "eos_token_id", None)
+    if eos is None:
+        eos = config.eos_token_id
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    ids = [eos] if isinstance(eos, int) else list(eos or [])
+    return sorted(set(ids))
+
+
+@dataclass
+class ModelFiles:
+    """What a model's source holds besides the weights, resolved once: where it lives, its
+    config and tokenizer, and the revision recorded as provenance."""
+
+    spec: ModelSpec
+    location: str  # the local directory or the hub id
+    local: Path | None
+    config: Any
+    tokenizer: Any
+    commit: str | None  # the hub commit the requested revision resolved to
+
+    @cached_property
+    def revision(self) -> str | None:
+        if self.local is None:
+            return self.commit
+        return local_fingerprint(self.local, self.spec.gguf_file)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """Loading options that pin later loads to the same files."""
+        return {
+            "trust_remote_code": self.spec.trust_remote_code,
+            "gguf_file": self.spec.gguf_file,
+            "revision": self.commit or self.spec.revision,
+        }
+
+
+def load_model_files(
+    spec: ModelSpec, *, allow_pickle: bool = False, weights: bool = True
+) -> ModelFiles:
+    """Check ``spec`` by the rules of this module and load its config and tokenizer
+    (``weights=False``: only the tokenizer is wanted, as for planning; the weight files are
+    not checked)."""
+    check_remote_code(spec)
+    local = local_directory(spec.source)
+    if local is not None and weights:
+        check_local_weights(local, spec, allow_pickle)
+    if spec.gguf_file and importlib.util.find_spec("gguf") is None:
+        raise ModelLoadError("GGUF models need the gguf extra: pip install 'catalog[gguf]'")
+
+    from transformers import AutoConfig, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
+
+    # transformers' own loading bars would interleave with the catalog's progress output.
+    transformers_logging.disable_progress_bar()
+    location = str(local) if local is not None else spec.source
+    options = {"trust_remote_code": spec.trust_remote_code, "gguf_file": spec.gguf_file}
+    try:
+        config = AutoConfig.from_pretrained(location, revision=spec.revision, **options)
+        # Load the tokenizer (and later the weights) from the very commit the config resolved to.
+        commit = getattr(config, "_commit_hash", None)
+        tokenizer = AutoTokenizer.from_pretrained(
+            location, revision=commit or spec.revision, **options
+        )
+    except Exception as exc:  # noqa: BLE001 - any failure inside transformers means "cannot load"
+        raise ModelLoadError(_load_failure(spec, local, exc, allow_pickle)) from None
+    return ModelFiles(spec, location, local, config, tokenizer, commit)
 
 
 def load_model(
     spec: ModelSpec, *, device: str = "auto", dtype: str = "auto", allow_pickle: bool = False
 ) -> LoadedModel:
     """Load ``spec`` by the rules of this module; return the model in eval mode."""
-    check_remote_code(spec)
-    local = local_directory(spec.source)
-    if local is not None:
-        check_local_weights(local, spec, allow_pickle)
-    if spec.gguf_file and importlib.util.find_spec("gguf") is None:
-        raise ModelLoadError("GGUF models need the gguf extra: pip install 'catalog[gguf]'")
+    files = load_model_files(spec, allow_pickle=allow_pickle)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
 
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as transformers_logging
+    from transformers import AutoModelForCausalLM
 
-    # transformers' own loading bars would interleave with the catalog's progress output.
-    transformers_logging.disable_progress_bar()
-    source = str(local) if local is not None else spec.source
-    options = {"trust_remote_code": spec.trust_remote_code, "gguf_file": spec.gguf_file}
     try:
-        config = AutoConfig.from_pretrained(source, revision=spec.revision, **options)
-        # Load tokenizer and weights from the very commit the config resolved to.
-        commit = getattr(config, "_commit_hash", None)
-        options["revision"] = commit or spec.revision
-        tokenizer = AutoTokenizer.from_pretrained(source, **options)
         model = AutoModelForCausalLM.from_pretrained(
-            source,
-            config=config,
+            files.location,
+            config=files.config,
             dtype=torch_dtype,
             device_map=torch_device,
             # gguf_file is its own format; otherwise pickles only when explicitly allowed
             use_safetensors=None if (allow_pickle or spec.gguf_file) else True,
-            **options,
+            **files.options,
         )
     except Exception as exc:  # noqa: BLE001 - any failure inside transformers means "cannot load"
-        raise ModelLoadError(_load_failure(spec, local, exc, allow_pickle)) from None
+        raise ModelLoadError(_load_failure(spec, files.local, exc, allow_pickle)) from None
     model.eval()
-    revision = commit if local is None else local_fingerprint(local, spec.gguf_file)
     return LoadedModel(
         model,
-        tokenizer,
+        files.tokenizer,
         describe_device(model.device),
         str(torch_dtype).removeprefix("torch."),
-        revision,
+        files.revision,
     )
+
+
+def render_prompt(tokenizer, spec: ModelSpec, prompt_text: str, prompt_format: str | None,
+                  scaffold: str | None = None) -> str:
+    """The text the model sees (every backend of a tokenizer-based model renders with this);
+    plain prompts inside ``scaffold`` (:mod:`catalog.prompting`, default ``qa@1``)."""
+    prompt_format = prompt_format or spec.prompt_format
+    if prompt_format == "chat" and not getattr(tokenizer, "chat_template", None):
+        raise InvalidInput(
+            f"model {spec.source!r} has no chat template; register it with prompt format plain"
+        )
+    return prompting.render(tokenizer, prompt_text, prompt_format, scaffold)
+
+
+@dataclass
+class TokenizerRenderer:
+    """Renders prompts exactly as :class:`TransformersBackend` does, from the tokenizer alone
+    (what ``catalog plan`` renders with: no weights are read)."""
+
+    spec: ModelSpec
+    tokenizer: Any
+
+    def render(self, prompt_text: str, prompt_format: str | None = None, *,
+               scaffold: str | None = None) -> str:
+        return render_prompt(self.tokenizer, self.spec, prompt_text, prompt_format, scaffold)
 
 
 def check_remote_code(spec: ModelSpec) -> None:
@@ -249,7 +325,8 @@ def library_versions(gguf: bool = False) -> dict[str, str]:
 
 class TransformersBackend(Backend):
     """A transformers causal LM: the tree sampler (:mod:`ingest.sampling`) and exact mode
-    (:mod:`ingest.exact`) over one model loaded by :func:`load_model`."""
+    (:mod:`ingest.exact`) over one model loaded by :func:`load_model`. It takes no backend
+    options, and samples one prompt per tree (the inherited :meth:`sample_many` loops)."""
 
     name = "transformers"
 
@@ -271,14 +348,14 @@ class TransformersBackend(Backend):
             batch_size=batch_size,
         )
 
-    def render(self, prompt_text: str, prompt_format: str | None = None) -> str:
-        prompt_format = prompt_format or self.spec.prompt_format
-        if prompt_format == "chat" and not getattr(self.loaded.tokenizer, "chat_template", None):
-            raise InvalidInput(
-                f"model {self.spec.source!r} has no chat template; "
-                "register it with prompt format plain"
-            )
-        return prompting.render(self.loaded.tokenizer, prompt_text, prompt_format)
+    @classmethod
+    def renderer(cls, spec: ModelSpec) -> TokenizerRenderer:
+        return TokenizerRenderer(spec, load_model_files(spec, weights=False).tokenizer)
+
+    def render(self, prompt_text: str, prompt_format: str | None = None, *,
+               scaffold: str | None = None) -> str:
+        return render_prompt(self.loaded.tokenizer, self.spec, prompt_text, prompt_format,
+                             scaffold)
 
     def sample(self, rendered: str, params: SamplingParams, seed: int) -> dict[str, int]:
         return self.sampler.sample(rendered, params, seed).counts

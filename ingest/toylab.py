@@ -15,6 +15,10 @@ tokenizer built with the ``tokenizers`` library) through three stages on the CPU
   over off-topic answers), so probability moves inside the support but stays on it
   (*settling*).
 
+With ``checkpoints=K`` SFT and DPO also save K evenly spaced checkpoints each, in the
+Trainer layout (``<stage dir>/checkpoint-<step>/``, the last one at the stage's final step),
+which :func:`register_family` registers as the stage's steps: a trajectory of 2K + 1 models.
+
 Answers are not sampled: the loss at the answer position is the cross-entropy to the planted
 distribution, which is the expected loss over infinitely many sampled answers, so the model
 learns the planted distributions without sampling noise, and a family trains in well under
@@ -99,7 +103,9 @@ class ToyFamilySettings:
     planted one). ``prompts_per_task``: use the first K prompts of each task (None: all).
     ``world_seed`` draws the planted base distributions (the "pretraining data"): families
     with the same world seed share them, as real families share web text, so a seed found in
-    one predicts another's. ``seed`` initializes and trains the weights.
+    one predicts another's. ``seed`` initializes and trains the weights. ``checkpoints``:
+    how many evenly spaced checkpoints SFT and DPO each save (0: none); saving does not
+    change training, so the final stages are those of the same settings without checkpoints.
     """
 
     tasks: tuple[TaskSpec, ...] | None = None
@@ -119,6 +125,7 @@ class ToyFamilySettings:
     dpo_beta: float = 0.5
     world_seed: int = 0
     seed: int = 0
+    checkpoints: int = 0
 
     def resolved_tasks(self) -> tuple[TaskSpec, ...]:
         """The tasks, cut to the first ``prompts_per_task`` prompts, validated."""
@@ -193,6 +200,16 @@ class ToyStage:
     order: int
     prompt_format: str  # "plain" or "chat", as the model registry records it
     path: Path
+    checkpoints: tuple[int, ...] = ()  # steps saved in path/checkpoint-<step>/, in order
+
+    def checkpoint(self, step: int) -> ToyStage:
+        """The stage's checkpoint at ``step``, as a stage of its own (no checkpoints)."""
+        if step not in self.checkpoints:
+            raise InvalidInput(
+                f"toy stage {self.name!r} has checkpoints at steps {list(self.checkpoints)}, "
+                f"not {step}"
+            )
+        return replace(self, path=self.path / f"checkpoint-{step}", checkpoints=())
 
 
 @dataclass(frozen=True)
@@ -442,9 +459,15 @@ def _answer_loss(model, batch: _Batch):
     return (hard + soft).mean()
 
 
-def _fit(model, loss_at_step, steps: int, lr: float) -> None:
+def checkpoint_steps(steps: int, count: int) -> tuple[int, ...]:
+    """``count`` evenly spaced steps of a ``steps``-step stage, the last one ``steps``."""
+    return tuple(steps * i // count for i in range(1, count + 1))
+
+
+def _fit(model, loss_at_step, steps: int, lr: float, after_step=None) -> None:
     """Full-batch Adam with the learning rate decaying linearly to zero (converges closer to
-    the planted distributions than a constant rate in the same number of steps)."""
+    the planted distributions than a constant rate in the same number of steps).
+    ``after_step(n)`` is called after the n-th step (n = 1 .. steps)."""
     import torch
 
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
@@ -455,6 +478,8 @@ def _fit(model, loss_at_step, steps: int, lr: float) -> None:
         loss_at_step(step).backward()
         optimizer.step()
         schedule.step()
+        if after_step is not None:
+            after_step(step + 1)
     model.eval()
 
 
@@ -613,6 +638,14 @@ def _train_stages(
     tasks = settings.resolved_tasks()
     tokenizer = build_tokenizer(tasks)
     seconds = {}
+
+    def saving_checkpoints(stage: str, steps: int):
+        wanted = set(checkpoint_steps(steps, settings.checkpoints))
+        return lambda step: (
+            _save_stage(model, tokenizer, into / stage / f"checkpoint-{step}")
+            if step in wanted else None
+        )
+
     with _deterministic_torch(settings.seed):
         start = time.perf_counter()
         base_targets = {name: p.base for name, p in planted.items()}
@@ -635,6 +668,7 @@ def _train_stages(
             lambda step: _answer_loss(model, sft_data.batch(step)),
             settings.sft_steps,
             settings.sft_lr,
+            saving_checkpoints("sft", settings.sft_steps),
         )
         _save_stage(model, tokenizer, into / "sft")
         seconds["sft"] = time.perf_counter() - start
@@ -654,7 +688,10 @@ def _train_stages(
                 settings.dpo_beta,
             ).mean()
 
-        _fit(model, dpo_objective, settings.dpo_steps, settings.dpo_lr)
+        _fit(
+            model, dpo_objective, settings.dpo_steps, settings.dpo_lr,
+            saving_checkpoints("dpo", settings.dpo_steps),
+        )
         _save_stage(model, tokenizer, into / "dpo")
         seconds["dpo"] = time.perf_counter() - start
     return seconds
@@ -666,18 +703,24 @@ def family_dir(out_dir: str | os.PathLike, settings: ToyFamilySettings) -> Path:
 
 
 def train_family(
-    out_dir: str | os.PathLike, settings: ToyFamilySettings | None = None
+    out_dir: str | os.PathLike,
+    settings: ToyFamilySettings | None = None,
+    *,
+    checkpoints: int | None = None,
 ) -> ToyFamily:
     """Train the toy family for ``settings`` under ``out_dir``, or reuse the cached one.
 
     The family lives in ``out_dir/toy-<settings hash>``: one directory per stage (loadable
-    with ``AutoModelForCausalLM``/``AutoTokenizer.from_pretrained``) and ``manifest.json``
-    with the settings, the planted ground truth and the training times. A file lock keeps
-    two processes from training the same family at once; training happens in a scratch
-    directory that is renamed into place when complete, so a crash never leaves a family
-    that looks finished.
+    with ``AutoModelForCausalLM``/``AutoTokenizer.from_pretrained``; with ``checkpoints``,
+    which overrides the settings' field, SFT and DPO also hold that many ``checkpoint-<step>/``
+    directories) and ``manifest.json`` with the settings, the planted ground truth and the
+    training times. A file lock keeps two processes from training the same family at once;
+    training happens in a scratch directory that is renamed into place when complete, so a
+    crash never leaves a family that looks finished.
     """
     settings = settings or ToyFamilySettings()
+    if checkpoints is not None:
+        settings = replace(settings, checkpoints=checkpoints)
     root = family_dir(out_dir, settings)
     root.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root) + ".lock"):
@@ -696,7 +739,7 @@ def train_family(
 
 def _family(root, settings, planted, seconds, reused: bool) -> ToyFamily:
     stages = tuple(
-        ToyStage(name, order, prompt_format, root / name)
+        ToyStage(name, order, prompt_format, root / name, _stage_checkpoints(settings, name))
         for order, (name, prompt_format) in enumerate(STAGES)
     )
     return ToyFamily(
@@ -710,6 +753,11 @@ def _family(root, settings, planted, seconds, reused: bool) -> ToyFamily:
     )
 
 
+def _stage_checkpoints(settings: ToyFamilySettings, stage: str) -> tuple[int, ...]:
+    steps = {"sft": settings.sft_steps, "dpo": settings.dpo_steps}.get(stage)
+    return () if steps is None else checkpoint_steps(steps, settings.checkpoints)
+
+
 def _write_manifest(root: Path, settings, planted, seconds) -> None:
     import torch
     import transformers
@@ -718,7 +766,11 @@ def _write_manifest(root: Path, settings, planted, seconds) -> None:
         "toylab_version": TOYLAB_VERSION,
         "settings_hash": settings.settings_hash(),
         "settings": settings.to_dict(),
-        "stages": [{"name": n, "order": i, "prompt_format": f} for i, (n, f) in enumerate(STAGES)],
+        "stages": [
+            {"name": n, "order": i, "prompt_format": f,
+             "checkpoints": list(_stage_checkpoints(settings, n))}
+            for i, (n, f) in enumerate(STAGES)
+        ],
         "planted": {name: p.to_dict() for name, p in planted.items()},
         "train_seconds": seconds,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
@@ -744,28 +796,30 @@ def register_family(session, family: ToyFamily, name: str | None = None) -> list
     """Register the toy family's stages in the catalog as an ordinary family.
 
     Models are named ``<family name>-<stage>`` with the stage directory as source; the family
-    name defaults to :attr:`ToyFamily.name`. Registering the same family again changes
-    nothing; another family under a name already taken is an InvalidInput. Tasks are not
-    registered here (sync them with :func:`catalog.registry.sync_task`).
+    name defaults to :attr:`ToyFamily.name`. A stage with checkpoints is registered as its
+    checkpoints instead (``<family name>-<stage>-step<step>``, through
+    :func:`catalog.registry.add_checkpoints`; its last one is the stage's final model).
+    Registering the same family again changes nothing; another family under a name already
+    taken is an InvalidInput. Tasks are not registered here (sync them with
+    :func:`catalog.registry.sync_task`).
     """
     family_name = name or family.name
     seeds = ", ".join(f"{task}={p.seed_key}" for task, p in sorted(family.planted.items()))
     registry.ensure_family(
         session, family_name, description=f"Toy family from the catalog's toy lab ({family.root})"
     )
-    return [
-        registry.add_model(
-            session,
-            name=f"{family_name}-{stage.name}",
-            family=family_name,
-            stage=stage.name,
-            stage_order=stage.order,
-            source=str(stage.path),
+    models = []
+    for stage in family.stages:
+        fields = dict(
+            family=family_name, stage=stage.name, stage_order=stage.order, source=str(stage.path),
             prompt_format=stage.prompt_format,
             notes=f"toy lab stage; planted seed prompts: {seeds}",
         )
-        for stage in family.stages
-    ]
+        if stage.checkpoints:
+            models += registry.add_checkpoints(session, **fields)
+        else:
+            models.append(registry.add_model(session, name=f"{family_name}-{stage.name}", **fields))
+    return models
 
 
 # --------------------------------------------------------------------------- validation
@@ -780,6 +834,12 @@ def _cut_prompts(task: TaskSpec, limit: int | None) -> TaskSpec:
 def _check_tasks(tasks: Sequence[TaskSpec], settings: ToyFamilySettings) -> None:
     if settings.prompts_per_task is not None and settings.prompts_per_task < 2:
         raise InvalidInput("the toy lab needs at least 2 prompts per task; raise prompts_per_task")
+    most = min(settings.sft_steps, settings.dpo_steps)
+    if not 0 <= settings.checkpoints <= most:
+        raise InvalidInput(
+            f"checkpoints must be between 0 and {most} (the steps of the shorter of SFT and "
+            f"DPO), got {settings.checkpoints}"
+        )
     names = [t.name for t in tasks]
     unknown = sorted(set(settings.seed_prompts) - set(names))
     if unknown:

@@ -8,6 +8,7 @@ from sqlalchemy import select
 
 from analysis.crystallization import analyze
 from analysis.frames import read_counts
+from catalog.conditions import Condition
 from catalog.db import session_scope
 from catalog.errors import NotFound
 from catalog.io import import_counts
@@ -34,13 +35,17 @@ def _import(engine, tmp_path, frame=COUNTS):
     import_counts(engine, path)
 
 
-def _add_run(session, model, prompt, mode="sampled", status="done", n_invalid=0, counts=None, probs=None):
-    """A run written through the ORM, as ingest would (one more unit of work)."""
+def _add_run(session, model, prompt, mode="sampled", status="done", n_invalid=0, counts=None,
+             probs=None, condition=None):
+    """A run written through the ORM, as ingest would (one more unit of work); by default in
+    the imported counts' condition, so that it pools with them."""
+    condition = condition or Condition(mode, imported=True)
     model = session.scalar(select(Model).where(Model.name == model))
     prompt = session.scalar(select(Prompt).join(Task).where(Prompt.key == prompt, Task.name == "pick"))
     key = hashlib.sha256(f"{model.id}/{prompt.id}/{mode}/{status}/{n_invalid}".encode()).hexdigest()
     run = Run(unit_key=key, model_id=model.id, task_id=prompt.task_id, prompt_id=prompt.id,
-              mode=mode, status=status, n_invalid=n_invalid, covered_mass=0.75 if probs else None)
+              mode=mode, status=status, n_invalid=n_invalid, covered_mass=0.75 if probs else None,
+              condition=condition.to_dict(), condition_key=condition.key)
     session.add(run)
     session.flush()
     for option, count in (counts or {}).items():

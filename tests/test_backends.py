@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from scipy.stats import binomtest
 
 from catalog.errors import InvalidInput, ModelLoadError
 from ingest.backends import (
@@ -14,9 +15,11 @@ from ingest.backends import (
     ModelSpec,
     SamplingParams,
     TableBackend,
-    backend_name,
     load_backend,
 )
+
+
+SIGNIFICANCE = 0.01  # binomial test of the table backend's counts: reject at the 1% level
 
 
 @pytest.fixture
@@ -71,21 +74,27 @@ def test_model_spec_rejects_unknown_prompt_format():
         ModelSpec("some/model", prompt_format="markdown")
 
 
-def test_backend_name_comes_from_the_source_prefix(table_path):
-    assert backend_name(ModelSpec(f"table:{table_path}")) == "table"
-    assert backend_name(ModelSpec("HuggingFaceTB/SmolLM2-135M-Instruct")) == "transformers"
-    assert backend_name(ModelSpec("./models/tiny")) == "transformers"
+def table_spec(path, **fields) -> ModelSpec:
+    return ModelSpec(str(path), backend="table", **fields)
+
+
+def test_the_spec_names_its_backend_and_a_source_prefix_means_nothing(table_path):
+    assert ModelSpec("HuggingFaceTB/SmolLM2-135M-Instruct").backend == "transformers"
+    assert isinstance(load_backend(table_spec(table_path)), TableBackend)
+    # the old "table:" prefix is no backend selector: it is a (missing) table file's name
+    with pytest.raises(ModelLoadError, match="cannot read table model"):
+        load_backend(table_spec(f"table:{table_path}"))
 
 
 def test_load_backend_rejects_bad_device_dtype_and_batch_size(table_path):
-    spec = ModelSpec(f"table:{table_path}")
+    spec = table_spec(table_path)
     for kwargs in ({"device": "tpu"}, {"dtype": "float8"}, {"batch_size": 0}):
         with pytest.raises(InvalidInput):
             load_backend(spec, **kwargs)
 
 
 def test_table_backend_samples_exact_counts_reproducibly(table_path):
-    backend = load_backend(ModelSpec(f"table:{table_path}"))
+    backend = load_backend(table_spec(table_path))
     assert isinstance(backend, TableBackend)
     rendered = backend.render("Pick a digit.", "chat")
     counts = backend.sample(rendered, SamplingParams(n=1000), seed=7)
@@ -93,12 +102,12 @@ def test_table_backend_samples_exact_counts_reproducibly(table_path):
     assert set(counts) <= {"7", " 3", "I pick 5."}
     assert backend.sample(rendered, SamplingParams(n=1000), seed=7) == counts
     assert backend.sample(rendered, SamplingParams(n=1000), seed=8) != counts
-    # 1000 draws with p = 0.6: the count is within 5 standard deviations (~77) of 600.
-    assert abs(counts["7"] - 600) < 80
+    # The table gives "7" probability 6 / 10: two-sided binomial test (fixed seed).
+    assert binomtest(counts["7"], 1000, 0.6).pvalue > SIGNIFICANCE
 
 
 def test_table_backend_uses_the_prompt_table_and_scores_surface_forms(table_path):
-    backend = load_backend(ModelSpec(f"table:{table_path}", prompt_format="plain"))
+    backend = load_backend(table_spec(table_path, prompt_format="plain"))
     rendered = backend.render("Flip a coin.", "plain")
     assert rendered == "Question: Flip a coin.\nAnswer:"
     assert set(backend.sample(rendered, SamplingParams(n=50), seed=1)) <= {
@@ -116,15 +125,15 @@ def test_table_backend_uses_the_prompt_table_and_scores_surface_forms(table_path
 
 
 def test_surface_form_shared_by_two_options_is_rejected(table_path):
-    backend = load_backend(ModelSpec(f"table:{table_path}"))
+    backend = load_backend(table_spec(table_path))
     with pytest.raises(InvalidInput, match="belongs to both"):
         backend.option_probabilities("x", {"a": ["7"], "b": ["7"]})
 
 
 def test_table_backend_provenance_pins_the_file_content(table_path):
-    first = load_backend(ModelSpec(f"table:{table_path}")).provenance()
+    first = load_backend(table_spec(table_path)).provenance()
     table_path.write_text(json.dumps({"default": {"1": 1}}))
-    second = load_backend(ModelSpec(f"table:{table_path}")).provenance()
+    second = load_backend(table_spec(table_path)).provenance()
     assert first["model_revision"].startswith("sha256:")
     assert first["model_revision"] != second["model_revision"]
     assert set(first) == {
@@ -138,11 +147,11 @@ def test_table_backend_provenance_pins_the_file_content(table_path):
 
 def test_missing_or_malformed_table_is_a_one_line_model_load_error(tmp_path):
     with pytest.raises(ModelLoadError, match="cannot read table model") as missing:
-        load_backend(ModelSpec(f"table:{tmp_path / 'nope.json'}"))
+        load_backend(table_spec(tmp_path / "nope.json"))
     bad = tmp_path / "bad.json"
     bad.write_text("{")
     with pytest.raises(ModelLoadError, match="not valid JSON") as malformed:
-        load_backend(ModelSpec(f"table:{bad}"))
+        load_backend(table_spec(bad))
     assert "\n" not in str(missing.value) + str(malformed.value)
 
 
@@ -150,7 +159,7 @@ def test_importing_and_using_the_table_backend_does_not_import_torch(table_path)
     code = (
         "import sys\n"
         "from ingest.backends import ModelSpec, SamplingParams, load_backend\n"
-        f"b = load_backend(ModelSpec('table:{table_path}'))\n"
+        f"b = load_backend(ModelSpec({str(table_path)!r}, backend='table'))\n"
         "b.sample(b.render('x', 'chat'), SamplingParams(n=3), seed=0)\n"
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules\n"
     )

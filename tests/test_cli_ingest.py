@@ -10,11 +10,21 @@ from __future__ import annotations
 import polars as pl
 import pytest
 from click.testing import CliRunner
+from scipy.stats import binomtest
 from sqlalchemy import text
 
 from catalog.cli import main
+from catalog.normalize import normalize
+from catalog.tasks import bundled_task
 from catalog.views import read_view
+from ingest.backends import ModelSpec, load_backend
+from ingest.exact import default_surface_forms
 from tiny_models import cached_tiny_model, pickle_copy
+
+# How often the tiny model answers these (untrained) prompts validly is whatever training
+# gave; valid counts are checked against the model's exact probability of its valid
+# answers, one-sided binomial tests at the 1% level overall (fixed seed).
+SIGNIFICANCE = 0.01
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +61,27 @@ def test_ingest_a_local_model_into_the_store(db_url, engine, tiny_model):
     assert first.exit_code == 0, first.output
     assert "4 units sampled (800 samples)" in first.output
 
+    runs = read_view(engine, "v_runs", model="tiny-sft")
+    assert runs.height == 4
+    assert (runs["n_valid"] + runs["n_invalid"]).to_list() == [200] * 4
     dist = read_view(engine, "v_distributions", model="tiny-sft")
     sums = dist.group_by("task", "prompt").agg(pl.col("probability").sum().alias("total"))
-    assert sums.height > 0
     assert sums["total"].to_list() == pytest.approx([1.0] * sums.height)
+    # a distribution for exactly the units with a valid sample
+    assert set(sums.select("task", "prompt").iter_rows()) == {
+        (r["task"], r["prompt"]) for r in runs.iter_rows(named=True) if r["n_valid"] > 0
+    }
+    # Each valid count is plausible given the model: an answer that is exactly one of the
+    # option's surface forms, then EOS, is valid, so P(valid) >= exact covered mass.
+    backend = load_backend(ModelSpec(str(tiny_model)), device="cpu")
+    for run in runs.iter_rows(named=True):
+        task = bundled_task(run["task"])
+        forms = default_surface_forms(task.options, task.aliases)
+        assert all(normalize(task, f) == o for o, fs in forms.items() for f in fs)
+        rendered = backend.render(run["prompt_text"], "chat")
+        covered = backend.option_probabilities(rendered, forms).covered_mass
+        low = binomtest(run["n_valid"], 200, covered, alternative="less").pvalue
+        assert low > SIGNIFICANCE / runs.height, (run["task"], run["prompt"], covered, run)
     with engine.connect() as conn:
         runs = conn.execute(text(
             "SELECT dtype, device, model_revision, chat_template_hash, rendered_prompt, "

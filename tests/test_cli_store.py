@@ -77,9 +77,9 @@ def test_models_add_list_and_load(db_url):
         "registered 8 models in 2 families: olmo-2-1124-7b, tulu-3-8b\n"
     )
     assert table_rows(run("models", "list", "--family", "fam", "--db", db_url).output) == [
-        ["family", "stage", "order", "model", "source", "revision", "format"],
-        ["fam", "base", "0", "fam-base", "org/fam-base", "", "plain"],
-        ["fam", "SFT", "1", "fam-sft", "org/fam-sft", "", "chat"],
+        ["family", "stage", "order", "step", "model", "source", "revision", "format", "backend"],
+        ["fam", "base", "0", "", "fam-base", "org/fam-base", "", "plain", "transformers"],
+        ["fam", "SFT", "1", "", "fam-sft", "org/fam-sft", "", "chat", "transformers"],
     ]
     assert "allenai/Llama-3.1-Tulu-3-8B-DPO" in run("models", "list", "--db", db_url).output
 

@@ -23,7 +23,8 @@ from catalog.errors import InvalidInput, NotFound
 from catalog.registry import add_model
 from catalog.schema import Completion, ExactProb, OptionCount, Run
 from ingest.backends import SamplingParams
-from ingest.jobs import IngestRequest, run_ingest, unit_seed
+from ingest.jobs import run_ingest
+from ingest.planning import IngestRequest, unit_seed
 
 DIGIT_TABLE = {
     "default": {"7": 0.5, " 3": 0.2, "Sure! Here's a random digit: 4": 0.2, "banana": 0.1},
@@ -34,12 +35,13 @@ DIGIT_TABLE = {
 def write_table(tmp_path: Path, table: dict, name: str = "table.json") -> str:
     path = tmp_path / name
     path.write_text(json.dumps(table))
-    return f"table:{path}"
+    return str(path)
 
 
 def register(engine, source: str, name: str = "m-sft", family: str = "fam", stage: str = "sft"):
+    """Register the table file ``source`` as a model of the "table" backend."""
     with session_scope(engine) as session:
-        add_model(session, name=name, family=family, stage=stage, source=source)
+        add_model(session, name=name, family=family, stage=stage, source=source, backend="table")
 
 
 def request(**overrides) -> IngestRequest:

@@ -65,7 +65,7 @@ def test_readding_a_model_is_a_no_op_and_a_conflict_is_an_error(engine):
             registry.add_model(session, **{**fields, "name": "m-sft-2"})
         # Stage names are case-insensitive.
         assert registry.add_model(session, **{**fields, "stage": "SFT"}).id == first.id
-        with pytest.raises(InvalidInput, match="already has a 'Sft' stage"):
+        with pytest.raises(InvalidInput, match="already has a 'sft' stage without a step"):
             registry.add_model(session, **{**fields, "name": "m-sft-3", "stage": "Sft"})
         with pytest.raises(InvalidInput, match="prompt format"):
             registry.add_model(session, **{**fields, "name": "x", "prompt_format": "json"})

@@ -173,7 +173,8 @@ def test_report_from_ingested_counts_sampled_and_exact(engine, tmp_path):
         path = tmp_path / f"{stage}.json"
         path.write_text(json.dumps(table))
         with session_scope(engine) as session:
-            add_model(session, name=f"toy-{stage}", family="toy", stage=stage, source=f"table:{path}")
+            add_model(session, name=f"toy-{stage}", family="toy", stage=stage, source=str(path),
+                      backend="table")
     for mode in ("sampled", "exact"):
         run_ingest(engine, IngestRequest(
             families=["toy"], tasks=["digit"], prompts=["plain", "terse", "polite", "only"],

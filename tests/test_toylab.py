@@ -1,7 +1,17 @@
 """The toy family trainer: real tiny models trained on the CPU, saved, reloaded and measured.
 
 The phase tests compute each stage's next-token distribution over the option tokens exactly
-from the model's logits (nothing is sampled), so their thresholds are not statistical.
+from the model's logits (nothing is sampled), so their thresholds are not statistical. They
+are properties of the trainer, not of one training run: training fits soft targets (the
+expected loss, no sampled answers), and over training seeds 0-9 (world seed 0) and world
+seeds 1-2 the margins were wide: base error <= 0.021 (bound 0.05), base liquidity >= 0.27
+(0.1), SFT error <= 0.019 (0.05), SFT-to-seed / SFT-to-base MSE ratio <= 1e-4 (0.05), the
+planted seed always the closest base prompt, DPO mass on the seed support >= 0.96 (0.8).
+How far DPO moves, though, is an outcome of training (total variation 0.004 to 0.37 across
+those seeds), so the DPO test checks the direction, not a distance: DPO's own objective went
+down from its value at the reference (log 2), and the preferred options gained mass (by
++0.004 to +0.37). Tests that sample check the counts against the model's own exact
+probabilities at ``SIGNIFICANCE`` (fixed seeds).
 """
 
 from __future__ import annotations
@@ -9,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import subprocess
 import sys
 from dataclasses import replace
@@ -16,6 +27,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from scipy.stats import binomtest
+from stat_checks import goodness_of_fit
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from catalog.db import session_scope
@@ -24,11 +37,18 @@ from catalog.normalize import normalize
 from catalog.prompting import render
 from catalog.registry import family_models
 from ingest.backends import ModelSpec, SamplingParams, load_backend
-from ingest.exact import default_surface_forms
+from ingest.exact import (
+    continuation_ids,
+    default_surface_forms,
+    option_probabilities,
+    sequence_logprobs,
+)
+from ingest.sampling import encode_prompt
 from ingest.toylab import (
     ANSWER_PREFIX,
     MANIFEST,
     ToyFamilySettings,
+    _PreferenceData,
     build_tokenizer,
     dpo_loss,
     learned_distributions,
@@ -39,6 +59,9 @@ from ingest.toylab import (
     train_family,
 )
 
+# Sampled counts vs the model's exact probabilities (fixed sampling seeds): each test
+# rejects at the 1% level overall, Bonferroni-divided over its checks.
+SIGNIFICANCE = 0.01
 DIGITS = [str(d) for d in range(10)]
 COLORS = ["red", "orange", "yellow", "green", "blue", "purple"]
 COLORS += ["pink", "brown", "black", "white", "gray"]
@@ -177,25 +200,57 @@ def test_tokenizer_round_trips_every_training_text(family):
 
 @pytest.mark.parametrize("stage_name", ["base", "dpo"])
 def test_catalog_backend_samples_and_scores_the_toy_models(family, learned, stage_name):
-    """The ingest layer's own sampler and exact mode read what the toy lab planted."""
+    """The ingest layer's own sampler and exact mode read what the toy lab's models say.
+
+    How much mass a trained toy model leaves off its options (another task's answer, as
+    real models do) is whatever training gave, so nothing here assumes it: the samples are
+    checked against the model's exact probabilities of each surface form."""
     stage = family.stage(stage_name)
     spec = ModelSpec(str(stage.path), prompt_format=stage.prompt_format)
+    n = 300
+    level = SIGNIFICANCE / (2 * len(TASKS))  # two checks per task
     with load_backend(spec, device="cpu") as backend:
+        model, tokenizer, eos = (
+            backend.loaded.model, backend.loaded.tokenizer, backend.loaded.eos_token_ids
+        )
         for task in TASKS:
             prompt = task.prompts[1]
             rendered = backend.render(prompt.text, stage.prompt_format)
+            # Exact mode's scoring gives the toy lab's own measurement: P(option token) after
+            # the prompt, renormalized (two implementations of one number: float tolerance).
+            prompt_ids = encode_prompt(tokenizer, rendered)
+            prefix = ANSWER_PREFIX[stage.prompt_format]
+            answers = [
+                continuation_ids(tokenizer, rendered, prompt_ids, prefix + option)
+                for option in task.options
+            ]
+            with torch.inference_mode():
+                logprobs = sequence_logprobs(model, prompt_ids, [(a, False) for a in answers], eos)
+            np.testing.assert_allclose(
+                torch.softmax(logprobs, dim=0).numpy(),
+                learned[stage_name][task.name][prompt.key],
+                atol=1e-5,
+                err_msg=task.name,
+            )
+            # P(the answer is exactly this surface form, then EOS), one form at a time.
             forms = default_surface_forms(task.options, task.aliases, stage.prompt_format)
-            exact = backend.option_probabilities(rendered, forms)
-            assert exact.covered_mass > 0.95
-            expected = learned[stage_name][task.name][prompt.key]
-            got = np.array([exact.probabilities[o] for o in task.options])
-            assert np.abs(got - expected).max() < 0.01, task.name
-            counts = backend.sample(rendered, SamplingParams(n=300, max_new_tokens=4), seed=0)
-            assert sum(counts.values()) == 300
-            # About 1% of the mass is off-topic (another task's answer, as real models do);
-            # with the fixed seed the count is fixed, and > 3% would mean a leaking model.
-            invalid = {text: n for text, n in counts.items() if normalize(task, text) is None}
-            assert sum(invalid.values()) <= 9, (task.name, invalid)
+            for option, option_forms in forms.items():
+                assert all(normalize(task, form) == option for form in option_forms)
+            exact = option_probabilities(
+                model, tokenizer, rendered, {f: [f] for fs in forms.values() for f in fs},
+                eos_token_ids=eos,
+            )
+            raw = {form: p * exact.covered_mass for form, p in exact.probabilities.items()}
+            counts = backend.sample(rendered, SamplingParams(n=n, max_new_tokens=4), seed=0)
+            assert sum(counts.values()) == n
+            pvalue, _ = goodness_of_fit(counts, raw, n)
+            assert pvalue > level, (task.name, pvalue, raw, counts)
+            # Every form normalizes to its option, so P(invalid) <= 1 - covered mass: more
+            # invalid samples than that allows would mean a sampler that leaks.
+            invalid = {text: c for text, c in counts.items() if normalize(task, text) is None}
+            bound = 1.0 - exact.covered_mass
+            excess = binomtest(sum(invalid.values()), n, bound, alternative="greater").pvalue
+            assert excess > level, (task.name, bound, invalid)
 
 
 def test_base_is_liquid_and_learns_the_planted_distributions(family, learned):
@@ -231,8 +286,26 @@ def test_dpo_settles_inside_the_seed_support(family, learned):
         sft = np.mean(list(learned["sft"][task.name].values()), axis=0)
         dpo = np.mean(list(learned["dpo"][task.name].values()), axis=0)
         assert dpo[support].sum() >= 0.8, task.name
-        assert 0.5 * np.abs(dpo - sft).sum() > 0.05, task.name  # it moved
         assert dpo[preferred].sum() > sft[preferred].sum(), task.name  # towards the preferred
+    # It moved: DPO lowered its own objective on its preference pairs, which is log 2 at the
+    # SFT model (the frozen reference) by construction.
+    tokenizer = AutoTokenizer.from_pretrained(family.stage("sft").path)
+    pairs = _PreferenceData(tokenizer, SETTINGS.resolved_tasks(), family.planted)
+    logprobs = {}
+    for name in ("sft", "dpo"):
+        model = AutoModelForCausalLM.from_pretrained(family.stage(name).path).eval()
+        with torch.no_grad():
+            logprobs[name] = pairs.sequence_logprobs(model)
+    reference = logprobs["sft"]
+
+    def objective(policy) -> float:
+        return dpo_loss(
+            policy[pairs.chosen], policy[pairs.rejected],
+            reference[pairs.chosen], reference[pairs.rejected], SETTINGS.dpo_beta,
+        ).mean().item()
+
+    assert objective(reference) == pytest.approx(math.log(2))
+    assert objective(logprobs["dpo"]) < objective(reference)
 
 
 def test_manifest_holds_the_planted_ground_truth(family):

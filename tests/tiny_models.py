@@ -92,8 +92,14 @@ def build_tiny_model(
     seed: int = 0,
     train_steps: int = 0,
     init_std: float = 0.02,
+    hidden_size: int = 64,
+    heads: int = 4,
 ) -> Path:
-    """Build, optionally train, and save a tiny chat model in ``directory``; return the path."""
+    """Build, optionally train, and save a tiny chat model in ``directory``; return the path.
+
+    ``hidden_size`` / ``heads`` is the head size: vLLM's CPU attention refuses small ones
+    (16 works in transformers, not there), so vLLM tests use 128 / 2 (head size 64).
+    """
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -103,11 +109,11 @@ def build_tiny_model(
     eos_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2),
         max_position_embeddings=256,
         initializer_range=init_std,
         bos_token_id=None,

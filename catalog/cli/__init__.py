@@ -47,9 +47,9 @@ def main(db_url: str | None) -> None:
 
 
 def _register() -> None:
-    from catalog.cli import analyze, db, demo, ingest, models, report, store, tasks
+    from catalog.cli import analyze, db, demo, ingest, launch, models, plan, report, status, store, tasks, worker
 
-    for module in (db, tasks, models, store, ingest, analyze, report, demo):
+    for module in (db, tasks, models, store, ingest, plan, worker, launch, status, analyze, report, demo):
         for command in module.COMMANDS:
             main.add_command(command)
 

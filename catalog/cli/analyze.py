@@ -20,6 +20,8 @@ from catalog.enums import RESULT_FORMATS
 def analyze_command(db_url, fmt, output, **selection) -> None:
     """Measure crystallization: liquidity, seed, nucleation ratio, ProbMass, verdicts.
 
+    Per sampling condition (runs of different temperatures, top-p, ... are never pooled),
+    with temperature sweeps and checkpoint trajectories where the store holds them.
     Definitions: docs/metrics.md in the catalog's repository. The thresholds are printed
     with the result.
 
@@ -31,6 +33,8 @@ def analyze_command(db_url, fmt, output, **selection) -> None:
     request = analysis_request(**selection)
     with catalog_engine(db_url) as engine:
         result = analyze(engine, **request)
+    for warning in result.warnings:
+        click.echo(f"Warning: {warning}", err=True)
     text = render(result, fmt)
     if output is None:
         click.echo(text, nl=False)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from analysis.options import AnalysisOptions
+from analysis.options import AnalysisOptions, ConditionSelection
 from catalog.config import ENV_VAR
 from catalog.db import open_catalog, session_scope
 from catalog.enums import RUN_MODES
@@ -78,6 +78,21 @@ _ANALYSIS_OPTIONS = (
     click.option("--min-samples", "min_samples", type=click.IntRange(min=1),
                  default=_ANALYSIS["min_samples"], show_default=True,
                  help="Exclude (and report) prompts with fewer valid samples."),
+    click.option("--temperature", "temperature", type=float, multiple=True, metavar="T",
+                 help="Only runs sampled at this temperature (repeatable)."),
+    click.option("--top-p", "top_p", type=float, multiple=True, metavar="P",
+                 help="Only runs with this top-p (repeatable)."),
+    click.option("--top-k", "top_k", type=click.IntRange(min=0), multiple=True, metavar="K",
+                 help="Only runs with this top-k (repeatable; 0: runs without top-k)."),
+    click.option("--max-new-tokens", "max_new_tokens", type=click.IntRange(min=1),
+                 multiple=True, metavar="N", help="Only runs with this token limit (repeatable)."),
+    click.option("--reference-temperature", "reference_temperature", type=float,
+                 default=_ANALYSIS["reference_temperature"], show_default=True,
+                 help="Temperature sweeps: ProbMass on the seed support chosen at this "
+                      "temperature."),
+    click.option("--trajectories/--no-trajectories", "trajectories", default=None,
+                 help="Checkpoint trajectories and change points (default: on when a stage "
+                      "has several checkpoints)."),
 )
 
 
@@ -89,11 +104,14 @@ def analysis_options(command):
     return command
 
 
-def analysis_request(families, tasks, mode, **thresholds) -> dict:
+def analysis_request(
+    families, tasks, mode, temperature, top_p, top_k, max_new_tokens, **thresholds
+) -> dict:
     """Keyword arguments for ``analysis.crystallization.analyze`` from the CLI options (the
     threshold options are named after the :class:`AnalysisOptions` fields they fill)."""
+    conditions = ConditionSelection(temperature, top_p, top_k, max_new_tokens)
     return {"families": families or None, "tasks": tasks or None, "mode": mode,
-            "options": AnalysisOptions(**thresholds)}
+            "conditions": conditions, "options": AnalysisOptions(**thresholds)}
 
 
 @contextlib.contextmanager

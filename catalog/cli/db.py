@@ -1,12 +1,16 @@
-"""``catalog db``: schema migrations."""
+"""``catalog db``: schema migrations and the shared database's login roles."""
 
 from __future__ import annotations
+
+import os
 
 import click
 
 from catalog import db as catalog_db
-from catalog.cli.common import db_option
+from catalog.cli.common import catalog_engine, db_option
 from catalog.config import masked
+from catalog.errors import InvalidInput
+from catalog.roles import create_role
 
 
 @click.group("db")
@@ -52,6 +56,46 @@ def downgrade(revision: str, db_url: str | None) -> None:
     engine = catalog_db.make_engine(db_url)
     catalog_db.downgrade(engine, revision)
     click.echo(f"{masked(engine.url)} is at {catalog_db.current_revision(engine) or 'base'}")
+
+
+@db_group.command("create-role")
+@click.argument("name")
+@click.option("--reader", "kind", flag_value="reader",
+              help="SELECT on every table and view; changes nothing (analysts).")
+@click.option("--writer", "kind", flag_value="writer",
+              help="Also INSERT, UPDATE, DELETE rows; no DROP or ALTER (workers).")
+@click.option("--password", "ask_password", is_flag=True,
+              help="Prompt for the role's password (hidden, asked twice).")
+@click.option("--password-env", metavar="VAR",
+              help="Read the role's password from environment variable VAR.")
+@db_option
+def create_role_command(name: str, kind: str | None, ask_password: bool, password_env: str | None,
+                db_url: str | None) -> None:
+    """Create a PostgreSQL login role that reads the catalog, or writes runs and counts.
+
+    Run it as the owner of the catalog's tables. Again on an existing role, it gives that
+    role exactly the new kind's privileges (and the new password, if one is given).
+
+    Example: catalog db create-role analyst --reader --password --db postgresql://owner@db-host/catalog
+    """
+    if kind is None:
+        raise InvalidInput("give --reader or --writer")
+    password = _password(name, ask_password, password_env)
+    with catalog_engine(db_url) as engine:
+        click.echo(create_role(engine, name, kind, password))
+
+
+def _password(name: str, ask: bool, env_var: str | None) -> str | None:
+    """The password from a hidden prompt or an environment variable, never from argv."""
+    if ask and env_var:
+        raise InvalidInput("give --password or --password-env, not both")
+    if env_var:
+        if env_var not in os.environ:
+            raise InvalidInput(f"environment variable {env_var} is not set; export it first")
+        return os.environ[env_var]
+    if ask:
+        return click.prompt(f"Password for {name}", hide_input=True, confirmation_prompt=True)
+    return None
 
 
 COMMANDS = [db_group]

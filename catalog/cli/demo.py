@@ -9,7 +9,7 @@ import click
 from catalog.cli.common import catalog_engine, dataclass_defaults, db_option
 from catalog.cli.progress import UnitProgress
 from catalog.config import database_url, masked
-from catalog.demo import DemoOptions, planted_vs_found, run_demo
+from catalog.demo import DemoOptions, change_points, planted_vs_found, run_demo
 
 _DEMO = dataclass_defaults(DemoOptions)
 
@@ -38,25 +38,31 @@ def _seed_prompts(values: tuple[str, ...]) -> dict[str, str]:
               help="Sampling and bootstrap seed.")
 @click.option("--bootstrap", type=click.IntRange(min=0), default=_DEMO["bootstrap"],
               show_default=True)
+@click.option("--checkpoints", type=click.IntRange(min=0), default=_DEMO["checkpoints"],
+              show_default=True,
+              help="Also register and sample K evenly spaced checkpoints of SFT and of DPO, and "
+              "report where the metrics change over them.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
               default=_DEMO["report_dir"], show_default=True, help="Report directory.")
 @click.option("--no-report", is_flag=True, help="Skip the HTML report.")
 @db_option
-def demo(family, seed_prompts, samples, prompts_per_task, seed, bootstrap, report_dir, no_report, db_url) -> None:
+def demo(family, seed_prompts, samples, prompts_per_task, seed, bootstrap, checkpoints, report_dir,
+         no_report, db_url) -> None:
     """Run the whole study on a toy model family whose seed we know.
 
     Trains (or reuses) a tiny base -> SFT -> DPO family on the CPU, samples every stage,
     task and prompt, analyzes the store and writes the report: the liquid base, the SFT
-    nucleating onto the planted seed prompt, DPO settling.
+    nucleating onto the planted seed prompt, DPO settling. With --checkpoints K, also K
+    checkpoints of SFT and of DPO, and where the metrics change over them.
 
-    Example: catalog demo --seed-prompt digit=polite --samples 2000
+    Example: catalog demo --seed-prompt digit=polite --samples 2000 --checkpoints 8
     """
     from analysis.render import render
 
     options = DemoOptions(
         family=family, seed_prompts=_seed_prompts(seed_prompts), samples=samples, seed=seed,
-        prompts_per_task=prompts_per_task,
-        bootstrap=bootstrap, report_dir=None if no_report else report_dir,
+        prompts_per_task=prompts_per_task, bootstrap=bootstrap, checkpoints=checkpoints,
+        report_dir=None if no_report else report_dir,
     )
     with catalog_engine(db_url) as engine, UnitProgress() as progress:
         result = run_demo(engine, options, say=click.echo, progress=progress)
@@ -68,6 +74,11 @@ def demo(family, seed_prompts, samples, prompts_per_task, seed, bootstrap, repor
         click.echo(f"  {row['task']:<8} planted {row['planted_seed']:<10} found "
                    f"{row['found_seed'] or '-':<10} {mark:<9} liquid={row['liquid']} "
                    f"nucleated={row['nucleated']} settled={row['settled']}")
+    points = change_points(result.analysis)
+    if points:
+        click.echo(f"Change points over the {len(points[0]['values'])} checkpoints:")
+        for record in points:
+            click.echo(f"  {record['task']:<8} {record['reading']}")
     db = "" if db_url is None else f" --db {masked(database_url(db_url))}"
     click.echo("\nWhat was stored, and how to look at it:")
     click.echo(f"  catalog analyze --family {family}{db} --format json")

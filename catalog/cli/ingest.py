@@ -1,4 +1,8 @@
-"""``catalog ingest``: sample every (model, task, prompt) and store the counts."""
+"""``catalog ingest``: plan and sample every (model, task, prompt) in one command.
+
+The selection and sampling options are shared with ``catalog plan``, the model-loading
+options with ``catalog worker``.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +12,31 @@ from catalog.cli.common import catalog_engine, dataclass_defaults, db_option
 from catalog.cli.progress import UnitProgress
 from catalog.enums import DEVICES, DTYPES, RUN_MODES
 from ingest.backends import SamplingParams
-from ingest.jobs import IngestRequest, run_ingest
+from ingest.jobs import IngestSummary, run_ingest
+from ingest.planning import IngestRequest
+from ingest.worker import WorkerOptions
 
 # The option defaults are the library's (one place: the dataclasses the options fill).
 _SAMPLING = dataclass_defaults(SamplingParams)
 _REQUEST = dataclass_defaults(IngestRequest)
+_WORKER = dataclass_defaults(WorkerOptions)
 
 
-def _split(values: tuple[str, ...]) -> list[str]:
-    """Accept both ``--task a --task b`` and ``--task a,b``."""
+def split_names(values) -> list[str]:
+    """Accept both ``--task a --task b`` and ``--task a,b`` (and lists from a TOML file)."""
+    if isinstance(values, str):
+        values = [values]
     return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+def sweep_values(value, convert=float) -> list:
+    """One value or a sweep: ``0.7``, ``"0.3,0.7,1.0"`` or a list (from a TOML file)."""
+    values = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    try:
+        return list(dict.fromkeys(convert(str(v).strip()) for v in values if str(v).strip()))
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r}: expected a number or comma-separated numbers") from None
 
 
 def _batch_size(value: str) -> int | str:
@@ -29,51 +48,98 @@ def _batch_size(value: str) -> int | str:
         raise click.BadParameter("must be 'auto' or a positive integer") from None
 
 
+_REQUEST_OPTIONS = (
+    click.option("--model", "models", multiple=True, metavar="NAME",
+                 help="Registered model (repeatable)."),
+    click.option("--family", "families", multiple=True, metavar="NAME",
+                 help="Every stage of a family."),
+    click.option("--task", "tasks", multiple=True, metavar="NAME[,NAME]",
+                 help="Task(s) to sample (see `catalog tasks list`)."),
+    click.option("--prompt", "prompts", multiple=True, metavar="KEY",
+                 help="Only these prompt keys."),
+    click.option("--samples", "-n", type=int, default=_SAMPLING["n"], show_default=True,
+                 help="N per prompt."),
+    click.option("--seed", type=int, default=_REQUEST["seed"], show_default=True),
+    click.option("--temperature", default=str(_SAMPLING["temperature"]), show_default=True,
+                 metavar="T[,T...]",
+                 help="A value, or a sweep (0.3,0.7,1.0): one set of units per value."),
+    click.option("--top-p", default=str(_SAMPLING["top_p"]), show_default=True,
+                 metavar="P[,P...]", help="1 = off; a sweep like --temperature."),
+    click.option("--top-k", type=int, default=_SAMPLING["top_k"], help="Default: off."),
+    click.option("--max-new-tokens", type=int, default=_SAMPLING["max_new_tokens"],
+                 show_default=True),
+    click.option("--stop", multiple=True, metavar="TEXT", default=_SAMPLING["stop"],
+                 help="Stop string (repeatable). Default: none for chat stages, newline for "
+                 "plain."),
+    click.option("--mode", type=click.Choice(RUN_MODES), default=_REQUEST["mode"],
+                 show_default=True, help="exact: score each option's probability (closed tasks)."),
+    click.option("--scaffold", default=_REQUEST["scaffold"], metavar="NAME",
+                 help="Base-stage scaffold: qa@1 or fewshot@1 (default: the task file's, "
+                 "else qa@1)."),
+)
+
+_BACKEND_OPTIONS = (
+    click.option("--device", type=click.Choice(DEVICES), default=_WORKER["device"],
+                 show_default=True),
+    click.option("--dtype", type=click.Choice(DTYPES), default=_WORKER["dtype"],
+                 show_default=True),
+    click.option("--batch-size", default=_WORKER["batch_size"], show_default=True,
+                 callback=lambda ctx, param, value: _batch_size(value), metavar="auto|INT",
+                 help="Most rows per forward pass; auto halves it on out-of-memory."),
+    click.option("--allow-pickle", is_flag=True,
+                 help="Accept pickle (.bin) checkpoints; they can run code when loaded."),
+)
+
+
+def request_options(command):
+    """What to sample: the options :func:`ingest_requests` takes."""
+    for option in reversed(_REQUEST_OPTIONS):
+        command = option(command)
+    return command
+
+
+def backend_options(command):
+    """How models load: device, dtype, batch size, pickles (fields of WorkerOptions)."""
+    for option in reversed(_BACKEND_OPTIONS):
+        command = option(command)
+    return command
+
+
+def ingest_requests(*, models, families, tasks, prompts, samples, seed, temperature, top_p,
+                    top_k, max_new_tokens, stop, mode, scaffold=None) -> list[IngestRequest]:
+    """The requests the selection and sampling options describe: one per value of a
+    temperature or top-p sweep."""
+    return [
+        IngestRequest(
+            models=split_names(models), families=split_names(families), tasks=split_names(tasks),
+            prompts=split_names(prompts), seed=seed, mode=mode, scaffold=scaffold,
+            params=SamplingParams(n=samples, temperature=t, top_p=p, top_k=top_k,
+                                  max_new_tokens=max_new_tokens, stop=tuple(stop)),
+        )
+        for t in sweep_values(temperature) for p in sweep_values(top_p)
+    ]
+
+
 @click.command("ingest")
-@click.option("--model", "models", multiple=True, metavar="NAME", help="Registered model (repeatable).")
-@click.option("--family", "families", multiple=True, metavar="NAME", help="Every stage of a family.")
-@click.option("--task", "tasks", multiple=True, required=True, metavar="NAME[,NAME]",
-              help="Task(s) to sample (see `catalog tasks list`).")
-@click.option("--prompt", "prompts", multiple=True, metavar="KEY", help="Only these prompt keys.")
-@click.option("--samples", "-n", type=int, default=_SAMPLING["n"], show_default=True,
-              help="N per prompt.")
-@click.option("--seed", type=int, default=_REQUEST["seed"], show_default=True)
-@click.option("--temperature", type=float, default=_SAMPLING["temperature"], show_default=True)
-@click.option("--top-p", type=float, default=_SAMPLING["top_p"], show_default=True,
-              help="1 = off.")
-@click.option("--top-k", type=int, default=_SAMPLING["top_k"], help="Default: off.")
-@click.option("--max-new-tokens", type=int, default=_SAMPLING["max_new_tokens"],
-              show_default=True)
-@click.option("--stop", multiple=True, metavar="TEXT", default=_SAMPLING["stop"],
-              help="Stop string (repeatable). Default: none for chat stages, newline for plain.")
-@click.option("--mode", type=click.Choice(RUN_MODES), default=_REQUEST["mode"],
-              show_default=True, help="exact: score each option's probability (closed tasks).")
-@click.option("--device", type=click.Choice(DEVICES), default=_REQUEST["device"],
-              show_default=True)
-@click.option("--dtype", type=click.Choice(DTYPES), default=_REQUEST["dtype"], show_default=True)
-@click.option("--batch-size", default=_REQUEST["batch_size"], show_default=True,
-              metavar="auto|INT", help="Most rows per forward pass; auto halves it on out-of-memory.")
-@click.option("--allow-pickle", is_flag=True,
-              help="Accept pickle (.bin) checkpoints; they can run code when loaded.")
+@request_options
+@backend_options
 @db_option
-def ingest(models, families, tasks, prompts, samples, seed, temperature, top_p, top_k,
-           max_new_tokens, stop, mode, device, dtype, batch_size, allow_pickle, db_url) -> None:
+def ingest(device, dtype, batch_size, allow_pickle, db_url, **selection) -> None:
     """Sample every (model, task, prompt) N times and store completions and counts.
 
-    Work already done is skipped, so an interrupted job resumes by running the same
-    command again; several workers may run it against one PostgreSQL database.
+    Plans the units and samples them with one worker in this process. Work already done
+    is skipped, so an interrupted job resumes by running the same command again; for many
+    workers, use `catalog plan` and `catalog worker`.
 
-    Example: catalog ingest --family toy --task digit,coin --samples 1000 --seed 1
+    Example: catalog ingest --family toy --task digit,coin --samples 1000 --temperature 0.7,1
     """
-    request = IngestRequest(
-        models=_split(models), families=_split(families), tasks=_split(tasks),
-        prompts=_split(prompts), seed=seed, mode=mode, device=device, dtype=dtype,
-        batch_size=_batch_size(batch_size), allow_pickle=allow_pickle,
-        params=SamplingParams(n=samples, temperature=temperature, top_p=top_p, top_k=top_k,
-                              max_new_tokens=max_new_tokens, stop=tuple(stop)),
-    )
+    requests = ingest_requests(**selection)
+    options = WorkerOptions(device=device, dtype=dtype, batch_size=batch_size,
+                            allow_pickle=allow_pickle)
     with catalog_engine(db_url) as engine, UnitProgress() as progress:
-        summary = run_ingest(engine, request, progress=progress)
+        summary = IngestSummary()
+        for request in requests:  # a sweep: one set of units per value
+            summary.add(run_ingest(engine, request, options, progress=progress))
     click.echo(
         f"{summary.done} units sampled ({summary.samples:,} samples) in {summary.seconds:.1f}s; "
         f"{summary.already_done} of {summary.units} were already done"

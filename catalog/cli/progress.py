@@ -30,7 +30,7 @@ class UnitProgress:
         elif event == "skip":
             self._log(f"{info['model']}: all {info['units']} units already done, not loaded")
         elif event == "busy":
-            self._log(f"{info['model']} {info['unit']}: held by another worker, skipped")
+            self._log(f"{info['model']}: {info['units']} units held by other workers, left to them")
 
     def _plan(self, info: dict) -> None:
         self.total += info["todo"]

@@ -18,9 +18,11 @@ from catalog.cli.common import analysis_options, analysis_request, catalog_engin
 def report_command(db_url, output, **selection) -> None:
     """Write the study's figures: one self-contained HTML file plus each figure as PNG.
 
-    The report opens offline (images embedded, no scripts): per task the base prompts'
-    answer distributions, the distributions by stage with the seed, the metric trajectories
-    and the cross-family seed prediction; a verdict table with the thresholds used.
+    The report opens offline (images embedded, no scripts): per task (and sampling
+    condition) the base prompts' answer distributions, the distributions by stage with the
+    seed, the metric trajectories, the cross-family seed prediction and, for stores with
+    checkpoints, the order parameters across checkpoints with their change points;
+    temperature sweeps; a verdict table with the thresholds used.
 
     Example: catalog report --task digit --bootstrap 200 --output catalog-report
     """
@@ -29,6 +31,8 @@ def report_command(db_url, output, **selection) -> None:
     request = analysis_request(**selection)
     with catalog_engine(db_url) as engine:
         summary = build_report(engine, output, **request)
+    for warning in summary.warnings:
+        click.echo(f"Warning: {warning}", err=True)
     click.echo(summary.path)
     click.echo(f"{len(summary.figures)} figures ({len(summary.tasks)} tasks, "
                f"{len(summary.families)} families) in {summary.path.parent / 'figures'}")

@@ -1,4 +1,5 @@
-"""Commands over the stored counts: ``import-counts``, ``export`` and ``sql``."""
+"""Commands over the stored counts: ``import-counts``, ``import-completions``, ``export``
+and ``sql``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 import click
 
 from catalog.cli.common import catalog_engine, db_option
-from catalog.enums import COUNT_FILE_FORMATS, RUN_MODES
+from catalog.enums import COUNT_FILE_FORMATS, IMPORT_PRESETS, RUN_MODES
 
 
 def echo_frame(frame, fmt: str = "table") -> None:
@@ -29,22 +30,62 @@ def echo_frame(frame, fmt: str = "table") -> None:
         click.echo(frame)
 
 
+def field_options(command):
+    """``--map FIELD=COLUMN`` and ``--set COLUMN=VALUE`` of the imports."""
+    command = click.option(
+        "--set", "sets", multiple=True, metavar="COLUMN=VALUE",
+        help="Give every record this value (repeatable), e.g. --set family=olmo.")(command)
+    return click.option(
+        "--map", "maps", multiple=True, metavar="FIELD=COLUMN",
+        help="Read the file's FIELD as COLUMN (repeatable), e.g. --map outputs=completions.",
+    )(command)
+
+
 @click.command("import-counts")
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@field_options
 @db_option
-def import_counts_command(path: Path, db_url: str | None) -> None:
+def import_counts_command(path: Path, maps, sets, db_url: str | None) -> None:
     """Import option counts sampled elsewhere from a CSV or Parquet file.
 
     Columns: family, stage, model, task, prompt, option, count (required); stage_order,
-    prompt_text, n_invalid (optional). Unknown tasks become open tasks, unknown models are
-    registered. Importing a file again replaces its counts; a bad row stores nothing.
+    step, prompt_text, n_invalid and the condition: temperature, top_p, top_k,
+    max_new_tokens, scaffold (optional). Unknown tasks become open tasks, unknown models
+    are registered. Importing a file again replaces its counts; a bad row stores nothing.
 
     Example: catalog import-counts counts.csv --db postgresql://postgres@127.0.0.1/catalog
     """
     from catalog.io import import_counts
+    from catalog.records import FieldMap
 
     with catalog_engine(db_url) as engine:
-        click.echo(import_counts(engine, path))
+        click.echo(import_counts(engine, path, fields=FieldMap.parse(maps, sets)))
+
+
+@click.command("import-completions")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--preset", type=click.Choice(IMPORT_PRESETS), default=None,
+              help='Fields of another tool\'s output: vllm = {"prompt": ..., "outputs": [...]} '
+              "lines (--map prompt=prompt_text --map outputs=completions).")
+@field_options
+@db_option
+def import_completions_command(path: Path, preset, maps, sets, db_url: str | None) -> None:
+    """Import raw generations (JSONL, CSV or Parquet), normalized by each task's normalizer.
+
+    One record per generation (completion, optional count) or per prompt (completions: a
+    list of texts). Also required: family, stage, model, task, prompt (or prompt_text);
+    optional: stage_order, step and the condition columns, as import-counts. Importing a
+    file again replaces its runs; a bad record stores nothing.
+
+    Example: catalog import-completions vllm_out.jsonl --preset vllm --set family=olmo
+    --set stage=base --set model=olmo-base --set task=digit
+    """
+    from catalog.io import import_completions
+    from catalog.records import FieldMap
+
+    with catalog_engine(db_url) as engine:
+        click.echo(import_completions(engine, path, fields=FieldMap.parse(maps, sets),
+                                      preset=preset))
 
 
 @click.command("export")
@@ -76,7 +117,8 @@ def export_command(path: Path, fmt, families, tasks, mode, db_url: str | None) -
               show_default=True)
 @db_option
 def sql_command(query: str, fmt: str, db_url: str | None) -> None:
-    """Run one SQL query and print its result (views: v_counts, v_distributions, v_runs).
+    """Run one read-only SQL query and print its result (views: v_counts, v_distributions,
+    v_runs). A statement that tries to write is refused and changes nothing.
 
     Example: catalog sql "SELECT model, option, probability FROM v_distributions WHERE task = 'coin'"
     """
@@ -87,4 +129,4 @@ def sql_command(query: str, fmt: str, db_url: str | None) -> None:
     echo_frame(frame, fmt)
 
 
-COMMANDS = [import_counts_command, export_command, sql_command]
+COMMANDS = [import_counts_command, import_completions_command, export_command, sql_command]

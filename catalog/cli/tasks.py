@@ -1,4 +1,5 @@
-"""``catalog tasks``: the bundled task suite and the tasks stored in the catalog."""
+"""``catalog tasks``: the bundled task suite and the tasks stored in the catalog, and
+``catalog renormalize``: stored runs' counts re-derived after a task changed."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import click
 from sqlalchemy import select
 
 from catalog import registry
-from catalog.cli.common import catalog_session, db_option
+from catalog.cli.common import catalog_engine, catalog_session, db_option
+from catalog.prompting import DEFAULT_SCAFFOLD
 from catalog.cli.store import echo_frame
 from catalog.schema import Task
 from catalog.tasks import bundled_task, bundled_tasks, load_task_file
@@ -54,15 +56,18 @@ def show_command(name: str, db_url: str | None) -> None:
             prompts = [(p.position, p.key, p.template or "") for p in task.prompts]
             kind, options, normalizer = task.kind, task.options, task.normalizer
             description, where = task.description, "stored in the catalog"
+            scaffold = (task.spec or {}).get("scaffold")
         else:
             spec = bundled_task(name)
             prompts = [(i, p.key, p.text) for i, p in enumerate(spec.prompts)]
             kind, options, normalizer = spec.kind, spec.options, spec.normalizer
             description, where = spec.description, "bundled, not stored yet"
+            scaffold = spec.scaffold
     click.echo(f"{name} ({kind} task, {where})")
     if description:
         click.echo(description)
     click.echo(f"normalizer: {normalizer}")
+    click.echo(f"base-stage scaffold: {scaffold or DEFAULT_SCAFFOLD + ' (default)'}")
     click.echo(f"options: {', '.join(options) if options else '(open: as observed)'}")
     click.echo(f"prompts ({len(prompts)}):")
     for position, key, text in prompts:
@@ -71,21 +76,47 @@ def show_command(name: str, db_url: str | None) -> None:
 
 @tasks_group.command("add")
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--update", is_flag=True,
+              help="Replace a stored task's options, aliases or normalizer parameters; its "
+              "runs become stale until `catalog renormalize`.")
 @db_option
-def add_command(path: Path, db_url: str | None) -> None:
+def add_command(path: Path, update: bool, db_url: str | None) -> None:
     """Validate a task file (same format as catalog/tasks/*.toml) and store the task.
 
-    Storing a task again keeps its existing prompts' ids and appends new prompts.
+    Storing a task again keeps its prompts (keys and texts must stay) and appends new ones.
 
-    Example: catalog tasks add my_task.toml
+    Example: catalog tasks add my_task.toml --update
     """
     spec = load_task_file(path)
     with catalog_session(db_url) as session:
-        task = registry.sync_task(session, spec)
-        prompts = len(task.prompts)
+        stored = registry.store_task(session, spec, update=update)
     click.echo(
-        f"stored task {spec.name} ({spec.kind}, {len(spec.options)} options, {prompts} prompts)"
+        f"stored task {spec.name} ({spec.kind}, {len(spec.options)} options, "
+        f"{stored.prompts} prompts)"
     )
+    if stored.changed:
+        click.echo(f"replaced {', '.join(stored.changed)}; {stored.stale_runs} runs are stale: "
+                   "run `catalog renormalize --task " + spec.name + "`")
 
 
-COMMANDS = [tasks_group]
+@click.command("renormalize")
+@click.option("--task", "tasks", multiple=True, metavar="T", help="Only this task (repeatable).")
+@click.option("--family", "families", multiple=True, metavar="F",
+              help="Only this family (repeatable).")
+@db_option
+def renormalize_command(tasks, families, db_url: str | None) -> None:
+    """Re-derive stored sampled runs' counts from their completions with each task's
+    current normalizer (after `catalog tasks add FILE --update`).
+
+    Loads no model and samples nothing; one transaction per run; running it again
+    changes nothing. Runs without completions (imported counts) are left alone.
+
+    Example: catalog renormalize --task digit --family olmo-2-1124-7b
+    """
+    from catalog.renormalize import renormalize
+
+    with catalog_engine(db_url) as engine:
+        click.echo(renormalize(engine, tasks=tasks or None, families=families or None))
+
+
+COMMANDS = [tasks_group, renormalize_command]

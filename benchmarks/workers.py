@@ -1,0 +1,176 @@
+"""Benchmark: units per second claimed and completed by 1, 2, 4 and 8 `catalog worker`
+processes, and the queue's overhead per unit.
+
+    python benchmarks/workers.py                       # PostgreSQL at 127.0.0.1:5432
+    python benchmarks/workers.py --backends sqlite,postgresql --json workers.json
+
+Models are `table`-backend models (a fixed answer distribution, no torch) whose units each
+take --unit-seconds (the table's delay_seconds: a worker waiting on its model, as on a GPU),
+so what is measured is the queue, not sampling. Scratch databases are created on the server
+of --postgres (or as SQLite files) and dropped at the end.
+
+- **overhead**: one worker, units that take no time: (first claim to last completion,
+  minus the time spent sampling) / units, in milliseconds: claiming, reading the unit,
+  normalizing, the fenced write and the heartbeat.
+- **scaling**: at least --units-per-worker x K units are planned, then K workers start;
+  rates are units claimed and completed per second over the steady state, from the moment
+  the last worker made its first claim to the moment the first one ran out of work (from
+  the units' own claim and completion times: process start-up and the tail are left out).
+
+Targets (issue 11): overhead under 5 ms per unit; 8 workers at least 6x one worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import create_engine, select, text  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+from catalog.config import database_url  # noqa: E402
+from catalog.db import open_catalog, session_scope  # noqa: E402
+from catalog.registry import add_model  # noqa: E402
+from catalog.schema import Run  # noqa: E402
+from ingest.backends import SamplingParams  # noqa: E402
+from ingest.planning import IngestRequest, plan  # noqa: E402
+
+TASKS = ["coin", "color", "die", "digit", "letter", "month", "number_1_10", "number_1_100",
+         "rps", "suit", "us_state", "weekday", "animal", "fruit", "first_name"]
+TABLE = {"default": {"7": 0.5, " 3": 0.2, "Sure! Here's a random digit: 4": 0.2, "banana": 0.1}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backends", default="postgresql")
+    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres",
+                        help="Server to create the scratch databases on.")
+    parser.add_argument("--workers", default="1,2,4,8")
+    parser.add_argument("--unit-seconds", type=float, default=0.1)
+    parser.add_argument("--units-per-worker", type=int, default=80)
+    parser.add_argument("--overhead-units", type=int, default=300)
+    parser.add_argument("--json", type=Path, default=None, help="Also write the figures here.")
+    args = parser.parse_args()
+    figures = {}
+    with tempfile.TemporaryDirectory() as workdir:
+        for backend in args.backends.split(","):
+            with Scratch(backend, args.postgres, Path(workdir)) as url:
+                figures[backend] = measure(url, Path(workdir), args)
+    print(markdown(figures, args))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+
+
+def measure(url: str, workdir: Path, args) -> dict:
+    engine = open_catalog(url)
+    for name, delay in (("instant", 0.0), ("timed", args.unit_seconds)):
+        table = workdir / f"{name}-{uuid.uuid4().hex[:6]}.json"
+        table.write_text(json.dumps({**TABLE, "delay_seconds": delay}))
+        with session_scope(engine) as session:
+            add_model(session, name=name, family=name, stage="sft", source=str(table),
+                      backend="table")
+    result = {"overhead": run_round(engine, url, "instant", 1, args.overhead_units, seed=0),
+              "scaling": {}}
+    for k in map(int, args.workers.split(",")):
+        result["scaling"][k] = run_round(engine, url, "timed", k, k * args.units_per_worker,
+                                         seed=k)
+    one = result["scaling"].get(1)
+    for figures in result["scaling"].values():
+        figures["speedup"] = (round(figures["completed_per_s"] / one["completed_per_s"], 2)
+                              if one else None)
+    engine.dispose()
+    return result
+
+
+def run_round(engine, url: str, model: str, k: int, units: int, seed: int) -> dict:
+    """Plan at least ``units`` units, run k workers on them, time them from the database."""
+    ids: list[int] = []
+    for grid_seed in range(seed * 1000, seed * 1000 + 1000):
+        request = IngestRequest(models=[model], tasks=TASKS, seed=grid_seed,
+                                params=SamplingParams(n=100))
+        ids += [i for m in plan(engine, request).models for i in m.run_ids]
+        if len(ids) >= units:
+            break
+    workers = [subprocess.Popen(
+        [sys.executable, "-m", "catalog.cli", "worker", "--db", url, "--lease-seconds", "60"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    ) for _ in range(k)]
+    per_worker = [int(w.communicate(timeout=600)[0].decode().split(": ")[1].split()[0])
+                  for w in workers]
+    with engine.connect() as conn:
+        rows = conn.execute(select(Run.claimed_by, Run.started_at, Run.finished_at,
+                                   Run.wall_seconds, Run.attempts).where(Run.id.in_(ids))).all()
+    # The steady state: from the moment the last worker got going to the moment the first
+    # one ran out of work, every worker was busy (start-up and the tail are left out).
+    by_worker: dict[str, list] = {}
+    for row in rows:
+        by_worker.setdefault(row.claimed_by, []).append(row)
+    begin = max(min(r.started_at for r in mine) for mine in by_worker.values())
+    end = min(max(r.finished_at for r in mine) for mine in by_worker.values())
+    window = (end - begin).total_seconds()
+    first_claim = min(r.started_at for r in rows)
+    span = (max(r.finished_at for r in rows) - first_claim).total_seconds()
+    sampling = sum(r.wall_seconds for r in rows)
+    return {
+        "workers": k, "units": len(ids), "units_per_worker": per_worker,
+        "max_attempts": max(r.attempts for r in rows),
+        "window_seconds": round(window, 2),
+        "claimed_per_s": round(sum(begin <= r.started_at < end for r in rows) / window, 1),
+        "completed_per_s": round(sum(begin < r.finished_at <= end for r in rows) / window, 1),
+        # Worker time not spent sampling, per unit (one worker: the queue's own cost).
+        "overhead_ms_per_unit": round((span * k - sampling) / len(ids) * 1000, 2),
+    }
+
+
+class Scratch:
+    """A fresh SQLite file or PostgreSQL database, dropped afterwards."""
+
+    def __init__(self, backend: str, admin_url: str, workdir: Path) -> None:
+        self.backend, self.admin_url, self.workdir = backend, admin_url, workdir
+        self.name = f"catalog_bench_{uuid.uuid4().hex[:8]}"
+
+    def __enter__(self) -> str:
+        if self.backend == "sqlite":
+            return f"sqlite:///{self.workdir / (self.name + '.db')}"
+        self._admin(f"CREATE DATABASE {self.name}")
+        return make_url(self.admin_url).set(database=self.name).render_as_string(
+            hide_password=False)
+
+    def __exit__(self, *exc) -> None:
+        if self.backend != "sqlite":
+            self._admin(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
+
+    def _admin(self, statement: str) -> None:
+        engine = create_engine(database_url(self.admin_url), isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(text(statement))
+        engine.dispose()
+
+
+def markdown(figures: dict, args) -> str:
+    lines = [f"units of {args.unit_seconds:g} s, {args.units_per_worker} per worker", "",
+             "| database | workers | units | claimed/s | completed/s | speedup "
+             "| units per worker |",
+             "|---|---|---|---|---|---|---|"]
+    for backend, result in figures.items():
+        for k, f in result["scaling"].items():
+            lines.append(f"| {backend} | {k} | {f['units']} | {f['claimed_per_s']} | "
+                         f"{f['completed_per_s']} | {f['speedup']} | {f['units_per_worker']} |")
+    lines += ["", "| database | overhead per unit (ms) | units | units/s |", "|---|---|---|---|"]
+    for backend, result in figures.items():
+        o = result["overhead"]
+        lines.append(f"| {backend} | {o['overhead_ms_per_unit']} | {o['units']} | "
+                     f"{o['completed_per_s']} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

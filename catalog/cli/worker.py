@@ -1,0 +1,62 @@
+"""``catalog worker``: claim and sample planned units until none is left."""
+
+from __future__ import annotations
+
+import click
+
+from catalog.cli.common import catalog_engine, dataclass_defaults, db_option
+from catalog.cli.ingest import backend_options, split_names
+from ingest.worker import WorkerOptions, run_worker, stop_on_signals
+
+_WORKER = dataclass_defaults(WorkerOptions)
+
+
+@click.command("worker")
+@click.option("--lease-seconds", type=float, show_default=True,
+              default=_WORKER["lease_seconds"],
+              help="A claimed unit is this worker's for this long; a heartbeat renews it.")
+@click.option("--max-attempts", type=int, show_default=True,
+              default=_WORKER["max_attempts"],
+              help="A unit failing this many times becomes failed, with its last error.")
+@click.option("--idle-exit", type=float, default=_WORKER["idle_exit"],
+              show_default=True, metavar="SECONDS",
+              help="With nothing to claim, wait this long for new units or an expiring "
+              "lease before exiting.")
+@click.option("--max-units", type=int, default=_WORKER["max_units"],
+              help="Exit after this many units.")
+@click.option("--model", "models", multiple=True, metavar="NAME",
+              help="Only units of this model (repeatable).")
+@backend_options
+@db_option
+def worker_command(models, db_url, **options) -> None:
+    """Claim the next planned unit, sample it, store it; repeat until none is left.
+
+    Any number of workers may run at once against one database (see `catalog plan`).
+    Units of the model already loaded come first. SIGTERM (or Ctrl-C) releases the unit
+    being sampled and exits 0. Failures are recorded with the units: `catalog status`.
+
+    Example: catalog worker --db postgresql://worker@db-host/catalog --device cuda --idle-exit 300
+    """
+    options = WorkerOptions(models=split_names(models), **options)
+    with catalog_engine(db_url) as engine, stop_on_signals() as stop:
+        summary = run_worker(engine, options, progress=_log, stop=stop)
+    click.echo(summary.line())
+
+
+def _log(event: str, info: dict) -> None:
+    """One line per event on stderr."""
+    where = f"{info.get('model')} {info.get('unit', '')}".rstrip()
+    lines = {
+        "load": f"loading {info.get('model')}",
+        "unit": f"{where}: {info.get('samples')} samples in {info.get('seconds', 0):.2f}s",
+        "failed": f"{where}: {'failed' if info.get('final') else 'will retry'}: "
+                  f"{info.get('error')}",
+        "lost": f"{where}: another worker claimed it after this one's lease ran out; "
+                "result discarded",
+        "released": f"{where}: released (stopping)",
+    }
+    if event in lines:
+        click.echo(lines[event], err=True)
+
+
+COMMANDS = [worker_command]

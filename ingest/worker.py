@@ -1,0 +1,478 @@
+"""The worker loop: claim the next unit, load its model if needed, sample, store; repeat.
+
+A worker runs planned units (:mod:`ingest.planning`) from the queue (:mod:`ingest.queue`)
+until none is pending or claimable. It prefers units of the model it has loaded, so each
+model is loaded once per worker while its units remain. A background heartbeat renews the
+lease of the unit in hand, the final write is fenced by the claim's token, a failing unit is
+retried up to ``max_attempts`` times, and a stop request (SIGTERM, SIGINT) releases the unit
+being sampled and ends the loop.
+
+How a worker runs (device, dtype, batch size, lease, attempts...) is :class:`WorkerOptions`;
+what it samples is in the queue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+import catalog
+from catalog.db import session_scope
+from catalog.enums import DEVICES, DTYPES
+from catalog.errors import CatalogError, InvalidInput
+from catalog.normalize import get_normalizer
+from catalog.prompting import get_scaffold
+from catalog.registry import get_model
+from catalog.schema import Completion, ExactProb, Model, OptionCount, Task, storable_text
+from catalog.tasks import TaskSpec
+from ingest.backends import Backend, SamplingParams, load_backend, render_with
+from ingest.exact import default_surface_forms
+from ingest.planning import Unit, model_spec, task_spec, unit_seed
+from ingest.queue import Claim, Scope, new_worker_id, open_queue
+
+# How often an idle worker looks for new units or expired leases.
+POLL_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How a worker runs: where models load, how long it holds a unit, when it stops.
+
+    ``lease_seconds``: a claimed unit is the worker's for this long, renewed by a heartbeat
+    every third of it; ``max_attempts``: a unit failing this many times becomes ``failed``;
+    ``idle_exit``: with nothing claimable, wait this long for new units or expiring leases
+    before exiting (0: exit at once); ``max_units``: exit after this many units (None: no
+    limit); ``models``: only units of these registered models (empty: any).
+    """
+
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int | str = "auto"
+    allow_pickle: bool = False
+    lease_seconds: float = 120.0
+    max_attempts: int = 3
+    idle_exit: float = 0.0
+    max_units: int | None = None
+    models: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise InvalidInput(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
+        if self.dtype not in DTYPES:
+            raise InvalidInput(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if not self.lease_seconds >= 1:
+            raise InvalidInput(f"lease must be at least 1 second, got {self.lease_seconds}")
+        if self.max_attempts < 1:
+            raise InvalidInput(f"max attempts must be at least 1, got {self.max_attempts}")
+        if self.idle_exit < 0:
+            raise InvalidInput(f"idle exit must be >= 0 seconds, got {self.idle_exit}")
+        if self.max_units is not None and self.max_units < 1:
+            raise InvalidInput(f"max units must be at least 1, got {self.max_units}")
+
+
+@dataclass
+class WorkerSummary:
+    worker: str = ""
+    done: int = 0
+    samples: int = 0
+    retried: int = 0  # failed attempts put back to pending
+    failed: list[str] = field(default_factory=list)  # units that ended failed, with errors
+    lost: int = 0  # results refused: another worker had claimed the unit
+    released: int = 0
+    models_loaded: int = 0
+    exit_reason: str = ""
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        parts = [f"{self.done} units done ({self.samples:,} samples)"]
+        parts += [f"{n} {what}" for n, what in ((len(self.failed), "failed"),
+                  (self.retried, "retried"), (self.lost, "lost to other workers"),
+                  (self.released, "released")) if n]
+        return (f"worker {self.worker}: {', '.join(parts)}, {self.models_loaded} model loads "
+                f"in {self.seconds:.1f}s; {self.exit_reason}")
+
+
+# ------------------------------------------------------------------------------ stopping
+
+
+class StopRequested(BaseException):
+    """Raised inside sampling or model loading when a stop is requested (a BaseException,
+    like KeyboardInterrupt, so that no ``except Exception`` on the way swallows it)."""
+
+
+class StopFlag:
+    """A stop request: set by a signal handler; interrupts only what is interruptible."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._interruptible = False
+
+    @property
+    def requested(self) -> bool:
+        return self._event.is_set()
+
+    def request(self, *_signal_args: object) -> None:
+        self._event.set()
+        if self._interruptible:
+            raise StopRequested
+
+    def wait(self, seconds: float) -> None:
+        self._event.wait(seconds)
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """Sampling and loading may be cut short; database writes never are."""
+        if self.requested:
+            raise StopRequested
+        self._interruptible = True
+        try:
+            yield
+        finally:
+            self._interruptible = False
+
+
+@contextlib.contextmanager
+def stop_on_signals(*signals: int) -> Iterator[StopFlag]:
+    """A stop flag set by SIGTERM and SIGINT (or ``signals``) while in the block."""
+    stop = StopFlag()
+    signals = signals or (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, stop.request) for sig in signals}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# ------------------------------------------------------------------------------ units
+
+
+@dataclass
+class UnitResult:
+    completions: dict[str, int] | None = None  # sampled mode
+    probabilities: dict[str, float] | None = None  # exact mode
+    covered_mass: float | None = None
+    seconds: float = 0.0
+
+
+def open_backend(model: Model, options: WorkerOptions) -> Backend:
+    """Load a registered model for sampling (the one place workers load models)."""
+    return load_backend(model_spec(model), device=options.device, dtype=options.dtype,
+                        allow_pickle=options.allow_pickle, batch_size=options.batch_size)
+
+
+def sample_unit(backend: Backend, unit: Unit) -> UnitResult:
+    """Sample (or, in exact mode, score) one unit with a loaded backend."""
+    rendered = render_with(backend, unit.prompt_text, unit.prompt_format, unit.scaffold)
+    if rendered != unit.rendered:
+        raise InvalidInput(
+            f"{unit.label}: the prompt renders differently than when it was planned (the "
+            "tokenizer, chat template or prompt text changed); plan the grid again"
+        )
+    t0 = time.perf_counter()
+    if unit.params is not None:
+        completions = backend.sample(unit.rendered, unit.params, unit_seed(unit.seed, unit.key))
+        return UnitResult(completions=completions, seconds=time.perf_counter() - t0)
+    forms = default_surface_forms(unit.task.options, unit.task.aliases, unit.prompt_format)
+    exact = backend.option_probabilities(unit.rendered, forms)
+    return UnitResult(probabilities=exact.probabilities, covered_mass=exact.covered_mass,
+                      seconds=time.perf_counter() - t0)
+
+
+def result_rows(unit: Unit, result: UnitResult, provenance: dict) -> tuple[dict, list]:
+    """The run's columns and the rows (completions, option counts or exact probabilities)
+    that store a unit's result."""
+    normalizer = get_normalizer(unit.task.normalizer)
+    values = {**provenance, "wall_seconds": result.seconds,
+              "normalizer_version": normalizer.version}
+    if result.completions is None:
+        values["covered_mass"] = result.covered_mass
+        exact_rows = [
+            {"run_id": unit.run_id, "option": o, "probability": min(max(p, 0.0), 1.0)}
+            for o, p in (result.probabilities or {}).items()
+        ]
+        return values, [(ExactProb, exact_rows)]
+    counts: dict[str | None, int] = {}
+    stored: dict[str, dict] = {}
+    for text, count in result.completions.items():
+        option = normalizer(text, unit.task)
+        counts[option] = counts.get(option, 0) + count
+        row = stored.setdefault(storable_text(text), {
+            "run_id": unit.run_id, "text": storable_text(text), "count": 0, "option": option
+        })
+        row["count"] += count
+    values["n_invalid"] = counts.pop(None, 0)
+    option_rows = [{"run_id": unit.run_id, "option": o, "count": c} for o, c in counts.items()]
+    return values, [(Completion, list(stored.values())), (OptionCount, option_rows)]
+
+
+def backend_provenance(backend: Backend) -> dict:
+    """The run columns that describe a loaded backend and this software."""
+    info = backend.provenance()
+    return {
+        "model_revision": info.get("model_revision"),
+        "dtype": info.get("dtype"),
+        "device": info.get("device"),
+        "chat_template_hash": info.get("chat_template_hash"),
+        # the backend's name, options and own choices (vLLM: seeding) go with the versions
+        "library_versions": {**(info.get("library_versions") or {}),
+                             "backend": backend.backend_record()},
+        "catalog_version": catalog.__version__,
+        "git_commit": git_commit(),
+        "host": socket.gethostname(),
+    }
+
+
+@functools.cache
+def git_commit() -> str | None:
+    """The catalog checkout's commit, when it runs from a git checkout."""
+    root = Path(catalog.__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+# ------------------------------------------------------------------------------ the loop
+
+
+class Heartbeat:
+    """Renews the lease of the unit in hand every third of the lease, from a thread."""
+
+    def __init__(self, queue, lease_seconds: float) -> None:
+        self.queue, self.lease_seconds = queue, lease_seconds
+        self.claim: Claim | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="heartbeat")
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.lease_seconds / 3):
+            claim = self.claim
+            if claim is None:
+                continue
+            try:
+                self.queue.heartbeat(claim, self.lease_seconds)
+            except Exception:  # noqa: BLE001 - a missed renewal only shortens the lease
+                pass
+        self.queue.close()  # this thread's connection
+
+
+class Worker:
+    """One worker: :meth:`run` claims and processes units until the queue has none for it.
+
+    ``progress(event, info)`` is called with ``"load"`` (model), ``"unit"`` (unit, model,
+    samples, seconds), ``"failed"`` (unit, model, error, final), ``"lost"`` and
+    ``"released"`` (unit, model).
+    """
+
+    def __init__(
+        self, engine: Engine, options: WorkerOptions = WorkerOptions(), *,
+        progress: Callable[[str, dict], None] | None = None, stop: StopFlag | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        self.engine, self.options = engine, options
+        self.queue = open_queue(engine)
+        self.progress = progress or (lambda event, info: None)
+        self.stop = stop or StopFlag()
+        self.summary = WorkerSummary(worker=worker_id or new_worker_id())
+        self.model_ids = _model_ids(engine, options.models)
+        self.unloadable: set[int] = set()  # models this worker failed to load
+        # (model id, backend, its provenance, whether this worker loaded it and closes it)
+        self._backend: tuple[int, Backend, dict, bool] | None = None
+        # What units refer to, read once: models, task specs, prompts (key, text).
+        self._models: dict[int, Model] = {}
+        self._specs: dict[int, TaskSpec] = {}
+        self._prompts: dict[int, tuple[str, str]] = {}
+
+    @property
+    def id(self) -> str:
+        return self.summary.worker
+
+    def use_backend(self, model: Model, backend: Backend) -> None:
+        """Sample ``model``'s units with a backend the caller loaded (and closes)."""
+        self._drop_backend()
+        self._backend = (model.id, backend, backend_provenance(backend), False)
+
+    def run(self, *, run_ids: Sequence[int] | None = None) -> WorkerSummary:
+        """Process units (only ``run_ids`` if given) until none is claimable, the idle time
+        runs out, ``max_units`` are done, or a stop is requested."""
+        started = time.perf_counter()
+        scope = Scope(
+            model_ids=None if self.model_ids is None else tuple(self.model_ids),
+            run_ids=None if run_ids is None else tuple(run_ids),
+        )
+        with Heartbeat(self.queue, self.options.lease_seconds) as heartbeat:
+            self.summary.exit_reason = self._loop(scope, heartbeat)
+        self.summary.seconds += time.perf_counter() - started
+        return self.summary
+
+    def close(self) -> None:
+        self._drop_backend()
+        self.queue.close()
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _loop(self, scope: Scope, heartbeat: Heartbeat) -> str:
+        idle_since: float | None = None
+        empty_claims = 0
+        processed = 0
+        while True:
+            if self.stop.requested:
+                return "stopped on request"
+            if self.options.max_units is not None and processed >= self.options.max_units:
+                return f"--max-units {self.options.max_units} reached"
+            current = self._backend[0] if self._backend else None
+            claim = self.queue.claim_next(
+                self.id, lease_seconds=self.options.lease_seconds,
+                max_attempts=self.options.max_attempts, prefer_model=current,
+                scope=Scope(scope.model_ids, scope.run_ids, tuple(self.unloadable)),
+            )
+            if claim is not None:
+                idle_since, empty_claims = None, 0
+                processed += 1
+                self._process(claim, heartbeat)
+                continue
+            narrowed = Scope(scope.model_ids, scope.run_ids, tuple(self.unloadable))
+            self.queue.fail_exhausted(self.options.max_attempts, narrowed)
+            if self.queue.expire_dead_local_claims(narrowed):
+                continue
+            # A claim can miss a unit another worker held locked for an instant: look again.
+            if empty_claims < 3 and self.queue.has_claimable(self.options.max_attempts, narrowed):
+                empty_claims += 1
+                self.stop.wait(0.05)
+                continue
+            idle_since = idle_since or time.monotonic()
+            if time.monotonic() - idle_since >= self.options.idle_exit:
+                return "no unit pending or claimable"
+            self.stop.wait(min(POLL_SECONDS, self.options.idle_exit))
+
+    def _process(self, claim: Claim, heartbeat: Heartbeat) -> None:
+        heartbeat.claim = claim
+        info = {"unit": f"run {claim.run_id}", "model": f"model {claim.model_id}"}
+        try:
+            try:
+                model, unit = self._unit(claim)
+                info = {"unit": unit.label, "model": model.name}
+                with self.stop.interruptible():
+                    backend, provenance = self._backend_for(model)
+                    result = sample_unit(backend, unit)
+            except StopRequested:
+                self.queue.release(claim)
+                self.summary.released += 1
+                self.progress("released", info)
+                return
+            except Exception as exc:  # noqa: BLE001 - recorded with the unit, then go on
+                self._fail(claim, info, exc)
+                return
+            values, children = result_rows(unit, result, provenance)
+            if self.queue.complete(claim, values, children):
+                samples = unit.params.n if unit.params else 0
+                self.summary.done += 1
+                self.summary.samples += samples
+                self.progress("unit", {**info, "samples": samples, "seconds": result.seconds})
+            else:
+                self.summary.lost += 1
+                self.progress("lost", info)
+        finally:
+            heartbeat.claim = None
+
+    def _fail(self, claim: Claim, info: dict, exc: Exception) -> None:
+        error = str(exc) if isinstance(exc, CatalogError) else f"{type(exc).__name__}: {exc}"
+        error = (error.strip().splitlines() or [type(exc).__name__])[0]
+        status = self.queue.fail(claim, error, self.options.max_attempts)
+        if status == "failed":
+            self.summary.failed.append(f"{info['model']} {info['unit']}: {error}")
+        elif status == "pending":
+            self.summary.retried += 1
+        self.progress("failed", {**info, "error": error, "final": status == "failed"})
+
+    def _backend_for(self, model: Model) -> tuple[Backend, dict]:
+        if self._backend is not None and self._backend[0] == model.id:
+            return self._backend[1], self._backend[2]
+        self._drop_backend()
+        self.progress("load", {"model": model.name})
+        try:
+            backend = open_backend(model, self.options)
+        except CatalogError:
+            self.unloadable.add(model.id)  # the same error again for each of its units
+            raise
+        self.summary.models_loaded += 1
+        self._backend = (model.id, backend, backend_provenance(backend), True)
+        return backend, self._backend[2]
+
+    def _drop_backend(self) -> None:
+        if self._backend is not None and self._backend[3]:
+            self._backend[1].close()
+        self._backend = None
+
+    def _unit(self, claim: Claim) -> tuple[Model, Unit]:
+        """The claimed unit, from what the planner stored (returned with the claim)."""
+        stored = claim.unit
+        self._read_references(claim.model_id, stored["task_id"], stored["prompt_id"])
+        model = self._models[claim.model_id]
+        prompt_key, prompt_text = self._prompts[stored["prompt_id"]]
+        params = SamplingParams(**stored["sampling"]) if stored["mode"] == "sampled" else None
+        unit = Unit(stored["unit_key"], claim.model_id, self._specs[stored["task_id"]],
+                    stored["task_id"], stored["prompt_id"], prompt_key, prompt_text,
+                    stored["rendered_prompt"], params, stored["seed"], model.prompt_format,
+                    claim.run_id, scaffold=_scaffold(stored.get("condition")))
+        if unit.rendered is None:
+            raise InvalidInput(f"{unit.label} has no planned prompt; plan it with `catalog plan`")
+        return model, unit
+
+    def _read_references(self, model_id: int, task_id: int, prompt_id: int) -> None:
+        if model_id in self._models and task_id in self._specs and prompt_id in self._prompts:
+            return
+        with session_scope(self.engine) as session:
+            if model_id not in self._models:
+                self._models[model_id] = session.get(Model, model_id)
+            task = session.get(Task, task_id)
+            self._specs[task_id] = task_spec(task)
+            self._prompts.update((p.id, (p.key, p.template)) for p in task.prompts)
+
+
+def _scaffold(condition: dict | None) -> str:
+    """The scaffold a unit was planned with (part of its condition)."""
+    return get_scaffold((condition or {}).get("scaffold")).id
+
+
+def run_worker(
+    engine: Engine, options: WorkerOptions = WorkerOptions(), *,
+    progress: Callable[[str, dict], None] | None = None, stop: StopFlag | None = None,
+) -> WorkerSummary:
+    """Run one worker on the queue until it has nothing to do (see :class:`Worker`)."""
+    with Worker(engine, options, progress=progress, stop=stop) as worker:
+        return worker.run()
+
+
+def _model_ids(engine: Engine, names: Sequence[str]) -> list[int] | None:
+    if not names:
+        return None
+    with session_scope(engine) as session:
+        return [get_model(session, name).id for name in names]

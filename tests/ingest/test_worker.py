@@ -1,0 +1,107 @@
+"""The worker loop (ingest/worker.py), in this process: models loaded once while their units
+remain, attempts and the failed state, max units, idle waiting, a prompt that renders
+differently from its plan. Real worker processes are in test_worker_processes.py."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import text
+
+from catalog.errors import InvalidInput, NotFound
+from catalog.tasks import bundled_task
+from ingest.jobs import run_ingest
+from ingest.worker import Worker, WorkerOptions, run_worker
+from table_workers import counts, grid, plan_grid, scalar, statuses, table_models
+
+
+def events(log: list) -> callable:
+    return lambda event, info: log.append((event, info))
+
+
+def test_a_worker_loads_each_model_once_while_its_units_remain(engine, tmp_path):
+    table_models(engine, tmp_path, ["m-a", "m-b"])
+    plan_grid(engine, ["m-a"], prompts=("plain", "terse"))
+    plan_grid(engine, ["m-b"], prompts=("plain", "terse"))
+    plan_grid(engine, ["m-a"], prompts=("polite", "only"))  # m-a again, planned last
+    log: list = []
+    summary = run_worker(engine, progress=events(log))
+    assert (summary.done, summary.models_loaded, summary.samples) == (6, 2, 1200)
+    assert [info["model"] for event, info in log if event == "load"] == ["m-a", "m-b"]
+    assert [info["model"] for event, info in log if event == "unit"] == ["m-a"] * 4 + ["m-b"] * 2
+    assert summary.exit_reason == "no unit pending or claimable"
+    assert statuses(engine) == {"done": 6}
+
+
+def test_a_worker_stores_what_catalog_ingest_stores(engine, tmp_path, tmp_path_factory):
+    """Same table, same grid and seed: plan + worker here, ingest in another database."""
+    from catalog.db import open_catalog
+
+    path = table_models(engine, tmp_path, ["m-a"])
+    plan_grid(engine, ["m-a"])
+    run_worker(engine)
+    other = open_catalog(f"sqlite:///{tmp_path_factory.mktemp('other') / 'c.db'}")
+    table_models(other, path.parent, ["m-a"])
+    run_ingest(other, grid(["m-a"]))
+    assert counts(other) == counts(engine) and len(counts(engine)) > 8
+    other.dispose()
+
+
+def test_a_failing_unit_ends_failed_after_max_attempts_and_the_rest_are_done(engine, tmp_path):
+    texts = {p.key: p.text for p in bundled_task("digit").prompts}
+    table_models(engine, tmp_path, ["m-a"], table={"prompts": {texts["plain"]: {"7": 1.0}}})
+    plan_grid(engine, ["m-a"], prompts=("plain", "terse"))
+    log: list = []
+    summary = run_worker(engine, WorkerOptions(max_attempts=2), progress=events(log))
+    assert (summary.done, summary.retried, len(summary.failed)) == (1, 1, 1)
+    assert "terse" in summary.failed[0] and "no distribution for prompt" in summary.failed[0]
+    assert [info["final"] for event, info in log if event == "failed"] == [False, True]
+    with engine.connect() as conn:
+        failed = conn.execute(text(
+            "SELECT attempts, error FROM runs WHERE status = 'failed'")).one()
+    assert failed.attempts == 2 and "no distribution for prompt" in failed.error
+    assert statuses(engine) == {"done": 1, "failed": 1}
+
+
+def test_max_units_stops_the_worker_and_model_filters_narrow_it(engine, tmp_path):
+    table_models(engine, tmp_path, ["m-a", "m-b"])
+    plan_grid(engine, ["m-a", "m-b"], prompts=("plain", "terse", "polite"))
+    first = run_worker(engine, WorkerOptions(max_units=2))
+    assert first.done == 2 and first.exit_reason == "--max-units 2 reached"
+    only_b = run_worker(engine, WorkerOptions(models=["m-b"]))
+    assert only_b.done == 3
+    assert statuses(engine) == {"done": 5, "pending": 1}
+    with pytest.raises(NotFound, match="no model named 'nope'"):
+        Worker(engine, WorkerOptions(models=["nope"]))
+
+
+def test_an_idle_worker_waits_for_new_units(engine, tmp_path):
+    table_models(engine, tmp_path, ["m-a"])
+    planner = threading.Timer(0.3, plan_grid, args=(engine, ["m-a"]),
+                              kwargs={"prompts": ("plain",)})
+    planner.start()
+    summary = run_worker(engine, WorkerOptions(idle_exit=1.5))
+    planner.join()
+    assert summary.done == 1 and statuses(engine) == {"done": 1}
+    assert summary.seconds >= 1.5  # then it waited idle again before exiting
+
+
+def test_a_prompt_that_renders_differently_than_planned_is_refused(engine, tmp_path):
+    table_models(engine, tmp_path, ["m-a"])
+    plan_grid(engine, ["m-a"], prompts=("plain",))
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE prompts SET template = 'Pick a digit, any digit.' "
+                          "WHERE key = 'plain'"))
+    summary = run_worker(engine, WorkerOptions(max_attempts=1))
+    assert summary.done == 0 and "renders differently" in summary.failed[0]
+    assert scalar(engine, "SELECT COUNT(*) FROM option_counts") == 0
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(lease_seconds=0.5), "lease"), (dict(max_attempts=0), "attempts"),
+    (dict(idle_exit=-1), "idle"), (dict(device="tpu"), "device"),
+])
+def test_bad_worker_options_are_one_clear_line(options, message):
+    with pytest.raises(InvalidInput, match=message):
+        WorkerOptions(**options)
