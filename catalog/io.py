@@ -82,7 +82,7 @@ _NAME_COLUMNS = ("family", "stage", "model", "task", "prompt")
 _RUN_KEYS = ["model", "task", "prompt", "condition_key"]
 _STAGE = "__stage"  # the stage name lower-cased: stages match case-insensitively
 _CHUNK_ROWS = 250_000  # Parquet
-_BLOCK_BYTES = 16 << 20  # CSV and JSON Lines: about 350,000 short rows
+_BLOCK_BYTES = 8 << 20  # CSV and JSON Lines: about 170,000 short rows
 _DROP_FOREIGN_KEY_ROWS = 100_000
 _IN_BATCH = 5_000  # ids or keys per IN (...) list
 
@@ -644,12 +644,15 @@ class _Import:
             n_samples=pl.when(pl.col("n_valid") + pl.col("n_invalid").fill_null(0) > 0)
             .then(pl.col("n_valid") + pl.col("n_invalid").fill_null(0)),
         )
+        postgres = self.conn.dialect.name == "postgresql"
+        if postgres:  # ids drawn from the sequence, so COPY can write them
+            new = new.with_columns(_allocate_run_ids(self.conn, new.height))
         rows = new.join(
             self.conditions.select("condition_key", "condition", "top_k_condition")
             .unique("condition_key"),
             on="condition_key",
         ).select(
-            "unit_key", "model_id", "task_id", "prompt_id", "condition_key", "condition",
+            *(["run_id"] if postgres else []), "unit_key", "model_id", "task_id", "prompt_id", "condition_key", "condition",
             "temperature", "top_p", pl.col("top_k_condition").alias("top_k"), "max_new_tokens",
             "n_samples", pl.col("n_invalid").fill_null(0),
             mode=pl.lit("sampled"), origin=pl.lit("import"), status=pl.lit("done"),
@@ -657,13 +660,12 @@ class _Import:
             source_file=pl.lit(str(self.source.path)),
             normalizer_version=self.normalizer_version(),
         )
-        if self.conn.dialect.name == "postgresql":
-            ids = _allocate_run_ids(self.conn, rows.height)
-            _copy(self.conn, "runs", rows.with_columns(
-                id=ids, sampling=pl.lit("{}"), library_versions=pl.lit("{}"),
+        if postgres:
+            _copy(self.conn, "runs", rows.rename({"run_id": "id"}).with_columns(
+                sampling=pl.lit("{}"), library_versions=pl.lit("{}"),
                 created_at=pl.lit(now.isoformat()), finished_at=pl.lit(now.isoformat()),
             ))
-            return new.with_columns(run_id=ids, spanning=pl.lit(False))
+            return new.with_columns(spanning=pl.lit(False))
         # SQLite: JSON as its text and timestamps as SQLAlchemy writes them (UTC, no zone).
         stamp = now.strftime("%Y-%m-%d %H:%M:%S.%f")
         _insert_rows(self.conn, "runs", rows.with_columns(

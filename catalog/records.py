@@ -1,9 +1,9 @@
 """Record files (CSV, Parquet, JSON Lines) read in bounded chunks, and the per-record checks
 that the imports (:mod:`catalog.io`) share.
 
-A :class:`RecordFile` yields the file as Polars frames of at most ``chunk_rows`` records
-(JSON Lines: of at most ``block_bytes`` of text), so an import's memory does not grow with
-the file. Every chunk carries each record's 1-based number (:data:`ROW`) and, for JSON
+A :class:`RecordFile` yields the file as Polars frames of about ``block_bytes`` of text
+(CSV, JSON Lines: blocks of whole records) or ``chunk_rows`` records (Parquet), so an
+import's memory does not grow with the file. Every chunk carries each record's 1-based number (:data:`ROW`) and, for JSON
 Lines, its line (:data:`LINE`), so a bad record is reported by where it is:
 ``counts.csv: row 3 (line 4), column count: ...``, ``gens.jsonl: line 7, field completion:
 ...``. A CSV record's line is counted only when a record is reported (quoted newlines
