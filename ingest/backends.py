@@ -401,14 +401,22 @@ class TableBackend(Backend):
     for it; other prompts get ``default``. Probabilities are renormalized. ``sample`` draws
     ``Multinomial(n, p)`` with numpy (seeded), sleeping ``delay_seconds`` first (lets a test
     kill a job mid-way); sampling parameters other than ``n`` are ignored. Exact mode sums the
-    probability of completions equal to a surface form.
+    probability of completions equal to a surface form. The backend option ``units_per_call``
+    makes the job layer offer it that many units per :meth:`sample_many` call (each still
+    drawn with its own seed, so the counts do not depend on the batching).
     """
 
     name = "table"
     CHAT_TEMPLATE = "<|user|>\n{prompt}\n<|assistant|>\n"
+    OPTIONS = {
+        "units_per_call": BackendOption(
+            int, "units offered per sample_many call (default 1)", lambda n: n >= 1, ">= 1"
+        ),
+    }
 
     def __init__(self, spec: ModelSpec, **_: Any) -> None:
         super().__init__(spec)
+        self.units_per_call = spec.backend_options.get("units_per_call", 1)
         path = Path(spec.source).expanduser()
         try:
             raw = path.read_bytes()

@@ -51,14 +51,18 @@ ERROR_LENGTH = 2000
 
 @dataclass(frozen=True)
 class Scope:
-    """Which units a worker takes: of these models / runs (None: any), not of these models."""
+    """Which units a worker takes: of these models / runs (None: any), not of these models,
+    of one mode (None: any)."""
 
     model_ids: tuple[int, ...] | None = None
     run_ids: tuple[int, ...] | None = None
     exclude_models: tuple[int, ...] = ()
+    mode: str | None = None
 
     def conditions(self) -> list:
         conditions = [Run.origin == "ingest"]
+        if self.mode is not None:
+            conditions.append(Run.mode == self.mode)
         if self.model_ids is not None:
             conditions.append(Run.model_id.in_(self.model_ids))
         if self.run_ids is not None:
@@ -219,30 +223,45 @@ class WorkQueue:
         whose attempts already reached ``max_attempts`` is not claimed: :meth:`fail_exhausted`
         makes it ``failed``.
         """
+        claims = self.claim_batch(worker, 1, lease_seconds=lease_seconds,
+                                  max_attempts=max_attempts, prefer_model=prefer_model,
+                                  scope=scope)
+        return claims[0] if claims else None
+
+    def claim_batch(
+        self, worker: str, count: int, *, lease_seconds: float, max_attempts: int,
+        prefer_model: int | None = None, scope: Scope = ANY_UNIT,
+    ) -> list[Claim]:
+        """Claim up to ``count`` units in one statement, in :meth:`claim_next`'s order (a
+        backend that samples several units in one call takes them together). Each claim
+        has its own token and is renewed, completed or failed on its own."""
         params = {**self._clock_params(lease_seconds), "c_worker": worker,
                   "c_token": uuid.uuid4().hex, "c_host": socket.gethostname(),
                   "c_max_attempts": max_attempts, "c_prefer": prefer_model}
         with self.transaction() as conn:
-            row = conn.execute(self._claim_statement(scope, prefer_model is not None),
-                               params).first()
-        if row is None:
-            return None
-        unit = {column.key: row._mapping[column.key] for column in UNIT_COLUMNS}
-        return Claim(row.id, row.model_id, row.claim_token, row.attempts, unit)
+            rows = conn.execute(self._claim_statement(scope, prefer_model is not None, count),
+                                params).all()
+        # The units share the statement's token: a claim is its (run id, token) pair, and a
+        # unit claimed again later gets a new token, so each unit is still fenced on its own.
+        return [
+            Claim(row.id, row.model_id, row.claim_token, row.attempts,
+                  {column.key: row._mapping[column.key] for column in UNIT_COLUMNS})
+            for row in sorted(rows, key=lambda row: row.id)  # planning order
+        ]
 
-    def _claim_statement(self, scope: Scope, prefer: bool):
-        key = ("claim", scope, prefer)
+    def _claim_statement(self, scope: Scope, prefer: bool, count: int):
+        key = ("claim", scope, prefer, count)
         if key not in self._statements:
             now, until = self._clock_sql()
             claimable = _claimable(now, bindparam("c_max_attempts"))
             loaded_first = [case((Run.model_id == bindparam("c_prefer"), 0), else_=1)]
             candidates = (
                 select(Run.id).where(claimable, *scope.conditions())
-                .order_by(*(loaded_first if prefer else []), Run.attempts, Run.id).limit(1)
+                .order_by(*(loaded_first if prefer else []), Run.attempts, Run.id).limit(count)
             )
             self._statements[key] = (
                 update(Run)
-                .where(Run.id == self._lock_candidates(candidates).scalar_subquery())
+                .where(Run.id.in_(self._lock_candidates(candidates)))
                 .values(
                     status="running", claimed_by=bindparam("c_worker"),
                     claim_token=bindparam("c_token"), host=bindparam("c_host"),

@@ -2,10 +2,13 @@
 
 A worker runs planned units (:mod:`ingest.planning`) from the queue (:mod:`ingest.queue`)
 until none is pending or claimable. It prefers units of the model it has loaded, so each
-model is loaded once per worker while its units remain. A background heartbeat renews the
-lease of the unit in hand, the final write is fenced by the claim's token, a failing unit is
-retried up to ``max_attempts`` times, and a stop request (SIGTERM, SIGINT) releases the unit
-being sampled and ends the loop.
+model is loaded once per worker while its units remain. A backend that samples several
+prompts in one call (:attr:`Backend.units_per_call` > 1, e.g. vLLM) gets that many of the
+model's sampled units at once, claimed in one statement. A background heartbeat renews the
+leases of the units in hand, each unit's final write is fenced by its claim's token, a
+failing unit is retried up to ``max_attempts`` times (a batch that fails is sampled again
+unit by unit, so one bad unit fails alone), and a stop request (SIGTERM, SIGINT) releases
+the units being sampled and ends the loop.
 
 How a worker runs (device, dtype, batch size, lease, attempts...) is :class:`WorkerOptions`;
 what it samples is in the queue.
@@ -35,7 +38,7 @@ from catalog.prompting import get_scaffold
 from catalog.registry import get_model
 from catalog.schema import Completion, ExactProb, Model, OptionCount, Task, storable_text
 from catalog.tasks import TaskSpec
-from ingest.backends import Backend, SamplingParams, load_backend, render_with
+from ingest.backends import Backend, SampleRequest, SamplingParams, load_backend, render_with
 from ingest.exact import default_surface_forms
 from ingest.planning import Unit, model_spec, task_spec, unit_seed
 from ingest.queue import Claim, Scope, new_worker_id, open_queue
@@ -171,22 +174,41 @@ def open_backend(model: Model, options: WorkerOptions) -> Backend:
                         allow_pickle=options.allow_pickle, batch_size=options.batch_size)
 
 
-def sample_unit(backend: Backend, unit: Unit) -> UnitResult:
-    """Sample (or, in exact mode, score) one unit with a loaded backend."""
+def check_rendered(backend: Backend, unit: Unit) -> None:
+    """The prompt must render as it did when the unit was planned (its hash is stored)."""
     rendered = render_with(backend, unit.prompt_text, unit.prompt_format, unit.scaffold)
     if rendered != unit.rendered:
         raise InvalidInput(
             f"{unit.label}: the prompt renders differently than when it was planned (the "
             "tokenizer, chat template or prompt text changed); plan the grid again"
         )
-    t0 = time.perf_counter()
-    if unit.params is not None:
-        completions = backend.sample(unit.rendered, unit.params, unit_seed(unit.seed, unit.key))
-        return UnitResult(completions=completions, seconds=time.perf_counter() - t0)
-    forms = default_surface_forms(unit.task.options, unit.task.aliases, unit.prompt_format)
-    exact = backend.option_probabilities(unit.rendered, forms)
-    return UnitResult(probabilities=exact.probabilities, covered_mass=exact.covered_mass,
-                      seconds=time.perf_counter() - t0)
+
+
+def sample_units(backend: Backend, units: Sequence[Unit]) -> list[UnitResult]:
+    """Sample (or score) checked units of one model, in order: the sampled ones in one
+    :meth:`Backend.sample_many` call (their wall time shared evenly), exact ones one by one."""
+    results: dict[int, UnitResult] = {}
+    sampled = [i for i, unit in enumerate(units) if unit.params is not None]
+    if sampled:
+        t0 = time.perf_counter()
+        counts = backend.sample_many([
+            SampleRequest(units[i].rendered, units[i].params, unit_seed(units[i].seed,
+                                                                        units[i].key))
+            for i in sampled
+        ])
+        seconds = (time.perf_counter() - t0) / len(sampled)
+        results.update((i, UnitResult(completions=c, seconds=seconds))
+                       for i, c in zip(sampled, counts, strict=True))
+    for i, unit in enumerate(units):
+        if unit.params is None:
+            t0 = time.perf_counter()
+            forms = default_surface_forms(unit.task.options, unit.task.aliases,
+                                          unit.prompt_format)
+            exact = backend.option_probabilities(unit.rendered, forms)
+            results[i] = UnitResult(probabilities=exact.probabilities,
+                                    covered_mass=exact.covered_mass,
+                                    seconds=time.perf_counter() - t0)
+    return [results[i] for i in range(len(units))]
 
 
 def result_rows(unit: Unit, result: UnitResult, provenance: dict) -> tuple[dict, list]:
@@ -233,6 +255,13 @@ def backend_provenance(backend: Backend) -> dict:
     }
 
 
+def with_backend_record(provenance: dict, **entries) -> dict:
+    """``provenance`` with ``entries`` added to its backend record."""
+    versions = provenance["library_versions"]
+    return {**provenance,
+            "library_versions": {**versions, "backend": {**versions["backend"], **entries}}}
+
+
 @functools.cache
 def git_commit() -> str | None:
     """The catalog checkout's commit, when it runs from a git checkout."""
@@ -251,11 +280,11 @@ def git_commit() -> str | None:
 
 
 class Heartbeat:
-    """Renews the lease of the unit in hand every third of the lease, from a thread."""
+    """Renews the leases of the units in hand every third of the lease, from a thread."""
 
     def __init__(self, queue, lease_seconds: float) -> None:
         self.queue, self.lease_seconds = queue, lease_seconds
-        self.claim: Claim | None = None
+        self.claims: tuple[Claim, ...] = ()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="heartbeat")
 
@@ -269,13 +298,11 @@ class Heartbeat:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.lease_seconds / 3):
-            claim = self.claim
-            if claim is None:
-                continue
-            try:
-                self.queue.heartbeat(claim, self.lease_seconds)
-            except Exception:  # noqa: BLE001 - a missed renewal only shortens the lease
-                pass
+            for claim in self.claims:
+                try:
+                    self.queue.heartbeat(claim, self.lease_seconds)
+                except Exception:  # noqa: BLE001 - a missed renewal only shortens the lease
+                    pass
         self.queue.close()  # this thread's connection
 
 
@@ -355,8 +382,9 @@ class Worker:
             )
             if claim is not None:
                 idle_since, empty_claims = None, 0
-                processed += 1
-                self._process(claim, heartbeat)
+                budget = None if self.options.max_units is None else (
+                    self.options.max_units - processed)
+                processed += self._process(claim, heartbeat, budget, scope)
                 continue
             narrowed = Scope(scope.model_ids, scope.run_ids, tuple(self.unloadable))
             self.queue.fail_exhausted(self.options.max_attempts, narrowed)
@@ -372,8 +400,12 @@ class Worker:
                 return "no unit pending or claimable"
             self.stop.wait(min(POLL_SECONDS, self.options.idle_exit))
 
-    def _process(self, claim: Claim, heartbeat: Heartbeat) -> None:
-        heartbeat.claim = claim
+    def _process(self, claim: Claim, heartbeat: Heartbeat, budget: int | None,
+                 scope: Scope) -> int:
+        """Sample a claimed unit, with more of its model's units when the backend samples
+        several per call (up to ``budget`` in all), and store each. Returns how many units
+        were claimed."""
+        heartbeat.claims = (claim,)
         info = {"unit": f"run {claim.run_id}", "model": f"model {claim.model_id}"}
         try:
             try:
@@ -381,26 +413,88 @@ class Worker:
                 info = {"unit": unit.label, "model": model.name}
                 with self.stop.interruptible():
                     backend, provenance = self._backend_for(model)
-                    result = sample_unit(backend, unit)
+                check_rendered(backend, unit)
             except StopRequested:
-                self.queue.release(claim)
-                self.summary.released += 1
-                self.progress("released", info)
-                return
+                self._release([(claim, None, info)])
+                return 1
             except Exception as exc:  # noqa: BLE001 - recorded with the unit, then go on
                 self._fail(claim, info, exc)
-                return
-            values, children = result_rows(unit, result, provenance)
-            if self.queue.complete(claim, values, children):
-                samples = unit.params.n if unit.params else 0
-                self.summary.done += 1
-                self.summary.samples += samples
-                self.progress("unit", {**info, "samples": samples, "seconds": result.seconds})
-            else:
-                self.summary.lost += 1
-                self.progress("lost", info)
+                return 1
+            batch = [(claim, unit, info)]
+            if unit.params is not None:
+                batch += self._claim_more(model, backend, budget, scope, heartbeat)
+            self._sample_and_store(backend, provenance, batch)
+            return len(batch)
         finally:
-            heartbeat.claim = None
+            heartbeat.claims = ()
+
+    def _sample_and_store(self, backend: Backend, provenance: dict,
+                          batch: list[tuple[Claim, Unit, dict]]) -> None:
+        try:
+            with self.stop.interruptible():
+                results = sample_units(backend, [unit for _, unit, _ in batch])
+        except StopRequested:
+            self._release(batch)
+            return
+        except Exception as exc:  # noqa: BLE001 - recorded with the unit, then go on
+            if len(batch) == 1:
+                self._fail(batch[0][0], batch[0][2], exc)
+                return
+            # One unit's error must not fail the units sampled with it: each alone again.
+            for item in batch:
+                self._sample_and_store(backend, provenance, [item])
+            return
+        if len(batch) > 1:
+            # vLLM's samples depend on what shares a call: record it with each run
+            provenance = with_backend_record(provenance, call_runs=[c.run_id for c, _, _ in batch])
+        for (claim, unit, info), result in zip(batch, results, strict=True):
+            self._store(claim, unit, result, provenance, info)
+
+    def _release(self, batch: list[tuple[Claim, Unit | None, dict]]) -> None:
+        for claim, _, info in batch:
+            self.queue.release(claim)
+            self.summary.released += 1
+            self.progress("released", info)
+
+    def _claim_more(self, model: Model, backend: Backend, budget: int | None, scope: Scope,
+                    heartbeat: Heartbeat) -> list[tuple[Claim, Unit, dict]]:
+        """Further units of ``model`` for one sampling call, when its backend takes several.
+        A unit that cannot be read or renders differently is failed here and left out."""
+        wanted = backend.units_per_call - 1
+        if budget is not None:
+            wanted = min(wanted, budget - 1)
+        if wanted < 1:
+            return []
+        claims = self.queue.claim_batch(
+            self.id, wanted, lease_seconds=self.options.lease_seconds,
+            max_attempts=self.options.max_attempts,
+            scope=Scope((model.id,), scope.run_ids, mode="sampled"),
+        )
+        heartbeat.claims = (*heartbeat.claims, *claims)
+        more = []
+        for claim in claims:
+            info = {"unit": f"run {claim.run_id}", "model": model.name}
+            try:
+                unit = self._unit(claim)[1]
+                info["unit"] = unit.label
+                check_rendered(backend, unit)
+            except Exception as exc:  # noqa: BLE001 - that unit alone fails
+                self._fail(claim, info, exc)
+                continue
+            more.append((claim, unit, info))
+        return more
+
+    def _store(self, claim: Claim, unit: Unit, result: UnitResult, provenance: dict,
+               info: dict) -> None:
+        values, children = result_rows(unit, result, provenance)
+        if self.queue.complete(claim, values, children):
+            samples = unit.params.n if unit.params else 0
+            self.summary.done += 1
+            self.summary.samples += samples
+            self.progress("unit", {**info, "samples": samples, "seconds": result.seconds})
+        else:
+            self.summary.lost += 1
+            self.progress("lost", info)
 
     def _fail(self, claim: Claim, info: dict, exc: Exception) -> None:
         error = str(exc) if isinstance(exc, CatalogError) else f"{type(exc).__name__}: {exc}"

@@ -27,7 +27,7 @@ DIGIT_PROMPTS = ("plain", "terse", "polite", "only", "roleplay", "json", "answer
 
 
 def table_models(engine, tmp_path: Path, names, table: dict | None = None,
-                 family: str = "fam") -> Path:
+                 family: str = "fam", backend_options: dict | None = None) -> Path:
     """Register ``names`` as table-backend models of one family (one stage each), all
     answering from one table file; returns the file."""
     path = tmp_path / "table.json"
@@ -36,7 +36,8 @@ def table_models(engine, tmp_path: Path, names, table: dict | None = None,
     with session_scope(engine) as session:
         for i, name in enumerate(names):
             add_model(session, name=name, family=family, stage=stages[i], source=str(path),
-                      backend="table", prompt_format="chat")
+                      backend="table", prompt_format="chat",
+                      backend_options=backend_options)
     return path
 
 

@@ -131,7 +131,10 @@ def test_backend_options_are_converted_from_text_and_toml_values():
          "request"),
         ("vllm", {"swap_space": 4, "cpu_offload_gb": 1}, "backend 'vllm' has no option "
          "cpu_offload_gb, swap_space; its options: enable_prefix_caching, enforce_eager, "),
-        ("table", {"answer": "7"}, "backend 'table' has no option answer; its options: none"),
+        ("table", {"answer": "7"}, "backend 'table' has no option answer; its options: "
+         "units_per_call"),
+        ("table", {"units_per_call": 0}, "backend option units_per_call=0 is invalid: use an "
+         "integer >= 1"),
         ("transformers", {"batch_size": 8}, "backend 'transformers' has no option batch_size"),
     ],
 )

@@ -184,7 +184,7 @@ def test_catalog_ingest_with_the_vllm_backend_stores_runs_and_provenance(
     with engine.connect() as conn:
         model = conn.execute(text("SELECT backend, backend_options FROM models")).one()
         runs = conn.execute(text(
-            "SELECT r.n_samples, r.n_invalid, r.rendered_prompt, r.rendered_prompt_hash, "
+            "SELECT r.id, r.n_samples, r.n_invalid, r.rendered_prompt, r.rendered_prompt_hash, "
             "r.library_versions, p.template, (SELECT SUM(count) FROM completions c "
             "WHERE c.run_id = r.id) AS stored FROM runs r JOIN prompts p ON p.id = r.prompt_id "
             "WHERE r.status = 'done'"
@@ -200,6 +200,8 @@ def test_catalog_ingest_with_the_vllm_backend_stores_runs_and_provenance(
         assert versions["backend"]["name"] == "vllm"
         assert versions["backend"]["seeding"] == "engine"
         assert versions["backend"]["options"] == {"enforce_eager": True}
+        # the worker gave both units to one generate call, and says so
+        assert versions["backend"]["call_runs"] == sorted(r.id for r in runs)
         assert "vllm" in versions
 
 

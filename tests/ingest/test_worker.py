@@ -4,6 +4,7 @@ differently from its plan. Real worker processes are in test_worker_processes.py
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -11,9 +12,12 @@ from sqlalchemy import text
 
 from catalog.errors import InvalidInput, NotFound
 from catalog.tasks import bundled_task
+from ingest.backends import BACKENDS, TableBackend, register_backend
 from ingest.jobs import run_ingest
 from ingest.worker import Worker, WorkerOptions, run_worker
-from table_workers import counts, grid, plan_grid, scalar, statuses, table_models
+from table_workers import (
+    DIGIT_PROMPTS, counts, grid, plan_grid, scalar, statuses, table_models,
+)
 
 
 def events(log: list) -> callable:
@@ -105,3 +109,67 @@ def test_a_prompt_that_renders_differently_than_planned_is_refused(engine, tmp_p
 def test_bad_worker_options_are_one_clear_line(options, message):
     with pytest.raises(InvalidInput, match=message):
         WorkerOptions(**options)
+
+
+class RecordingTable(TableBackend):
+    """The table backend, recording how many units each sample_many call got."""
+
+    calls: list[int] = []
+
+    def sample_many(self, requests):
+        RecordingTable.calls.append(len(requests))
+        return super().sample_many(requests)
+
+
+@pytest.fixture
+def recording_table(engine):
+    RecordingTable.calls = []
+    register_backend("recording-table", RecordingTable)
+    yield RecordingTable
+    BACKENDS.pop("recording-table")
+
+
+def test_a_batching_backend_gets_its_units_per_call_at_once(engine, tmp_path, recording_table,
+                                                            tmp_path_factory):
+    """units_per_call=3: 4 units of each model are sampled 3 + 1; each unit keeps its own
+    seed, so the counts are those of a worker taking one unit at a time."""
+    from catalog.db import open_catalog
+
+    path = table_models(engine, tmp_path, ["m-a", "m-b"], backend_options={"units_per_call": 3})
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE models SET backend = 'recording-table'"))
+    plan_grid(engine, ["m-a", "m-b"], prompts=DIGIT_PROMPTS[:4])
+    summary = run_worker(engine)
+    assert (summary.done, summary.models_loaded) == (8, 2)
+    assert recording_table.calls == [3, 1, 3, 1]
+    assert statuses(engine) == {"done": 8}
+    with engine.connect() as conn:
+        records = [json.loads(v) if isinstance(v, str) else v for v in conn.execute(text(
+            "SELECT library_versions FROM runs ORDER BY id")).scalars()]
+    calls = [record["backend"].get("call_runs") for record in records]
+    assert calls == [[1, 2, 3]] * 3 + [None] + [[5, 6, 7]] * 3 + [None]
+    one_by_one = open_catalog(f"sqlite:///{tmp_path_factory.mktemp('one') / 'c.db'}")
+    table_models(one_by_one, path.parent, ["m-a", "m-b"])
+    plan_grid(one_by_one, ["m-a", "m-b"], prompts=DIGIT_PROMPTS[:4])
+    run_worker(one_by_one)
+    assert counts(one_by_one) == counts(engine) and len(counts(engine)) > 8
+    one_by_one.dispose()
+
+
+def test_max_units_caps_a_batch(engine, tmp_path):
+    table_models(engine, tmp_path, ["m-a"], backend_options={"units_per_call": 4})
+    plan_grid(engine, ["m-a"], prompts=DIGIT_PROMPTS[:6])
+    summary = run_worker(engine, WorkerOptions(max_units=3))
+    assert summary.done == 3 and statuses(engine) == {"done": 3, "pending": 3}
+
+
+def test_a_bad_unit_in_a_batch_fails_alone(engine, tmp_path):
+    """The table has no answer for the 'terse' prompt: its batch fails, is sampled again
+    unit by unit, and only 'terse' ends failed."""
+    texts = {p.key: p.text for p in bundled_task("digit").prompts}
+    table = {"prompts": {texts[key]: {"7": 1.0} for key in ("plain", "polite", "only")}}
+    table_models(engine, tmp_path, ["m-a"], table=table, backend_options={"units_per_call": 4})
+    plan_grid(engine, ["m-a"], prompts=("plain", "terse", "polite", "only"))
+    summary = run_worker(engine, WorkerOptions(max_attempts=1))
+    assert summary.done == 3 and len(summary.failed) == 1 and "terse" in summary.failed[0]
+    assert statuses(engine) == {"done": 3, "failed": 1}
