@@ -36,6 +36,7 @@ import argparse
 import importlib.util
 import json
 import os
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -44,6 +45,10 @@ from pathlib import Path
 from catalog.normalize import get_normalizer
 from catalog.tasks import bundled_task
 from ingest.backends import ModelSpec, SampleRequest, SamplingParams, load_backend
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from stat_checks import homogeneity_pvalue  # noqa: E402  (the tests' chi-square test)
+
 
 # A raw text continuation (no chat template, no scaffold) that the model is sure about, up
 # to the next comma (a stop string, as the newline is for base stages): " 41".
@@ -54,15 +59,6 @@ LLAMA_31_8B = {
     "num_attention_heads": 32, "num_key_value_heads": 8, "max_position_embeddings": 8192,
     "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "tie_word_embeddings": False,
 }
-
-
-def homogeneity_pvalue(first, second) -> float:
-    """The tests' chi-square homogeneity test (tests/stat_checks.py)."""
-    path = Path(__file__).resolve().parent.parent / "tests" / "stat_checks.py"
-    spec = importlib.util.spec_from_file_location("stat_checks", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.homogeneity_pvalue(first, second)
 
 
 def smollm2_gguf() -> tuple[Path, str]:

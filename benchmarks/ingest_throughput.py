@@ -27,6 +27,7 @@ import copy
 import importlib.util
 import os
 import statistics
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -35,6 +36,9 @@ import torch
 
 from ingest.backends import ModelSpec, SamplingParams, load_backend
 from ingest.sampling import encode_prompt
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from stat_checks import homogeneity_pvalue  # noqa: E402  (the tests' chi-square test)
 
 FALLBACK_PROMPT = "Pick a random digit from 0 to 9. Answer with the digit only."
 # A plain-text continuation (as base stages get prompts) that the model is sure about.
@@ -82,28 +86,6 @@ def generate_counts(backend, rendered: str, n: int, max_new_tokens: int, seed: i
             num_return_sequences=n,
         )
     return Counter(tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True))
-
-
-def homogeneity_pvalue(first: Counter, second: Counter, min_expected: float = 5.0) -> float:
-    """Chi-square homogeneity test; categories expected < 5 times are pooled into "other"."""
-    from scipy.stats import chi2_contingency
-
-    share = min(sum(first.values()), sum(second.values())) / (
-        sum(first.values()) + sum(second.values())
-    )
-    kept = [
-        t for t in first.keys() | second.keys() if (first[t] + second[t]) * share >= min_expected
-    ]
-    rows = [
-        [c[t] for t in kept] + [sum(c.values()) - sum(c[t] for t in kept)] for c in (first, second)
-    ]
-    if (rows[0][-1] + rows[1][-1]) * share < min_expected:
-        rarest = min(range(len(kept)), key=lambda j: rows[0][j] + rows[1][j])
-        for row in rows:
-            row[rarest] += row.pop()
-    if len(rows[0]) < 2:
-        return 1.0  # a single category: nothing to compare
-    return float(chi2_contingency(rows).pvalue)
 
 
 class ForwardTimer:

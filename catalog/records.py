@@ -257,12 +257,12 @@ class RecordFile:
             raise self._bad_json(block, numbers, exc) from None
         keys = {key for key in probe.columns if self._column(key) in self.columns}
         keys |= set(self.columns) | {k for k, c in self.fields.rename.items() if c in self.columns}
-        # Only keys that the block has (each absent one costs Polars a column of nulls);
-        # a key once seen is kept.
-        # The opening quote and name: quick to search for, and a false match only costs
-        # that null column.
-        keys = {key for key in keys
-                if key in self._seen_keys or json.dumps(key).encode()[:-1] in block}
+        # Every key a record may have is read: an absent one is a column of nulls, which
+        # costs Polars less than searching the block for it. A key that --set also gives is
+        # read only where the block has it (its opening quote and name): having one is a
+        # clash with --set. A key once seen is kept.
+        keys = {key for key in keys if self._column(key) not in self.fields.constants
+                or key in self._seen_keys or json.dumps(key).encode()[:-1] in block}
         self._seen_keys |= keys
         lists = {key for key in keys if self._column(key) in self.list_columns}
         objects = {key for key in lists if isinstance(probe.schema.get(key), pl.List)

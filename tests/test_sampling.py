@@ -6,7 +6,8 @@ from collections import Counter
 
 import pytest
 import torch
-from scipy.stats import chi2_contingency, chisquare
+from scipy.stats import chisquare
+from stat_checks import homogeneity_pvalue
 from tiny_models import cached_tiny_model
 from transformers import GenerationConfig
 
@@ -46,27 +47,6 @@ def generate_counts(backend, rendered, n, *, temperature, top_p, top_k, max_new_
             num_return_sequences=n,
         )
     return Counter(tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True))
-
-
-def homogeneity_pvalue(first: Counter, second: Counter, min_expected: float = 5.0) -> float:
-    """Chi-square homogeneity p-value of two count vectors over completion texts; categories
-    whose expected count is below ``min_expected`` in either row are pooled into "other"."""
-    total_first, total_second = sum(first.values()), sum(second.values())
-    share = min(total_first, total_second) / (total_first + total_second)
-    kept = [
-        t for t in first.keys() | second.keys() if (first[t] + second[t]) * share >= min_expected
-    ]
-    rows = [
-        [c[t] for t in kept] + [sum(c.values()) - sum(c[t] for t in kept)] for c in (first, second)
-    ]
-    if (
-        rows[0][-1] + rows[1][-1]
-    ) * share < min_expected:  # pool a small "other" into the rarest kept
-        rarest = min(range(len(kept)), key=lambda j: rows[0][j] + rows[1][j])
-        for row in rows:
-            row[rarest] += row.pop()
-    assert len(rows[0]) >= 3, "too few categories for a meaningful test"
-    return chi2_contingency(rows).pvalue
 
 
 def exact_completions(

@@ -149,7 +149,7 @@ def test_records_split_between_chunks_are_merged(engine, tmp_path, monkeypatch):
     whole = stored_counts(engine)
     with engine.connect() as conn:
         texts = conn.execute(text("SELECT text, count FROM completions ORDER BY text")).all()
-    monkeypatch.setattr(catalog_io, "_BLOCK_BYTES", 150)
+    monkeypatch.setattr(catalog_io, "_COMPLETION_BLOCK_BYTES", 150)
     summary = import_completions(engine, path)
     assert summary.replaced_runs == 2 and stored_counts(engine) == whole
     with engine.connect() as conn:
