@@ -2,7 +2,7 @@
 
 These use the "table" backend (a fixed answer distribution given as data) so that the job
 layer is tested fast on both databases; sampling from real models is tested in
-tests/test_sampling.py and end to end in tests/test_cli_ingest.py.
+tests/ingest/test_sampling.py and end to end in tests/cli/test_cli_ingest.py.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from catalog.prompting import PLAIN_SCAFFOLD_NAME
 from catalog.schema import Base
 from catalog.views import VIEWS, read_view
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TABLES = set(Base.metadata.tables)
 
 
