@@ -185,30 +185,27 @@ def check_rendered(backend: Backend, unit: Unit) -> None:
 
 
 def sample_units(backend: Backend, units: Sequence[Unit]) -> list[UnitResult]:
-    """Sample (or score) checked units of one model, in order: the sampled ones in one
-    :meth:`Backend.sample_many` call (their wall time shared evenly), exact ones one by one."""
-    results: dict[int, UnitResult] = {}
-    sampled = [i for i, unit in enumerate(units) if unit.params is not None]
-    if sampled:
-        t0 = time.perf_counter()
-        counts = backend.sample_many([
-            SampleRequest(units[i].rendered, units[i].params, unit_seed(units[i].seed,
-                                                                        units[i].key))
-            for i in sampled
-        ])
-        seconds = (time.perf_counter() - t0) / len(sampled)
-        results.update((i, UnitResult(completions=c, seconds=seconds))
-                       for i, c in zip(sampled, counts, strict=True))
-    for i, unit in enumerate(units):
-        if unit.params is None:
-            t0 = time.perf_counter()
-            forms = default_surface_forms(unit.task.options, unit.task.aliases,
-                                          unit.prompt_format)
-            exact = backend.option_probabilities(unit.rendered, forms)
-            results[i] = UnitResult(probabilities=exact.probabilities,
-                                    covered_mass=exact.covered_mass,
-                                    seconds=time.perf_counter() - t0)
-    return [results[i] for i in range(len(units))]
+    """Sample checked units of one model and mode, in order: sampled units in one
+    :meth:`Backend.sample_many` call (their wall time shared evenly), exact ones scored one
+    by one (workers batch sampled units only)."""
+    if units[0].params is None:
+        return [score_unit(backend, unit) for unit in units]
+    t0 = time.perf_counter()
+    counts = backend.sample_many([
+        SampleRequest(unit.rendered, unit.params, unit_seed(unit.seed, unit.key))
+        for unit in units
+    ])
+    seconds = (time.perf_counter() - t0) / len(units)
+    return [UnitResult(completions=c, seconds=seconds) for c in counts]
+
+
+def score_unit(backend: Backend, unit: Unit) -> UnitResult:
+    """Exact mode: the option probabilities of one checked unit."""
+    t0 = time.perf_counter()
+    forms = default_surface_forms(unit.task.options, unit.task.aliases, unit.prompt_format)
+    exact = backend.option_probabilities(unit.rendered, forms)
+    return UnitResult(probabilities=exact.probabilities, covered_mass=exact.covered_mass,
+                      seconds=time.perf_counter() - t0)
 
 
 def result_rows(unit: Unit, result: UnitResult, provenance: dict) -> tuple[dict, list]:

@@ -122,7 +122,7 @@ class RecordingTable(TableBackend):
 
 
 @pytest.fixture
-def recording_table(engine):
+def recording_table():
     RecordingTable.calls = []
     register_backend("recording-table", RecordingTable)
     yield RecordingTable
