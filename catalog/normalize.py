@@ -1,25 +1,32 @@
-"""Normalizers: map a model's completion text to one of a task's options, or to invalid.
+"""Normalizers: read a model's completion as one of a task's options, or say why it has none.
 
 Pure Python (no torch), so the core and the analysis can use it. A normalizer has a
 ``name`` (what task files refer to), a ``version`` (stored with every run; bump it whenever
 the behaviour changes, so that counts normalized by different rules are never mixed
-silently) and ``__call__(text, task) -> option | None``. ``None`` means invalid: the sample
-is kept in the invalid bucket.
+silently) and ``read(text, task) -> Reading``: the option, or the reason the text gives
+none (``no_answer``, ``ambiguous``, ``off_category``, ``out_of_range``).
 
-Rules shared by the closed-task normalizers ("integer", "choice", "letter"):
+The rules are the coding rules of docs/normalization.md, measured against completions of
+real models coded by hand (tests/data/normalization/):
 
-1. Base models complete the plain scaffold "Question: ...\\nAnswer:" and run on into the
-   next turn (" 7\\nQuestion: ..."): everything from a line starting with "Question:" on is
-   dropped.
-2. Every answer-like token is a candidate: an integer or number word, a whole-word (or
-   whole-phrase) match of an option or alias, a standalone letter. Matching is
-   case-insensitive, markdown and quotes around a token don't matter.
-3. One candidate is taken, by the first rule that finds one: a candidate alone on its line
-   ("\\n\\n**7**\\n"); a candidate wrapped in bold/italics/backticks/quotes ("I'll pick **4**.");
-   the first candidate after the last colon that has a candidate after it ("Sure! Here's a
-   random number between 1 and 10: 7"); the earliest candidate.
-4. The taken candidate is mapped to its canonical option (aliases: "H", "Heads." -> "heads"),
-   or to ``None`` if it is not an option (out-of-range numbers).
+1. Only the reply counts: a scaffold's next turn ("Question: ..."), a chat role line or a
+   special token (``<end_of_turn>``) ends it.
+2. Candidates are the answer-like tokens: an option or alias (a whole word or phrase), an
+   integer or number word, a standalone letter, a vocabulary term of an open task. Mentions
+   that are not answers are masked first: ranges ("between 1 and 10"), list markers ("1)",
+   "Step 2"), percentages, "six-sided".
+3. An enumeration, a disjunction or an echo of the options ("heads or tails", "0 1 2 3",
+   "blue, gray, or red") holds no answer: candidates in a list of two or more different
+   values are set aside.
+4. Of the rest, a candidate singled out wins, by the first rule that finds one: stated as the
+   answer ("The answer is 4", "I pick 7", "Answer: tails", a JSON field, a colon right
+   before it, a first clause of its own: "Tails, I think"); alone on its line; wrapped in bold, backticks or
+   quotes. Two different values singled out by the same rule are ``ambiguous``.
+5. Otherwise one value is the answer; two or more are ``ambiguous``; none is ``no_answer``.
+   Weak candidates (number words, one-letter aliases) count only when singled out or when
+   the reply is a few words long.
+6. The value is mapped to its option; an integer outside the range is ``out_of_range``; an
+   open task's answer outside its vocabulary is ``off_category``.
 
 Compiled patterns are cached per task, so a call costs a few regex scans of the text.
 """
@@ -28,18 +35,25 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 from catalog.enums import INVALID_REASONS
 from catalog.errors import InvalidInput
+from catalog.lexicon import Vocabulary, fold, vocabulary
 
 if TYPE_CHECKING:
     from catalog.tasks import TaskSpec
 
-# A line starting with "Question:" is the scaffold's next turn, not the answer.
-_NEXT_TURN = re.compile(r"^[ \t]*question[ \t]*:", re.IGNORECASE | re.MULTILINE)
+# Where the reply ends: the plain scaffold's next turn, a chat role line, a special token.
+_NEXT_TURN = re.compile(
+    r"^[ \t]*(?:question|user|human|assistant|instruction)[ \t]*:"
+    r"|<\|[^|>\n]{1,40}\|>|<(?:start|end)_of_\w+>|</s>|<(?:eos|bos|pad|unk)>",
+    re.IGNORECASE | re.MULTILINE,
+)
+# The scaffold's "Answer:" again on a later line: the model went on to a next turn.
+_ANSWER_AGAIN = re.compile(r"\n[ \t]*answer[ \t]*:", re.IGNORECASE)
 # Characters that decorate an answer without changing it: markdown, quotes, brackets, bullets.
 _DECOR = " \t\r*_`\"'“”‘’«»()[]{}<>#~•·-"
 _TRAILING_PUNCT = ".!?,;:"
@@ -49,52 +63,43 @@ _CLOSERS = ("**", "__", "*", "_", "`", '"', "'", "”", "’", "»")
 _BEFORE = r"(?<!\w)(?<!\w['’])"
 _AFTER = r"(?!\w)(?!['’]\w)"
 
-
-@dataclass(frozen=True)
-class Candidate:
-    """An answer-like token of a completion: its span and the value it stands for."""
-
-    start: int
-    end: int
-    value: str
-
-
-def answer_region(text: str) -> str:
-    """The part of a completion that can hold the answer (drops a scaffold's next turn)."""
-    turn = _NEXT_TURN.search(text)
-    return text[: turn.start()] if turn else text
-
-
-def pick(text: str, candidates: list[Candidate]) -> Candidate | None:
-    """Choose one candidate by the module's rule 3 (candidates in text order)."""
-    if not candidates:
-        return None
-    for candidate in candidates:
-        if alone_on_line(text, candidate):
-            return candidate
-    for candidate in candidates:
-        if wrapped(text, candidate):
-            return candidate
-    colon = text.rfind(":", 0, candidates[-1].start)
-    if colon >= 0:
-        return next(c for c in candidates if c.start > colon)
-    return candidates[0]
-
-
-def alone_on_line(text: str, candidate: Candidate) -> bool:
-    """Nothing but markdown, quotes and punctuation around the candidate on its line."""
-    line_start = text.rfind("\n", 0, candidate.start) + 1
-    line_end = text.find("\n", candidate.end)
-    before = text[line_start : candidate.start]
-    after = text[candidate.end : len(text) if line_end < 0 else line_end]
-    return not before.strip(_DECOR) and not after.strip(_DECOR + _TRAILING_PUNCT)
-
-
-def wrapped(text: str, candidate: Candidate) -> bool:
-    """Bold, italics, backticks or quotes right around the candidate ("**7**.", "'Q'")."""
-    before = text[: candidate.start]
-    after = text[candidate.end :].lstrip(".!")
-    return before.endswith(_OPENERS) and after.startswith(_CLOSERS)
+# What may stand between two items of a list: separators, conjunctions, list labels
+# ("A)", "2."), and nothing else ("heads or tails", "0 1 2 3", "purple. B red. C blue").
+_SEP = r"[\s,;/|&+.:*•·\-–—()\[\]{}\"'`“”‘’«»!?]"
+_LIST_GAP = re.compile(
+    rf"{_SEP}*(?:(?:or|and|nor|and/or|vs|versus|then|to|through|either|maybe|perhaps|"
+    rf"[A-Za-z]|\d{{1,3}}%?|[ivx]{{1,4}})(?!\w){_SEP}*)*\Z",
+    re.IGNORECASE,
+)
+_MAX_LIST_GAP = 24
+_LIST_LABEL = re.compile(r"[\s>*•·\-–—]*(?:\(?(?:\d{1,3}|[A-Za-z]|[ivx]{1,4})[.):]\s*)?[\s*_`\"'“‘«]*\Z")
+# Said right before a candidate, these make it the answer ("The answer is", "I'll pick").
+_DETERMINER = r"(?:(?:a|an|the|number|digit|letter|color|colour|option)\s+)?"
+_STATED = re.compile(
+    r"(?:\banswer\s*(?:is|would be|will be|:|=|-)?"
+    r"|\b(?:my|the|your|our|final|random|this)\s+(?:[\w-]+\s+){0,3}?"
+    r"(?:answer|choice|pick|result|outcome|selection|guess|number|digit|letter|colou?r|"
+    r"month|day|state|suit|roll|flip|toss|throw|move|animal|fruit|name|one)\s*"
+    r"(?:is|was|would be|will be|:|=|-)"
+    r"|\b(?:i|i'll|i will|i'd|i would|i'm going to|i am going to|let's|let me|we'll|you)\s+"
+    r"(?:(?:just|would|will|randomly|also)\s+)?"
+    r"(?:go with|going with|pick|picked|choose|chose|select|selected|say|said|take|get|got|"
+    r"roll|rolled|flip|flipped|draw|drew|throw|threw|play|think of|thought of|see|saw|"
+    r"name|guess|call|suggest|recommend)\b"
+    r"|\b(?:it's|it is|it was|that's|that is|landed on|lands on|landed|comes up|came up|"
+    r"shows|showed|rolled|got|here's|here is|how about|what about|is)\b"
+    r"|\"[\w ]{1,20}\"\s*:|:|\.\.\.|…"
+    rf")[\s*_`\"'“‘«=:\-]*{_DETERMINER}[\s*_`\"'“‘«]*\Z",
+    re.IGNORECASE,
+)
+_STATED_WINDOW = 80
+# The end of a clause: "Tails." and "Tails, I think" start with their answer, "Heads has a
+# 50% chance" does not.
+_CLAUSE_END = re.compile(r"[*_`\"'”’)\]]*[ \t]*(?:[.!?,;:\n]|[-–—][ \t]|\Z)")
+# A candidate followed by a colon is a label ("Heads: 50%", "here's one: 3"), not an answer.
+_LABEL_AFTER = re.compile(r"[*_`\"'”’]*[ \t]*:(?!//)")
+# A reply this short ("Seven.", "Heads!") is its own answer, even in a weak form.
+_SHORT_REPLY_WORDS = 4
 
 
 class Reading(NamedTuple):
@@ -116,12 +121,119 @@ OFF_CATEGORY = Reading.invalid("off_category")
 OUT_OF_RANGE = Reading.invalid("out_of_range")
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """An answer-like token of a completion: its span, the value it stands for, and whether
+    it is a weak form (a number word, a one-letter alias) that counts only when singled out."""
+
+    start: int
+    end: int
+    value: str
+    weak: bool = False
+    # "one" is mostly a pronoun ("let me pick one"): stated does not single it out.
+    pronoun: bool = False
+
+
+def answer_region(text: str) -> str:
+    """The part of a completion that can hold the answer (drops a next turn)."""
+    turn = _NEXT_TURN.search(text)
+    region = text[: turn.start()] if turn else text
+    first_line_end = region.find("\n", len(region) - len(region.lstrip()))
+    again = _ANSWER_AGAIN.search(region, first_line_end) if first_line_end >= 0 else None
+    return region[: again.start()] if again else region
+
+
+def decide(region: str, candidates: Sequence[Candidate],
+           to_option: Callable[[str], Reading]) -> Reading:
+    """Rules 3-5: the one candidate that is the answer, mapped by ``to_option``, or why
+    there is none. ``candidates`` are in text order."""
+    candidates = [c for c in candidates if not _LABEL_AFTER.match(region, c.end)]
+    if not candidates:
+        return NO_ANSWER
+    listed = listed_candidates(region, candidates)
+    free = [c for i, c in enumerate(candidates) if i not in listed]
+    for singled_out in (stated, alone_on_line, wrapped):
+        values = _distinct(c.value for c in free
+                           if singled_out(region, c) and not (c.pronoun and singled_out is stated))
+        if len(values) == 1:
+            return to_option(values[0])
+        if len(values) > 1:
+            return AMBIGUOUS
+    short = len(region.split()) <= _SHORT_REPLY_WORDS
+    values = _distinct(c.value for c in free if short or not c.weak)
+    if len(values) == 1:
+        return to_option(values[0])
+    return AMBIGUOUS if len(values) > 1 else NO_ANSWER
+
+
+def listed_candidates(region: str, candidates: Sequence[Candidate]) -> set[int]:
+    """Indices of the candidates in a list of two or more different values (rule 3)."""
+    listed: set[int] = set()
+    run = [0]
+    for i in range(1, len(candidates) + 1):
+        if i < len(candidates) and _list_gap(region, candidates[i - 1], candidates[i]):
+            run.append(i)
+            continue
+        if len({candidates[j].value for j in run}) > 1:
+            listed.update(run)
+        run = [i]
+    return listed
+
+
+def _list_gap(region: str, left: Candidate, right: Candidate) -> bool:
+    """Only list punctuation between two candidates; across lines, both are list items."""
+    gap = region[left.end : right.start]
+    if len(gap) > _MAX_LIST_GAP or not _LIST_GAP.match(gap):
+        return False
+    return "\n" not in gap or (list_item(region, left) and list_item(region, right))
+
+
+def list_item(text: str, candidate: Candidate) -> bool:
+    """Alone on its line but for a list label ("2. Cat", "- heads", "(b) red")."""
+    line_start = text.rfind("\n", 0, candidate.start) + 1
+    line_end = text.find("\n", candidate.end)
+    before = text[line_start : candidate.start]
+    after = text[candidate.end : len(text) if line_end < 0 else line_end]
+    return bool(_LIST_LABEL.match(before)) and not after.strip(_DECOR + _TRAILING_PUNCT)
+
+
+def stated(text: str, candidate: Candidate) -> bool:
+    """Said as the answer: after "answer is", "I pick", a colon, a JSON key, or first in
+    the reply."""
+    before = text[max(0, candidate.start - _STATED_WINDOW) : candidate.start]
+    if not text[: candidate.start].strip(_DECOR):  # the reply starts with it, as a clause
+        return bool(_CLAUSE_END.match(text, candidate.end))
+    return bool(_STATED.search(before))
+
+
+def alone_on_line(text: str, candidate: Candidate) -> bool:
+    """Nothing but markdown, quotes and punctuation around the candidate on its line."""
+    line_start = text.rfind("\n", 0, candidate.start) + 1
+    line_end = text.find("\n", candidate.end)
+    before = text[line_start : candidate.start]
+    after = text[candidate.end : len(text) if line_end < 0 else line_end]
+    return not before.strip(_DECOR) and not after.strip(_DECOR + _TRAILING_PUNCT)
+
+
+def wrapped(text: str, candidate: Candidate) -> bool:
+    """Bold, italics, backticks or quotes right around the candidate ("**7**.", "'Q'")."""
+    before = text[: candidate.start]
+    after = text[candidate.end :].lstrip(".!")
+    return before.endswith(_OPENERS) and after.startswith(_CLOSERS)
+
+
+def _distinct(values) -> list[str]:
+    return list(dict.fromkeys(values))
+
+
 class Normalizer:
     """Base class: a named, versioned reading of a completion text (an option, or why none).
 
     >>> from catalog.tasks import bundled_task
     >>> get_normalizer("choice").read("Tails!", bundled_task("coin"))
     Reading(option='tails', reason=None)
+    >>> get_normalizer("choice").read("Heads or tails?", bundled_task("coin"))
+    Reading(option=None, reason='no_answer')
     """
 
     name: ClassVar[str]
@@ -147,14 +259,20 @@ class IntegerNormalizer(Normalizer):
     """Integers and number words; the options are the integers ``params.min``..``params.max``."""
 
     name = "integer"
-    version = "1"
+    version = "2"
     description = "an integer in [min, max] (digits or words like 'seven'); out of range is invalid"
 
     _INTEGER = re.compile(r"(?<![\w.])(?<!\d,)-?\d+(?![\w]|[.,]\d)")
-    # "between 1 and 10", "from 1 to 100", "1-10": restated ranges, not answers.
-    _RANGE = re.compile(
-        r"\b(?:between|from)\s+\S+\s+(?:and|to)\s+[\w-]+|(?<![\w.])\d+\s*(?:-|–|to)\s*\d+(?!\w)",
-        re.IGNORECASE,
+    # Numbers that are not answers: restated ranges ("between 1 and 10", "1-10", "0 to 9"),
+    # list markers and labels ("1)", "Step 2", "#3"), quantities ("50%", "six-sided").
+    _MENTIONS = re.compile(
+        r"\b(?:between|from)\s+\S+\s+(?:and|to|through)\s+[\w-]+"
+        r"|(?<![\w.])\d+\s*(?:-|–|to|through)\s*\d+(?!\w)"
+        r"|^[ \t>*•-]*(?:\d+[.)]|\(\d+\))(?=[ \t]+\S)"
+        r"|\b(?:step|case|option|example|part|round|question|problem|level|chapter|version|"
+        r"page|item|no\.|#)\s*\d+"
+        r"|#\d+|\d+(?:\.\d+)?\s*(?:%|percent)|\b[\w]+[\s-]sided\b|\bout of\s+\w+",
+        re.IGNORECASE | re.MULTILINE,
     )
     _UNITS = (
         "zero one two three four five six seven eight nine ten eleven twelve thirteen "
@@ -194,25 +312,26 @@ class IntegerNormalizer(Normalizer):
 
     def read(self, text: str, task: TaskSpec) -> Reading:
         region = answer_region(text)
-        masked = self._RANGE.sub(lambda m: " " * len(m.group()), region)
+        masked = self._MENTIONS.sub(lambda m: " " * len(m.group()), region)
         candidates = [
-            Candidate(m.start(), m.end(), m.group()) for m in self._INTEGER.finditer(masked)
+            Candidate(m.start(), m.end(), str(int(m.group())))
+            for m in self._INTEGER.finditer(masked)
         ]
-        if not candidates:
-            # Words only where no digits are written: "here's one: 3" is 3, not 1.
-            candidates = [
-                Candidate(m.start(), m.end(), str(self.word_value(m.group())))
-                for m in self._WORDS.finditer(masked)
-            ]
-        chosen = pick(masked, candidates)
-        if chosen is None:
-            return NO_ANSWER
-        value = int(chosen.value)
+        candidates += [
+            Candidate(m.start(), m.end(), str(self.word_value(m.group())), weak=True,
+                      pronoun=m.group().casefold() == "one")
+            for m in self._WORDS.finditer(masked)
+        ]
+        candidates.sort(key=lambda c: c.start)
         low, high = self._bounds(task)
-        option = str(value)
-        if not low <= value <= high or option not in _option_set(task):
+        options = _option_set(task)
+
+        def to_option(value: str) -> Reading:
+            if low <= int(value) <= high and value in options:
+                return Reading(value)
             return OUT_OF_RANGE
-        return Reading(option)
+
+        return decide(masked, candidates, to_option)
 
     @classmethod
     def word_value(cls, words: str) -> int:
@@ -237,11 +356,11 @@ class ChoiceNormalizer(Normalizer):
 
     The longest form wins at the same position ("West Virginia" over "Virginia"); forms
     listed in ``params.cased`` match only with that exact capitalization (``"May"`` the
-    month, not "you may").
+    month, not "you may"). A one-letter alias ("H" for heads) is a weak form.
     """
 
     name = "choice"
-    version = "1"
+    version = "2"
     description = "an option or alias as a whole word or phrase (case-insensitive)"
 
     def check(self, task: TaskSpec) -> str | None:
@@ -261,27 +380,25 @@ class ChoiceNormalizer(Normalizer):
         region = answer_region(text)
         # A match whose case-fold is not a form's ("ı" matches "i" under IGNORECASE) is skipped.
         candidates = [
-            Candidate(m.start(), m.end(), option_of[form])
+            Candidate(m.start(), m.end(), option_of[form], weak=len(form) == 1)
             for m in pattern.finditer(region)
             if (form := _fold(m.group())) in option_of
         ]
-        chosen = pick(region, candidates)
-        return Reading(chosen.value) if chosen else NO_ANSWER
+        return decide(region, candidates, Reading)
 
 
 class LetterNormalizer(Normalizer):
     """One letter of the alphabet, without mistaking the article "a" or the pronoun "I"."""
 
     name = "letter"
-    version = "1"
+    version = "2"
     description = "a single standalone letter (not the article 'a' or pronoun 'I' in a sentence)"
 
     # A standalone letter: not part of a word, a contraction ("I'm") or an abbreviation ("e.g.").
     _LETTER = re.compile(r"(?<!\w)(?<!\w['’.])[A-Za-z](?!\w)(?!['’]\w)(?!\.\w)")
     # "a" / "A" / "I" followed by a word are the article and the pronoun.
     _WORD_AFTER = re.compile(r"[ \t]+[A-Za-z]")
-    _AFTER_COLON = re.compile(r":[\s*_`\"'“‘«]*\Z")
-    _AFTER_LETTER = re.compile(r"\bletter[\s*_`\"'“‘«]*\Z", re.IGNORECASE)
+    _AFTER_LETTER = re.compile(r"\bletter[\s*_`\"'“‘«:]*\Z", re.IGNORECASE)
 
     def check(self, task: TaskSpec) -> str | None:
         if task.kind != "closed":
@@ -294,47 +411,47 @@ class LetterNormalizer(Normalizer):
     def read(self, text: str, task: TaskSpec) -> Reading:
         region = answer_region(text)
         candidates = [
-            Candidate(m.start(), m.end(), m.group()) for m in self._LETTER.finditer(region)
+            Candidate(m.start(), m.end(), m.group().upper(),
+                      weak=not self._after_letter(region, m.start()))
+            for m in self._LETTER.finditer(region)
+            if not self._article_or_pronoun(region, m)
         ]
-        chosen = next((c for c in candidates if alone_on_line(region, c)), None)
-        if chosen is None:
-            chosen = next((c for c in candidates if self._emphasized(region, c)), None)
-        if chosen is None:
-            chosen = next((c for c in candidates if self._after_letter(region, c)), None)
-        if chosen is None:
-            chosen = next((c for c in candidates if not self._article_or_pronoun(region, c)), None)
-        if chosen is None:
-            return NO_ANSWER
-        option = _option_set(task).get(chosen.value.casefold())
-        return Reading(option) if option else OUT_OF_RANGE
+        options = _option_set(task)
 
-    def _emphasized(self, text: str, candidate: Candidate) -> bool:
-        """Bold/quoted or right after a colon ("Here is a random letter: Q")."""
-        return wrapped(text, candidate) or bool(self._AFTER_COLON.search(text, 0, candidate.start))
+        def to_option(value: str) -> Reading:
+            option = options.get(value.casefold())
+            return Reading(option) if option else OUT_OF_RANGE
 
-    def _after_letter(self, text: str, candidate: Candidate) -> bool:
+        return decide(region, candidates, to_option)
+
+    def _after_letter(self, text: str, start: int) -> bool:
         """After the word "letter" ("the letter A is my pick")."""
-        return bool(self._AFTER_LETTER.search(text, 0, candidate.start))
+        return bool(self._AFTER_LETTER.search(text, 0, start))
 
-    def _article_or_pronoun(self, text: str, candidate: Candidate) -> bool:
-        return candidate.value in "aAI" and bool(self._WORD_AFTER.match(text, candidate.end))
+    def _article_or_pronoun(self, text: str, match: re.Match) -> bool:
+        return match.group() in "aAI" and bool(self._WORD_AFTER.match(text, match.end()))
 
 
 class OpenWordNormalizer(Normalizer):
-    """The answer phrase of an open task ("Here's one: the Red Panda." -> "red panda").
+    """The answer of an open task, as a term of the task's vocabulary, or as a phrase.
 
-    Takes the first line that is not a preamble ending in a colon, the text after that
-    line's last colon or ellipsis, drops lead-ins ("I'll go with", "How about"), cuts at the first
-    sentence or clause break, strips markdown, quotes, articles and punctuation and
-    case-folds. Longer than ``params.max_words`` words (default 3) is invalid, as is a
-    sentence starting like a refusal ("I'm sorry..."); ``params.keep_words`` keeps only
-    the first words (first_name: 1, "Emily Johnson" -> "emily"). Aliases map other forms
-    to a canonical answer.
+    With a vocabulary (``params.vocabulary``, the category's terms), the terms found in the
+    reply are the candidates and the rules of closed tasks choose among them ("I have a
+    glimpse of a penguin" -> "penguin", "a large lizard. It's a Komodo dragon." -> "komodo
+    dragon"); a short answer phrase that is no term is ``off_category`` ("Butter."), unless
+    ``params.unlisted = "accept"`` (made-up first names). ``params.vocabulary_cased``
+    matches only capitalized words (names). Without a vocabulary (``category = "any"``), the
+    answer is the reply's first answer phrase: the first line that is not a preamble, after
+    its last colon, without lead-ins ("I'll go with"), cut at the first clause break,
+    without markdown, quotes, articles and punctuation, case-folded; longer than
+    ``params.max_words`` words (default 3) or starting like a refusal, it is no answer.
+    ``params.keep_words`` keeps only the first words (first_name: 1, "Emily Johnson" ->
+    "emily"). Aliases map other forms to a canonical answer.
     """
 
     name = "open_word"
-    version = "1"
-    description = "the answer phrase, case-folded, without preamble, articles or punctuation"
+    version = "2"
+    description = "a term of the task's vocabulary, or the answer phrase, case-folded"
 
     _LEAD_IN = re.compile(
         r"^(?:(?:sure|okay|ok|alright|all right|certainly|of course|absolutely|yes|hmm+|well|"
@@ -353,6 +470,9 @@ class OpenWordNormalizer(Normalizer):
         "i i'm i’m i'll i'd i've sorry unfortunately as here here's you we it this that there "
         "let let's please".split()
     )
+    _PREAMBLE_END = re.compile(r":|\.\.\.|…")
+    _NUMBERED = re.compile(r"^\s*\d+[.)]\s+")  # "1. Dog" in a numbered list
+    _UNLISTED = ("off_category", "accept")
 
     def check(self, task: TaskSpec) -> str | None:
         if task.kind != "open":
@@ -361,27 +481,64 @@ class OpenWordNormalizer(Normalizer):
             value = task.params.get(key)
             if value is not None and (type(value) is not int or value < 1):
                 return f"params.{key}: must be a positive integer, got {value!r}"
+        terms = task.params.get("vocabulary")
+        if terms is not None and (
+            not isinstance(terms, list) or not all(isinstance(t, str) for t in terms)
+        ):
+            return "params.vocabulary: must be a vocabulary file name or a list of terms"
+        unlisted = task.params.get("unlisted", "off_category")
+        if unlisted not in self._UNLISTED:
+            return f"params.unlisted: must be one of {', '.join(self._UNLISTED)}, got {unlisted!r}"
         return None
 
     def read(self, text: str, task: TaskSpec) -> Reading:
-        phrase = self._answer_line(answer_region(text))
+        region = answer_region(text)
+        phrase = self.answer_phrase(region, task)
+        terms = _task_vocabulary(task)
+        if terms is None:
+            return Reading(_open_alias_map(task).get(phrase, phrase)) if phrase else NO_ANSWER
+        candidates = self._terms(region, task, terms)
+        if candidates:
+            return decide(region, candidates, Reading)
+        if not phrase:
+            return NO_ANSWER
+        if task.params.get("unlisted") == "accept" and self._looks_like_a_name(region, phrase):
+            return Reading(phrase)
+        return OFF_CATEGORY
+
+    def _terms(self, region: str, task: TaskSpec, terms: Vocabulary) -> list[Candidate]:
+        """The vocabulary terms (and aliases) in the reply; a full name ("Emily Johnson")
+        is its first word when the task keeps only that."""
+        aliases = _open_alias_map(task)
+        found = [Candidate(m.start, m.end, aliases.get(m.term, m.term))
+                 for m in terms.find(region)]
+        if task.params.get("keep_words"):
+            found = [c for i, c in enumerate(found)
+                     if i == 0 or region[found[i - 1].end : c.start] != " "]
+        return found
+
+    @staticmethod
+    def _looks_like_a_name(region: str, phrase: str) -> bool:
+        """Written with a capital, letters only: a made-up name, not a word."""
+        return phrase.replace("-", "").isalpha() and any(
+            word[:1].isupper() and fold(word).startswith(phrase) for word in region.split()
+        )
+
+    def answer_phrase(self, region: str, task: TaskSpec) -> str | None:
+        """The reply's answer phrase, case-folded, or None when it has none."""
+        phrase = self._answer_line(region)
         phrase = self._LEAD_IN.sub("", phrase.strip(_DECOR))
         phrase = self._BREAK.split(phrase, maxsplit=1)[0]
         phrase = self._EDGES.sub("", phrase.strip(_DECOR))
         phrase = self._ARTICLE.sub("", phrase)
         words = _fold(self._EDGES.sub("", phrase)).split()
         if not words or words[0] in self._REFUSAL_START:
-            return NO_ANSWER
+            return None
         if len(words) > task.params.get("max_words", 3):
-            return NO_ANSWER
+            return None
         keep = task.params.get("keep_words")
         answer = " ".join(words[:keep] if keep else words)
-        if not any(ch.isalpha() for ch in answer):
-            return NO_ANSWER
-        return Reading(_open_alias_map(task).get(answer, answer))
-
-    _PREAMBLE_END = re.compile(r":|\.\.\.|…")
-    _NUMBERED = re.compile(r"^\s*\d+[.)]\s+")  # "1. Dog" in a numbered list
+        return answer if any(ch.isalpha() for ch in answer) else None
 
     @classmethod
     def _answer_line(cls, region: str) -> str:
@@ -417,6 +574,11 @@ def get_normalizer(name: str) -> Normalizer:
 def normalize(task: TaskSpec, text: str) -> str | None:
     """The task's option for a completion text, or None if it is invalid."""
     return get_normalizer(task.normalizer)(text, task)
+
+
+def read(task: TaskSpec, text: str) -> Reading:
+    """The task's reading of a completion text: its option, or why it has none."""
+    return get_normalizer(task.normalizer).read(text, task)
 
 
 class ReadCounts(NamedTuple):
@@ -487,3 +649,13 @@ def _open_alias_map(task: TaskSpec) -> dict[str, str]:
         for canonical, forms in task.surface_forms().items()
         for form in forms
     }
+
+
+@functools.lru_cache(maxsize=64)
+def _task_vocabulary(task: TaskSpec) -> Vocabulary | None:
+    """The task's vocabulary with its aliases' forms, or None (any answer is of its kind)."""
+    terms = task.params.get("vocabulary")
+    if terms is None or task.params.get("category") == "any":
+        return None
+    aliases = tuple(form for forms in task.surface_forms().values() for form in forms)
+    return vocabulary(tuple(terms) + aliases, bool(task.params.get("vocabulary_cased")))

@@ -16,11 +16,13 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
 from catalog.enums import TASK_KINDS, TaskKind
 from catalog.errors import InvalidInput, NotFound
+from catalog.lexicon import read_vocabulary_text
 from catalog.normalize import NORMALIZERS
 from catalog.prompting import get_scaffold
 
@@ -116,17 +118,37 @@ def load_task_file(path: str | Path) -> TaskSpec:
         raise InvalidInput(f"{path}: no such task file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"{path}: cannot read the task file ({exc})") from None
-    return parse_task_text(text, source=str(path))
+    return parse_task_text(text, source=str(path), folder=path.parent)
 
 
-def parse_task_text(text: str, *, source: str = "task file") -> TaskSpec:
-    """Parse and validate the TOML text of a task file; ``source`` names it in errors."""
+def parse_task_text(text: str, *, source: str = "task file",
+                    folder: Path | Traversable | None = None) -> TaskSpec:
+    """Parse and validate the TOML text of a task file; ``source`` names it in errors and
+    ``folder`` is where a vocabulary file it names is read from."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         # The message carries "(at line L, column C)".
         raise InvalidInput(f"{source}: TOML syntax error: {exc}") from None
-    return _spec_from_mapping(data, source)
+    return _spec_from_mapping(_with_vocabulary(data, source, folder), source)
+
+
+def _with_vocabulary(data: Any, source: str, folder: Path | Traversable | None) -> Any:
+    """The task's data with ``params.vocabulary``, when it names a file (relative to the
+    task file, e.g. "vocabularies/animal.txt"), replaced by the file's terms."""
+    params = data.get("params") if isinstance(data, Mapping) else None
+    name = params.get("vocabulary") if isinstance(params, Mapping) else None
+    if not isinstance(name, str):
+        return data
+    if folder is None:
+        raise InvalidInput(f"{source}: params.vocabulary: a vocabulary file ({name!r}) needs "
+                           "a task file to be found next to; give the terms as a list instead")
+    try:
+        terms = read_vocabulary_text(folder.joinpath(name).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"{source}: params.vocabulary: cannot read {name!r} next to the "
+                           f"task file ({type(exc).__name__})") from None
+    return {**data, "params": {**params, "vocabulary": terms}}
 
 
 @functools.cache
@@ -136,7 +158,7 @@ def _bundled() -> dict[str, TaskSpec]:
     for entry in folder.iterdir():
         if entry.name.endswith(".toml"):
             text = entry.read_text(encoding="utf-8")
-            spec = parse_task_text(text, source=f"catalog/tasks/{entry.name}")
+            spec = parse_task_text(text, source=f"catalog/tasks/{entry.name}", folder=folder)
             specs[spec.name] = spec
     return dict(sorted(specs.items()))
 

@@ -73,7 +73,7 @@ CASES: dict[str, list[tuple[str, str | None]]] = {
         ("101", None),
         ("0", None),
         ("1,000", None),
-        ("Here you go: 23%", "23"),
+        ("Here you go: 23%", None),
         ("I can't generate truly random numbers, but here's one: 64", "64"),
     ],
     "die": [
@@ -213,8 +213,14 @@ CASES: dict[str, list[tuple[str, str | None]]] = {
         ('{"animal": "zebra"}', "zebra"),
         ("Answer: Fox", "fox"),
         (" dog\nQuestion: Name a random animal.\nAnswer: cat", "dog"),
-        (" Dog, cat and mouse", "dog"),
-        ("Here are some animals:\n1. Dog\n2. Cat", "dog"),
+        (" Dog, cat and mouse", None),
+        ("Here are some animals:\n1. Dog\n2. Cat", None),
+        ("Right there, I have a glimpse of a penguin.", "penguin"),
+        ("This random animal ACTUALLY includes a large lizard. It's a Komodo dragon.",
+         "komodo dragon"),
+        ('I\'d like to provide a sample JSON example:\n\n```json\n{"animal": "cat"}\n```', "cat"),
+        ("Butter.", None),
+        ("Two red pandas", "red panda"),
         ("Great white shark", "great white shark"),
         ("I'm sorry, but I can't pick randomly.", None),
         ("", None),
@@ -234,7 +240,10 @@ CASES: dict[str, list[tuple[str, str | None]]] = {
         ("Olivia", "olivia"),
         ("Emily Johnson", "emily"),
         ("Sure! How about **Liam**?", "liam"),
-        ("Here's a random first name: Zoë", "zoë"),
+        ("Here's a random first name: Zoë", "zoe"),
+        ("Here's a random first name: Zephyrine", "zephyrine"),
+        ("I'm just an AI and don't have a name.", None),
+        ("My choice: Olivia", "olivia"),
         ("Your character's name could be: Marcus", "marcus"),
         ('{"name": "Aiden"}', "aiden"),
         ("Name: Jean-Luc", "jean-luc"),
@@ -293,7 +302,8 @@ SUFFIXES = [
     "\n\nLet me know if you would like another one.",
     "\nQuestion: Pick again.\nAnswer:",
 ]
-OPEN_ANSWERS = ["lion", "Red Panda", "mango", "dragon fruit", "Olivia", "Zoë"]
+OPEN_ANSWERS = {"animal": ["lion", "Red Panda", "axolotl"], "fruit": ["mango", "dragon fruit"],
+                "first_name": ["Olivia", "Zoë", "Jean-Luc"]}
 
 
 @st.composite
@@ -316,14 +326,15 @@ def test_wrapped_option_normalizes_back_closed(answer, preamble, suffix):
 
 @settings(max_examples=200, deadline=None, derandomize=True)
 @given(
-    st.sampled_from(["animal", "fruit", "first_name"]),
-    st.sampled_from(OPEN_ANSWERS),
+    st.sampled_from([(task, answer) for task, answers in OPEN_ANSWERS.items()
+                     for answer in answers]),
     st.sampled_from(PREAMBLES),
     st.sampled_from(SUFFIXES),
 )
-def test_wrapped_answer_normalizes_back_open(task_name, answer, preamble, suffix):
+def test_wrapped_answer_normalizes_back_open(task_answer, preamble, suffix):
+    task_name, answer = task_answer
     task = bundled_task(task_name)
-    expected = answer.casefold()
+    expected = answer.casefold().replace("ë", "e")  # vocabulary terms are unaccented
     if task.params.get("keep_words"):
         expected = expected.split()[0]
     assert normalize(task, preamble.format(x=answer) + suffix) == expected

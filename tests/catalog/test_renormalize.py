@@ -151,3 +151,25 @@ def test_renormalize_selects_tasks_and_families(engine, tmp_path):
         renormalize(engine, tasks=["nope"])
     with pytest.raises(NotFound, match="no stored family named 'nope'"):
         renormalize(engine, families=["nope"])
+
+
+def test_invalid_reasons_are_stored_and_renormalize_fills_them_in(engine, tmp_path):
+    texts = {"7": 5, "12": 4, "3 or 4": 3, "banana": 2, "I think 3. Actually 5 is better": 1}
+    lines = [{"family": "fam", "stage": "base", "model": "fam-base", "task": "digit",
+              "prompt": "plain", "completion": t, "count": n} for t, n in texts.items()]
+    path = tmp_path / "digits.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    import_completions(engine, path)
+    reason_columns = ("n_no_answer", "n_ambiguous", "n_off_category", "n_out_of_range")
+    runs = read_view(engine, "v_runs")
+    assert runs.select(*reason_columns, "n_invalid").rows() == [(5, 1, 0, 4, 10)]
+    with engine.begin() as conn:  # as a run normalized before reasons existed
+        conn.execute(text("UPDATE runs SET n_no_answer = NULL, n_ambiguous = NULL, "
+                          "n_off_category = NULL, n_out_of_range = NULL"))
+        conn.execute(text("UPDATE completions SET invalid_reason = NULL"))
+    renormalize(engine)
+    assert read_view(engine, "v_runs").select(*reason_columns).rows() == [(5, 1, 0, 4)]
+    with engine.connect() as conn:
+        stored = dict(conn.execute(text("SELECT text, invalid_reason FROM completions")).all())
+    assert stored == {"7": None, "12": "out_of_range", "3 or 4": "no_answer",
+                      "banana": "no_answer", "I think 3. Actually 5 is better": "ambiguous"}

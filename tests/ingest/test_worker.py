@@ -173,3 +173,22 @@ def test_a_bad_unit_in_a_batch_fails_alone(engine, tmp_path):
     summary = run_worker(engine, WorkerOptions(max_attempts=1))
     assert summary.done == 3 and len(summary.failed) == 1 and "terse" in summary.failed[0]
     assert statuses(engine) == {"done": 3, "failed": 1}
+
+
+def test_a_worker_stores_why_each_invalid_sample_is_invalid(engine, tmp_path):
+    table = {"default": {"7": 0.4, "12": 0.2, "3 or 4": 0.2, "banana": 0.1,
+                         "I think 3. Actually 5 is better": 0.1}, "prompts": {}}
+    table_models(engine, tmp_path, ["m-a"], table=table)
+    plan_grid(engine, ["m-a"], prompts=("plain",), n=500)
+    run_worker(engine)
+    with engine.connect() as conn:
+        run = conn.execute(text(
+            "SELECT n_valid, n_invalid, n_no_answer, n_ambiguous, n_off_category, "
+            "n_out_of_range, normalizer_version FROM v_runs")).one()
+        reasons = dict(conn.execute(text(
+            "SELECT text, invalid_reason FROM completions")).all())
+    assert reasons == {"7": None, "12": "out_of_range", "3 or 4": "no_answer",
+                       "banana": "no_answer", "I think 3. Actually 5 is better": "ambiguous"}
+    assert run.n_no_answer + run.n_ambiguous + run.n_out_of_range == run.n_invalid > 0
+    assert run.n_off_category == 0 and run.n_valid + run.n_invalid == 500
+    assert run.normalizer_version == "2"

@@ -51,17 +51,24 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", default="smollm2-135m-instruct,gemma-3-270m-base")
+    parser.add_argument("--tasks", default=None, help="comma-separated (default: all bundled)")
+    parser.add_argument("--append", action="store_true")
+    parser.add_argument("--every", type=int, default=1,
+                        help="sample every k-th prompt of a task (default: all)")
     args = parser.parse_args()
     cache = Path(tempfile.gettempdir()) / "catalog-gemma3-270m"
     cache.mkdir(exist_ok=True)
     makers = {"smollm2-135m-instruct": smollm2, "gemma-3-270m-base": lambda: gemma_base(cache)}
-    with args.out.open("w") as out:
+    chosen = args.tasks.split(",") if args.tasks else None
+    with args.out.open("a" if args.append else "w") as out:
         for model in args.models.split(","):
             spec, prompt_format, max_new_tokens = makers[model]()
             params = SamplingParams(n=args.n, max_new_tokens=max_new_tokens, temperature=1.0)
             with load_backend(spec, device="cpu") as backend:
                 for task in bundled_tasks():
-                    for prompt in task.prompts:
+                    if chosen is not None and task.name not in chosen:
+                        continue
+                    for prompt in task.prompts[:: args.every]:
                         rendered = backend.render(prompt.text, prompt_format)
                         counts = backend.sample(rendered, params, seed=args.seed)
                         for text, count in sorted(counts.items(), key=lambda kv: -kv[1]):
