@@ -67,6 +67,7 @@ from analysis.results import (
     GroupTrajectories,
 )
 from analysis.sweeps import temperature_sweeps
+from analysis.validity import validity_records, validity_table, validity_warnings
 
 # Bootstrap chunks hold about this many floats in the pairwise-JSD step (bounds memory).
 _CHUNK_FLOATS = 4_000_000
@@ -89,7 +90,13 @@ def analyze(
     options = options or AnalysisOptions()
     options.validate(mode)
     data = read_counts(engine, families=families, tasks=tasks, mode=mode, conditions=conditions)
-    return analyze_data(data, options)
+    result = analyze_data(data, options)
+    if mode == "sampled":
+        table = validity_table(engine, families=families, tasks=tasks,
+                               condition_keys=data.units["condition_key"].unique().to_list())
+        result.validity = validity_records(table)
+        result.warnings.extend(validity_warnings(table))
+    return result
 
 
 def analyze_data(data: CountData, options: AnalysisOptions | None = None) -> CrystallizationResult:

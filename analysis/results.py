@@ -229,7 +229,9 @@ class GroupTrajectories:
 class CrystallizationResult:
     """Results of one analysis: the JSON contract (``to_dict``) and Polars frames.
 
-    ``warnings``: lines about the selection that do not stop the analysis (stale runs).
+    ``warnings``: lines about the selection that do not stop the analysis (stale runs, low
+    valid rates, mixed normalizer versions). ``validity``: per model, the valid rate and
+    the rate of each invalid reason (:mod:`analysis.validity`).
     """
 
     thresholds: dict[str, Any]
@@ -238,6 +240,7 @@ class CrystallizationResult:
     trajectories: list[GroupTrajectories] = field(default_factory=list)
     sweeps: list[TemperatureSweep] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    validity: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         document = {
@@ -249,6 +252,13 @@ class CrystallizationResult:
             document["trajectories"] = [r for t in self.trajectories for r in t.records()]
         if self.sweeps:
             document["temperature_sweep"] = [s.to_dict() for s in self.sweeps]
+        if self.validity:
+            document["validity"] = [
+                {k: json_number(v) if isinstance(v, float) else v for k, v in row.items()}
+                for row in self.validity
+            ]
+        if self.warnings:
+            document["warnings"] = list(self.warnings)
         return document
 
     def to_json(self, indent: int | None = 2) -> str:

@@ -1,0 +1,50 @@
+"""Draw the completions to label from the sampled pool (``sample_completions.py``).
+
+For every (model, task), ``--per-cell`` distinct completion texts are drawn without
+replacement, each with probability proportional to how many samples gave it (so the drawn
+texts stand for the samples, as the counts do), with a fixed seed. Each drawn text is then
+assigned to the ``dev`` split (the rules were written and tuned on it) or the ``holdout``
+split (labelled by a separate coder, never looked at while writing rules), ``--holdout`` of
+each cell::
+
+    python tests/data/normalization/draw_items.py pool-smol.jsonl pool-gemma.jsonl \\
+        --out items.jsonl [--per-cell 21] [--holdout 7] [--seed 2026]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from collections import defaultdict
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("pools", type=Path, nargs="+")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--per-cell", type=int, default=21)
+    parser.add_argument("--holdout", type=int, default=7)
+    parser.add_argument("--seed", type=int, default=2026)
+    args = parser.parse_args()
+    cells: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for pool in args.pools:
+        for line in pool.read_text().splitlines():
+            row = json.loads(line)
+            cells[row["model"], row["task"]].append(row)
+    rng = random.Random(args.seed)
+    items = []
+    for (model, task), rows in sorted(cells.items()):
+        # Efraimidis-Spirakis: the k largest u ** (1 / count) are a weighted draw.
+        keyed = sorted(rows, key=lambda r: rng.random() ** (1 / r["count"]), reverse=True)
+        drawn = keyed[: args.per_cell]
+        for i, row in enumerate(drawn):
+            split = "holdout" if i < args.holdout else "dev"
+            items.append({"id": f"{model[:5]}-{task}-{i:02d}", "split": split, **row})
+    args.out.write_text("".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items))
+    print(f"{len(items)} items from {len(cells)} (model, task) cells")
+
+
+if __name__ == "__main__":
+    main()
