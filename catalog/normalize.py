@@ -144,9 +144,13 @@ def answer_region(text: str) -> str:
 
 
 def decide(region: str, candidates: Sequence[Candidate],
-           to_option: Callable[[str], Reading]) -> Reading:
+           to_option: Callable[[str], Reading], lenient: bool = False) -> Reading:
     """Rules 3-5: the one candidate that is the answer, mapped by ``to_option``, or why
-    there is none. ``candidates`` are in text order."""
+    there is none. ``candidates`` are in text order. ``lenient``: the rules before
+    version 2 instead (:func:`pick_lenient`)."""
+    if lenient:
+        chosen = pick_lenient(region, candidates)
+        return to_option(chosen.value) if chosen else NO_ANSWER
     candidates = [c for c in candidates if not _LABEL_AFTER.match(region, c.end)]
     if not candidates:
         return NO_ANSWER
@@ -164,6 +168,23 @@ def decide(region: str, candidates: Sequence[Candidate],
     if len(values) == 1:
         return to_option(values[0])
     return AMBIGUOUS if len(values) > 1 else NO_ANSWER
+
+
+def pick_lenient(region: str, candidates: Sequence[Candidate]) -> Candidate | None:
+    """The rules of the normalizers before version 2, kept to show how much a conclusion
+    depends on parsing: no list is set aside and nothing is ambiguous; the first candidate
+    alone on its line, else wrapped, else the first after the last colon, else the earliest
+    wins (weak forms only where no other candidate is)."""
+    strong = [c for c in candidates if not c.weak]
+    candidates = strong or list(candidates)
+    if not candidates:
+        return None
+    for singled_out in (alone_on_line, wrapped):
+        chosen = next((c for c in candidates if singled_out(region, c)), None)
+        if chosen is not None:
+            return chosen
+    colon = region.rfind(":", 0, candidates[-1].start)
+    return next((c for c in candidates if c.start > colon), candidates[0])
 
 
 def listed_candidates(region: str, candidates: Sequence[Candidate]) -> set[int]:
@@ -240,7 +261,9 @@ class Normalizer:
     version: ClassVar[str]
     description: ClassVar[str]
 
-    def read(self, text: str, task: TaskSpec) -> Reading:
+    def read(self, text: str, task: TaskSpec, lenient: bool = False) -> Reading:
+        """The option ``text`` gives, or why none; ``lenient``: by the rules before
+        version 2 (enumerations and several values count as their first candidate)."""
         raise NotImplementedError
 
     def __call__(self, text: str, task: TaskSpec) -> str | None:
@@ -310,7 +333,7 @@ class IntegerNormalizer(Normalizer):
             return f"params.min: {low} is greater than params.max {high}"
         return None
 
-    def read(self, text: str, task: TaskSpec) -> Reading:
+    def read(self, text: str, task: TaskSpec, lenient: bool = False) -> Reading:
         region = answer_region(text)
         masked = self._MENTIONS.sub(lambda m: " " * len(m.group()), region)
         candidates = [
@@ -331,7 +354,7 @@ class IntegerNormalizer(Normalizer):
                 return Reading(value)
             return OUT_OF_RANGE
 
-        return decide(masked, candidates, to_option)
+        return decide(masked, candidates, to_option, lenient)
 
     @classmethod
     def word_value(cls, words: str) -> int:
@@ -375,7 +398,7 @@ class ChoiceNormalizer(Normalizer):
                 return f"params.cased: {form!r} is not one of the task's options or aliases"
         return None
 
-    def read(self, text: str, task: TaskSpec) -> Reading:
+    def read(self, text: str, task: TaskSpec, lenient: bool = False) -> Reading:
         pattern, option_of = _choice_matcher(task)
         region = answer_region(text)
         # A match whose case-fold is not a form's ("ı" matches "i" under IGNORECASE) is skipped.
@@ -384,7 +407,7 @@ class ChoiceNormalizer(Normalizer):
             for m in pattern.finditer(region)
             if (form := _fold(m.group())) in option_of
         ]
-        return decide(region, candidates, Reading)
+        return decide(region, candidates, Reading, lenient)
 
 
 class LetterNormalizer(Normalizer):
@@ -408,7 +431,7 @@ class LetterNormalizer(Normalizer):
                 return f"options[{i}]: {option!r} is not a single letter"
         return None
 
-    def read(self, text: str, task: TaskSpec) -> Reading:
+    def read(self, text: str, task: TaskSpec, lenient: bool = False) -> Reading:
         region = answer_region(text)
         candidates = [
             Candidate(m.start(), m.end(), m.group().upper(),
@@ -422,7 +445,7 @@ class LetterNormalizer(Normalizer):
             option = options.get(value.casefold())
             return Reading(option) if option else OUT_OF_RANGE
 
-        return decide(region, candidates, to_option)
+        return decide(region, candidates, to_option, lenient)
 
     def _after_letter(self, text: str, start: int) -> bool:
         """After the word "letter" ("the letter A is my pick")."""
@@ -491,11 +514,11 @@ class OpenWordNormalizer(Normalizer):
             return f"params.unlisted: must be one of {', '.join(self._UNLISTED)}, got {unlisted!r}"
         return None
 
-    def read(self, text: str, task: TaskSpec) -> Reading:
+    def read(self, text: str, task: TaskSpec, lenient: bool = False) -> Reading:
         region = answer_region(text)
         phrase = self.answer_phrase(region, task)
         terms = _task_vocabulary(task)
-        if terms is None:
+        if terms is None or lenient:
             return Reading(_open_alias_map(task).get(phrase, phrase)) if phrase else NO_ANSWER
         candidates = self._terms(region, task, terms)
         if candidates:
@@ -576,9 +599,9 @@ def normalize(task: TaskSpec, text: str) -> str | None:
     return get_normalizer(task.normalizer)(text, task)
 
 
-def read(task: TaskSpec, text: str) -> Reading:
+def read(task: TaskSpec, text: str, lenient: bool = False) -> Reading:
     """The task's reading of a completion text: its option, or why it has none."""
-    return get_normalizer(task.normalizer).read(text, task)
+    return get_normalizer(task.normalizer).read(text, task, lenient)
 
 
 class ReadCounts(NamedTuple):
