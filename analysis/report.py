@@ -27,9 +27,11 @@ from typing import Any
 
 import jinja2
 import numpy as np
+import polars as pl
 from sqlalchemy import Engine
 
 from analysis.crystallization import AnalysisOptions, analyze
+from analysis.frames import read_counts
 from analysis.options import ConditionSelection
 from analysis.results import (
     CrossResult,
@@ -38,6 +40,7 @@ from analysis.results import (
     condition_label,
     json_number,
 )
+from analysis.sensitivity import sensitivity
 from analysis.sweeps import TemperatureSweep
 from catalog import __version__
 from catalog.errors import NotFound
@@ -95,11 +98,18 @@ def build_report(
     result = analyze(
         engine, families=families, tasks=tasks, mode=mode, options=options, conditions=conditions
     )
-    return write_report(result, output_dir)
+    parsing = None
+    if mode == "sampled":
+        data = read_counts(engine, families=families, tasks=tasks, mode=mode,
+                           conditions=conditions)
+        parsing = sensitivity(engine, data, options)
+    return write_report(result, output_dir, parsing)
 
 
-def write_report(result: CrystallizationResult, output_dir: str | Path) -> ReportSummary:
-    """Draw an analysis result: ``report.html`` and ``figures/*.png`` under ``output_dir``."""
+def write_report(result: CrystallizationResult, output_dir: str | Path,
+                 parsing: pl.DataFrame | None = None) -> ReportSummary:
+    """Draw an analysis result: ``report.html`` and ``figures/*.png`` under ``output_dir``;
+    ``parsing``: the strict and lenient readings' metrics (:mod:`analysis.sensitivity`)."""
     from analysis import plots
 
     groups = [g for g in result.groups if g.stages]
@@ -109,10 +119,11 @@ def write_report(result: CrystallizationResult, output_dir: str | Path) -> Repor
             "check `catalog analyze` and the --family/--task options"
         )
     with plots.style():
-        return _draw(result, groups, Path(output_dir))
+        return _draw(result, groups, Path(output_dir), parsing)
 
 
-def _draw(result: CrystallizationResult, groups: list[GroupResult], output_dir: Path) -> ReportSummary:
+def _draw(result: CrystallizationResult, groups: list[GroupResult], output_dir: Path,
+          parsing: pl.DataFrame | None) -> ReportSummary:
     from analysis import plots
 
     figures_dir = output_dir / FIGURES_DIR
@@ -197,6 +208,8 @@ def _draw(result: CrystallizationResult, groups: list[GroupResult], output_dir: 
         tasks=task_names,
         several_conditions=several,
         warnings=list(result.warnings),
+        validity=result.validity,
+        sensitivity=[] if parsing is None or not parsing.height else parsing.to_dicts(),
         summary=[row for section in sections for row in section["rows"]],
         overall=overall,
         sweeps=sweeps,
@@ -394,6 +407,7 @@ def _render(**context: Any) -> str:
     )
     environment.filters["num"] = _number
     environment.filters["verdict"] = _verdict
+    environment.filters["percent"] = _percent
     return environment.get_template("report.html.j2").render(**context)
 
 
@@ -408,6 +422,10 @@ def _number(value: Any, digits: int = 3) -> str:
     if value != 0 and abs(value) < 10 ** -digits:
         return f"{value:.{digits - 1}e}"
     return f"{value:.{digits}f}"
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0%}"
 
 
 def _verdict(value: bool | None) -> str:

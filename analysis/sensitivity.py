@@ -54,7 +54,8 @@ def _unit_texts(engine: Engine, data: CountData) -> pl.DataFrame:
                                         {"mode": ["sampled"], "task": tasks}))
     runs = runs.with_columns(pl.col("stage_order", "step", "prompt_id").cast(pl.Int64))
     units = data.units.select(*UNIT_KEYS, "unit")
-    run_units = runs.join(units, on=UNIT_KEYS, nulls_equal=True).select("run_id", "unit", "task")
+    run_units = (runs.join(units, on=UNIT_KEYS, nulls_equal=True)
+                 .select(pl.col("run_id").cast(pl.Int64), "unit", "task"))
     if not run_units.height:
         return pl.DataFrame()
     query = (select(Completion.run_id, Completion.text, Completion.count)
@@ -62,6 +63,9 @@ def _unit_texts(engine: Engine, data: CountData) -> pl.DataFrame:
              .where(Run.status == "done", Run.mode == "sampled", Task.name.in_(tasks)))
     sql = str(query.compile(engine, compile_kwargs={"literal_binds": True}))
     texts = read_sql(engine, sql)
+    if not texts.height:
+        return pl.DataFrame()
+    texts = texts.with_columns(pl.col("run_id").cast(pl.Int64))
     return texts.join(run_units, on="run_id").select(
         "unit", "task", "text", pl.col("count").cast(pl.Int64))
 

@@ -30,3 +30,15 @@ def test_strict_and_lenient_readings_of_the_same_completions(engine, tmp_path):
     assert abs(strict - base["7"] / n) < 1e-4
     assert abs(lenient - (base["7"] + base["3 or 4"]) / n) < 1e-4
     assert set(frame["metric"]) >= {"validity", "liquidity", "nucleation_ratio", "seed_prompt"}
+
+
+def test_the_report_shows_validity_reasons_and_both_readings(engine, tmp_path):
+    from analysis.report import build_report
+
+    table_models(engine, tmp_path, ["m-base", "m-sft"], table=TABLE)
+    plan_grid(engine, ["m-base", "m-sft"], prompts=("plain", "terse"), n=200)
+    run_worker(engine)
+    html = build_report(engine, tmp_path / "report").path.read_text(encoding="utf-8")
+    assert 'id="validity"' in html and "How much the conclusions depend on parsing" in html
+    section = html[html.index('id="validity"'):]
+    assert "m-base" in section and "no answer" in section

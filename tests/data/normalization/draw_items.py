@@ -27,15 +27,17 @@ def main() -> None:
     parser.add_argument("--per-cell", type=int, default=21)
     parser.add_argument("--holdout", type=int, default=7)
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--tasks", default=None, help="comma-separated (default: all)")
     args = parser.parse_args()
     cells: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for pool in args.pools:
         for line in pool.read_text().splitlines():
             row = json.loads(line)
-            cells[row["model"], row["task"]].append(row)
-    rng = random.Random(args.seed)
+            if args.tasks is None or row["task"] in args.tasks.split(","):
+                cells[row["model"], row["task"]].append(row)
     items = []
     for (model, task), rows in sorted(cells.items()):
+        rng = random.Random(f"{args.seed}:{model}:{task}")  # each cell drawn on its own
         # Efraimidis-Spirakis: the k largest u ** (1 / count) are a weighted draw.
         keyed = sorted(rows, key=lambda r: rng.random() ** (1 / r["count"]), reverse=True)
         drawn = keyed[: args.per_cell]
