@@ -52,8 +52,8 @@ _NEXT_TURN = re.compile(
     r"|<\|[^|>\n]{1,40}\|>|<(?:start|end)_of_\w+>|</s>|<(?:eos|bos|pad|unk)>",
     re.IGNORECASE | re.MULTILINE,
 )
-# The scaffold's "Answer:" again on a later line: the model went on to a next turn.
-_ANSWER_AGAIN = re.compile(r"\n[ \t]*answer[ \t]*:", re.IGNORECASE)
+# HTML tags a base model writes around words (<b>, <em>, </i>): markup, not text.
+_TAGS = re.compile(r"</?[A-Za-z]{1,6}>")
 # Characters that decorate an answer without changing it: markdown, quotes, brackets, bullets.
 _DECOR = " \t\r*_`\"'“”‘’«»()[]{}<>#~•·-"
 _TRAILING_PUNCT = ".!?,;:"
@@ -72,6 +72,24 @@ _LIST_GAP = re.compile(
     re.IGNORECASE,
 )
 _MAX_LIST_GAP = 24
+_MODIFIER_BEFORE = re.compile(r"[A-Za-z]{1,10}[ \t]*\Z")
+_LIST_JOIN = re.compile(r",|\b(?:or|and)\b|/")
+# What introduces a list of possibilities (its items are not answers) and how far it reaches.
+_LIST_INTRO = re.compile(
+    r"\b(?:options?|choices|possibilities|possible (?:outcomes|answers|results|options)|"
+    r"outcomes|choose from|pick from|select from|such as|for example|e\.g\.|"
+    r"here are(?: some| a few)?|the following)\b",
+    re.IGNORECASE,
+)
+_INTRO_SCOPE = 200
+# "heads or ...", "either tails": one side of a disjunction.
+_OR_AFTER = re.compile(r"[*_`\"'”’]*[ \t,]*\bor\b", re.IGNORECASE)
+_EITHER_BEFORE = re.compile(r"\b(?:either|whether)[ \t]+[*_`\"'“‘]*\Z", re.IGNORECASE)
+# The rest of a sentence that ends in a question mark.
+_IN_QUESTION = re.compile(r"[^.!?\n]{4,}\?")
+# A sentence that talks about outcomes instead of giving one.
+_HYPOTHETICAL = re.compile(r"\b(?:if|whether|probability|chance|chances|odds)\b",
+                           re.IGNORECASE)
 _LIST_LABEL = re.compile(r"[\s>*•·\-–—]*(?:\(?(?:\d{1,3}|[A-Za-z]|[ivx]{1,4})[.):]\s*)?[\s*_`\"'“‘«]*\Z")
 # Said right before a candidate, these make it the answer ("The answer is", "I'll pick").
 _DETERMINER = r"(?:(?:a|an|the|number|digit|letter|color|colour|option)\s+)?"
@@ -95,11 +113,15 @@ _STATED = re.compile(
 _STATED_WINDOW = 80
 # The end of a clause: "Tails." and "Tails, I think" start with their answer, "Heads has a
 # 50% chance" does not.
-_CLAUSE_END = re.compile(r"[*_`\"'”’)\]]*[ \t]*(?:[.!?,;:\n]|[-–—][ \t]|\Z)")
+_CLAUSE_END = re.compile(
+    r"[*_`\"'”’)\]]*[ \t]*(?:[.!?,;:\n]|[-–—][ \t]|\Z)|[ \t]+(?:is|was)\b", re.IGNORECASE)
 # A candidate followed by a colon is a label ("Heads: 50%", "here's one: 3"), not an answer.
-_LABEL_AFTER = re.compile(r"[*_`\"'”’]*[ \t]*:(?!//)")
+_LABEL_AFTER = re.compile(r"[*_`\"'”’]*[ \t]*:(?!//)[ \t]*[^\s]")
 # A reply this short ("Seven.", "Heads!") is its own answer, even in a weak form.
 _SHORT_REPLY_WORDS = 4
+# The reply's first word, as a clause of its own ("Hyla...", "Zephyrine!").
+_FIRST_WORD = re.compile(r"[\s*_`\"'“‘]*([^\W\d_]+(?:-[^\W\d_]+)?)[*_`\"'”’]*"
+                         r"[ \t]*(?:[.!?,;\n…]|\Z)")
 
 
 class Reading(NamedTuple):
@@ -138,9 +160,7 @@ def answer_region(text: str) -> str:
     """The part of a completion that can hold the answer (drops a next turn)."""
     turn = _NEXT_TURN.search(text)
     region = text[: turn.start()] if turn else text
-    first_line_end = region.find("\n", len(region) - len(region.lstrip()))
-    again = _ANSWER_AGAIN.search(region, first_line_end) if first_line_end >= 0 else None
-    return region[: again.start()] if again else region
+    return _TAGS.sub(lambda m: " " * len(m.group()), region)
 
 
 def decide(region: str, candidates: Sequence[Candidate],
@@ -154,7 +174,7 @@ def decide(region: str, candidates: Sequence[Candidate],
     candidates = [c for c in candidates if not _LABEL_AFTER.match(region, c.end)]
     if not candidates:
         return NO_ANSWER
-    listed = listed_candidates(region, candidates)
+    listed = listed_candidates(region, candidates) | set_aside(region, candidates)
     free = [c for i, c in enumerate(candidates) if i not in listed]
     for singled_out in (stated, alone_on_line, wrapped):
         values = _distinct(c.value for c in free
@@ -201,11 +221,37 @@ def listed_candidates(region: str, candidates: Sequence[Candidate]) -> set[int]:
     return listed
 
 
+def set_aside(region: str, candidates: Sequence[Candidate]) -> set[int]:
+    """Indices of candidates that are not answers by their context: after a list's
+    introduction ("Options:", "such as", "possible outcomes"), in a disjunction ("heads
+    or", "either tails"), in a hypothetical ("if it lands heads", "the chance of tails")."""
+    starts = [m.end() for m in _LIST_INTRO.finditer(region)]
+    aside = set()
+    for i, c in enumerate(candidates):
+        if any(0 <= c.start - end <= _INTRO_SCOPE for end in starts):
+            aside.add(i)
+        elif _OR_AFTER.match(region, c.end) or _EITHER_BEFORE.search(region, 0, c.start):
+            aside.add(i)
+        elif _IN_QUESTION.match(region, c.end) and not stated(region, c):
+            aside.add(i)  # "Are you asking me for a roll of 2 dice?"
+        else:
+            sentence = region[max(0, c.start - _STATED_WINDOW) : c.start]
+            sentence = re.split(r"[.!?\n]", sentence)[-1]
+            if _HYPOTHETICAL.search(sentence):
+                aside.add(i)
+    return aside
+
+
 def _list_gap(region: str, left: Candidate, right: Candidate) -> bool:
-    """Only list punctuation between two candidates; across lines, both are list items."""
+    """Only list punctuation between two candidates (and at most one word where a comma or
+    a conjunction says it is a list: "Black, dark red"); across lines, both are list items."""
     gap = region[left.end : right.start]
-    if len(gap) > _MAX_LIST_GAP or not _LIST_GAP.match(gap):
+    if len(gap) > _MAX_LIST_GAP:
         return False
+    if not _LIST_GAP.match(gap):
+        modified = _MODIFIER_BEFORE.sub("", gap)
+        if modified == gap or not _LIST_JOIN.search(gap) or not _LIST_GAP.match(modified):
+            return False
     return "\n" not in gap or (list_item(region, left) and list_item(region, right))
 
 
@@ -294,7 +340,8 @@ class IntegerNormalizer(Normalizer):
         r"|^[ \t>*•-]*(?:\d+[.)]|\(\d+\))(?=[ \t]+\S)"
         r"|\b(?:step|case|option|example|part|round|question|problem|level|chapter|version|"
         r"page|item|no\.|#)\s*\d+"
-        r"|#\d+|\d+(?:\.\d+)?\s*(?:%|percent)|\b[\w]+[\s-]sided\b|\bout of\s+\w+",
+        r"|#\d+|\d+(?:\.\d+)?\s*(?:%|percent|°)|\b[\w]+[\s-]sided\b|\bout of\s+\w+"
+        r"|\b\d+-[A-Za-z]+",
         re.IGNORECASE | re.MULTILINE,
     )
     _UNITS = (
@@ -336,8 +383,10 @@ class IntegerNormalizer(Normalizer):
     def read(self, text: str, task: TaskSpec, lenient: bool = False) -> Reading:
         region = answer_region(text)
         masked = self._MENTIONS.sub(lambda m: " " * len(m.group()), region)
+        # "0000" or "07" is not written as an option: its value is kept as written.
         candidates = [
-            Candidate(m.start(), m.end(), str(int(m.group())))
+            Candidate(m.start(), m.end(), m.group().lstrip("-") if m.group().lstrip("-")[:1] == "0"
+                      and len(m.group().lstrip("-")) > 1 else str(int(m.group())))
             for m in self._INTEGER.finditer(masked)
         ]
         candidates += [
@@ -350,7 +399,7 @@ class IntegerNormalizer(Normalizer):
         options = _option_set(task)
 
         def to_option(value: str) -> Reading:
-            if low <= int(value) <= high and value in options:
+            if value in options and low <= int(value) <= high:
                 return Reading(value)
             return OUT_OF_RANGE
 
@@ -403,9 +452,9 @@ class ChoiceNormalizer(Normalizer):
         region = answer_region(text)
         # A match whose case-fold is not a form's ("ı" matches "i" under IGNORECASE) is skipped.
         candidates = [
-            Candidate(m.start(), m.end(), option_of[form], weak=len(form) == 1)
+            Candidate(m.start(), m.end(), option, weak=len(m.group()) == 1)
             for m in pattern.finditer(region)
-            if (form := _fold(m.group())) in option_of
+            if (option := _option_of_form(option_of, _fold(m.group()))) is not None
         ]
         return decide(region, candidates, Reading, lenient)
 
@@ -420,7 +469,7 @@ class LetterNormalizer(Normalizer):
     # A standalone letter: not part of a word, a contraction ("I'm") or an abbreviation ("e.g.").
     _LETTER = re.compile(r"(?<!\w)(?<!\w['’.])[A-Za-z](?!\w)(?!['’]\w)(?!\.\w)")
     # "a" / "A" / "I" followed by a word are the article and the pronoun.
-    _WORD_AFTER = re.compile(r"[ \t]+[A-Za-z]")
+    _WORD_AFTER = re.compile(r"[ \t]+[\"'“‘«*_`]*[A-Za-z]")
     _AFTER_LETTER = re.compile(r"\bletter[\s*_`\"'“‘«:]*\Z", re.IGNORECASE)
 
     def check(self, task: TaskSpec) -> str | None:
@@ -523,10 +572,15 @@ class OpenWordNormalizer(Normalizer):
         candidates = self._terms(region, task, terms)
         if candidates:
             return decide(region, candidates, Reading)
-        if not phrase:
+        if not phrase and not (task.params.get("unlisted") == "accept"
+                               and _FIRST_WORD.match(region)):
             return NO_ANSWER
-        if task.params.get("unlisted") == "accept" and self._looks_like_a_name(region, phrase):
-            return Reading(phrase)
+        if task.params.get("unlisted") == "accept":
+            first = _FIRST_WORD.match(region)
+            if first and first.group(1)[0].isupper():
+                return Reading(fold(first.group(1)))  # "Hyla... please feel free"
+            if self._looks_like_a_name(region, phrase):
+                return Reading(phrase)
         return OFF_CATEGORY
 
     def _terms(self, region: str, task: TaskSpec, terms: Vocabulary) -> list[Candidate]:
@@ -535,10 +589,9 @@ class OpenWordNormalizer(Normalizer):
         aliases = _open_alias_map(task)
         found = [Candidate(m.start, m.end, aliases.get(m.term, m.term))
                  for m in terms.find(region)]
-        if task.params.get("keep_words"):
-            found = [c for i, c in enumerate(found)
-                     if i == 0 or region[found[i - 1].end : c.start] != " "]
-        return found
+        # "Wolf Puppy", "Emily Johnson": a term right after another is one compound answer
+        return [c for i, c in enumerate(found)
+                if i == 0 or region[found[i - 1].end : c.start] != " "]
 
     @staticmethod
     def _looks_like_a_name(region: str, phrase: str) -> bool:
@@ -661,8 +714,19 @@ def _choice_matcher(task: TaskSpec) -> tuple[re.Pattern[str], dict[str, str]]:
 
 
 def _form_pattern(form: str, cased: bool) -> str:
+    """A form as a pattern: any spaces between its words, a plural "s" allowed ("Grays")."""
     pattern = r"\s+".join(re.escape(word) for word in form.split())
+    if len(form) > 1 and form[-1].isalpha() and not cased:
+        pattern += "(?:e?s)?"
     return f"(?-i:{pattern})" if cased else pattern
+
+
+def _option_of_form(option_of: Mapping[str, str], form: str) -> str | None:
+    """The option of a matched form, which may carry a plural "s" or "es"."""
+    for candidate in (form, form[:-1], form[:-2]):
+        if candidate in option_of:
+            return option_of[candidate]
+    return None
 
 
 @functools.lru_cache(maxsize=256)

@@ -27,8 +27,8 @@ CASES: dict[str, list[tuple[str, str | None]]] = {
         ("I'll pick **4**.", "4"),
         ("7\n\nQuestion: pick", "7"),
         (" 3\nQuestion: Pick a random digit from 0 to 9.\nAnswer: 5", "3"),
-        (" 7\nAnswer: 3", "7"),
-        (" 7\n\nPick a random digit.\nAnswer: 5", "7"),
+        (" 7\nAnswer: 3", None),  # a second answer to the same question: ambiguous
+        (" 7\nAnswer: 7", "7"),
         ("I can't generate truly random numbers, but here's one: 3", "3"),
         ("Here's a random digit between 0 and 9: 6", "6"),
         ("Sure! Picking a random digit from 0 to 9...\n\n**2**", "2"),
