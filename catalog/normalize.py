@@ -87,6 +87,12 @@ _OR_AFTER = re.compile(r"[*_`\"'”’]*[ \t,]*\bor\b", re.IGNORECASE)
 _EITHER_BEFORE = re.compile(r"\b(?:either|whether)[ \t]+[*_`\"'“‘]*\Z", re.IGNORECASE)
 # The rest of a sentence that ends in a question mark.
 _IN_QUESTION = re.compile(r"[^.!?\n]{4,}\?")
+# A sentence that starts as a refusal, up to the candidate.
+_IN_REFUSAL = re.compile(
+    r"(?:^|[.!?\n][ \t]*)[*_\"'“‘]*(?:i'?m sorry|sorry|unfortunately|as an ai|as a language model|"
+    r"i can(?:'|no)t|i'?m (?:not|unable))\b[^.!?\n]*\Z",
+    re.IGNORECASE,
+)
 # A sentence that talks about outcomes instead of giving one.
 _HYPOTHETICAL = re.compile(r"\b(?:if|whether|probability|chance|chances|odds)\b",
                            re.IGNORECASE)
@@ -119,6 +125,10 @@ _CLAUSE_END = re.compile(
 _LABEL_AFTER = re.compile(r"[*_`\"'”’]*[ \t]*:(?!//)[ \t]*[^\s]")
 # A reply this short ("Seven.", "Heads!") is its own answer, even in a weak form.
 _SHORT_REPLY_WORDS = 4
+# Words of the question and of chat that are no made-up name, even with a capital.
+_NOT_NAMES = frozenset(
+    "answer question name names random first sure okay ok yes no hello hi hey thanks "
+    "certainly absolutely great".split())
 # The reply's first word, as a clause of its own ("Hyla...", "Zephyrine!").
 _FIRST_WORD = re.compile(r"[\s*_`\"'“‘]*([^\W\d_]+(?:-[^\W\d_]+)?)[*_`\"'”’]*"
                          r"[ \t]*(?:[.!?,;\n…]|\Z)")
@@ -234,6 +244,8 @@ def set_aside(region: str, candidates: Sequence[Candidate]) -> set[int]:
             aside.add(i)
         elif _IN_QUESTION.match(region, c.end) and not stated(region, c):
             aside.add(i)  # "Are you asking me for a roll of 2 dice?"
+        elif _IN_REFUSAL.search(region, 0, c.start) and not stated(region, c):
+            aside.add(i)  # "I'm sorry for the vague bug."
         else:
             sentence = region[max(0, c.start - _STATED_WINDOW) : c.start]
             sentence = re.split(r"[.!?\n]", sentence)[-1]
@@ -577,9 +589,9 @@ class OpenWordNormalizer(Normalizer):
             return NO_ANSWER
         if task.params.get("unlisted") == "accept":
             first = _FIRST_WORD.match(region)
-            if first and first.group(1)[0].isupper():
+            if first and first.group(1)[0].isupper() and fold(first.group(1)) not in _NOT_NAMES:
                 return Reading(fold(first.group(1)))  # "Hyla... please feel free"
-            if self._looks_like_a_name(region, phrase):
+            if phrase not in _NOT_NAMES and self._looks_like_a_name(region, phrase):
                 return Reading(phrase)
         return OFF_CATEGORY
 

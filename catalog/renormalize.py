@@ -21,8 +21,10 @@ from sqlalchemy import Engine, delete, exists, insert, select, update
 
 from catalog.db import session_scope
 from catalog.errors import NotFound
+from catalog import registry
 from catalog.registry import TaskNormalizer
 from catalog.normalize import read_counts
+from catalog.tasks import bundled_task, bundled_tasks
 from catalog.schema import (
     INVALID_REASON_COLUMNS,
     Completion,
@@ -34,6 +36,7 @@ from catalog.schema import (
     Task,
 )
 
+BUNDLED = {task.name for task in bundled_tasks()}
 # Runs without completions named in the summary; the rest are counted.
 _NAMED_RUNS = 10
 
@@ -62,6 +65,21 @@ class RenormalizeSummary:
                 f"counts): {', '.join(self.named)}" + (f" and {more:,} more" if more else "")
             )
         return "\n".join(lines)
+
+
+def update_bundled_tasks(engine: Engine, tasks: Iterable[str] | None = None) -> list[str]:
+    """Bring stored bundled tasks (all, or these) to this catalog's bundled definitions
+    (new vocabularies, aliases, normalizer parameters), as ``catalog tasks add FILE
+    --update`` would; returns the names of the tasks that changed (their runs are stale)."""
+    names = set(tasks) if tasks else None
+    changed = []
+    with session_scope(engine) as session:
+        for stored in session.scalars(select(Task).order_by(Task.name)):
+            if (names is not None and stored.name not in names) or stored.name not in BUNDLED:
+                continue
+            if registry.store_task(session, bundled_task(stored.name), update=True).changed:
+                changed.append(stored.name)
+    return changed
 
 
 def renormalize(

@@ -103,19 +103,27 @@ def add_command(path: Path, update: bool, db_url: str | None) -> None:
 @click.option("--task", "tasks", multiple=True, metavar="T", help="Only this task (repeatable).")
 @click.option("--family", "families", multiple=True, metavar="F",
               help="Only this family (repeatable).")
+@click.option("--bundled", is_flag=True,
+              help="First bring the stored bundled tasks to this catalog's definitions (new "
+              "vocabularies, aliases), as `catalog tasks add FILE --update` would.")
 @db_option
-def renormalize_command(tasks, families, db_url: str | None) -> None:
-    """Re-derive stored sampled runs' counts from their completions with each task's
-    current normalizer (after `catalog tasks add FILE --update`).
+def renormalize_command(tasks, families, bundled: bool, db_url: str | None) -> None:
+    """Re-derive stored sampled runs' counts and invalid reasons from their completions with
+    each task's current normalizer (after `catalog tasks add FILE --update`, or after an
+    upgrade of the catalog whose normalizers have a new version).
 
     Loads no model and samples nothing; one transaction per run; running it again
     changes nothing. Runs without completions (imported counts) are left alone.
 
-    Example: catalog renormalize --task digit --family olmo-2-1124-7b
+    Example: catalog renormalize --bundled --task digit --family olmo-2-1124-7b
     """
-    from catalog.renormalize import renormalize
+    from catalog.renormalize import renormalize, update_bundled_tasks
 
     with catalog_engine(db_url) as engine:
+        if bundled:
+            changed = update_bundled_tasks(engine, tasks or None)
+            if changed:
+                click.echo(f"updated bundled tasks: {', '.join(changed)}")
         click.echo(renormalize(engine, tasks=tasks or None, families=families or None))
 
 

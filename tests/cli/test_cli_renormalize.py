@@ -105,3 +105,36 @@ def test_renormalize_errors_are_one_line(db_url):
     assert result.exit_code == 1
     assert result.output == "Error: no stored task named 'nope'; see `catalog tasks list` and " \
                             "`catalog models list`\n"
+
+
+def test_renormalize_bundled_brings_a_stored_bundled_task_up_to_date(db_url, tmp_path):
+    """A store whose animal task predates its vocabulary: `--bundled` stores the new
+    definition, and "Butter." stops counting as an animal."""
+    import json
+
+    lines = [{"family": "fam", "stage": "sft", "model": "fam-sft", "task": "animal",
+              "prompt": "plain", "completion": t, "count": n}
+             for t, n in {"A red panda!": 3, "Butter.": 2}.items()]
+    path = tmp_path / "gens.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert run("--db", db_url, "import-completions", path).exit_code == 0
+    from catalog import db as catalog_db
+
+    engine = catalog_db.make_engine(db_url)
+    with engine.begin() as conn:  # the task as stored before it had a vocabulary
+        spec = json.loads(conn.execute(text("SELECT spec FROM tasks WHERE name = 'animal'"))
+                          .scalar_one() if db_url.startswith("sqlite") else "null") or None
+        if spec is None:
+            spec = conn.execute(text("SELECT spec FROM tasks WHERE name = 'animal'")).scalar_one()
+        del spec["params"]["vocabulary"]
+        conn.execute(text("UPDATE tasks SET spec = :spec WHERE name = 'animal'"),
+                     {"spec": json.dumps(spec)})
+    run("--db", db_url, "renormalize")
+    assert read_view(engine, "v_counts", model="fam-sft")["option"].sort().to_list() == [
+        "butter", "red panda"]
+    result = run("--db", db_url, "renormalize", "--bundled", "--task", "animal")
+    assert result.exit_code == 0
+    assert "updated bundled tasks: animal" in result.output
+    assert read_view(engine, "v_counts", model="fam-sft")["option"].to_list() == ["red panda"]
+    assert read_view(engine, "v_runs", model="fam-sft")["n_off_category"].to_list() == [2]
+    engine.dispose()
