@@ -74,6 +74,7 @@ _LIST_GAP = re.compile(
 _MAX_LIST_GAP = 24
 _MODIFIER_BEFORE = re.compile(r"[A-Za-z]{1,10}[ \t]*\Z")
 _LIST_JOIN = re.compile(r",|\b(?:or|and)\b|/")
+_WORDS_IN_GAP = re.compile(r"[^\W\d_]{2,}")
 # What introduces a list of possibilities (its items are not answers) and how far it reaches.
 _LIST_INTRO = re.compile(
     r"\b(?:options?|choices|possibilities|possible (?:outcomes|answers|results|options)|"
@@ -111,7 +112,7 @@ _STATED = re.compile(
     r"roll|rolled|flip|flipped|draw|drew|throw|threw|play|think of|thought of|see|saw|"
     r"name|guess|call|suggest|recommend)\b"
     r"|\b(?:it's|it is|it was|that's|that is|landed on|lands on|landed|comes up|came up|"
-    r"shows|showed|rolled|got|here's|here is|how about|what about|is)\b"
+    r"shows|showed|rolled|got|here's|here is|how about|what about)\b"
     r"|\"[\w ]{1,20}\"\s*:|:|\.\.\.|…"
     rf")[\s*_`\"'“‘«=:\-]*{_DETERMINER}[\s*_`\"'“‘«]*\Z",
     re.IGNORECASE,
@@ -120,11 +121,19 @@ _STATED_WINDOW = 80
 # The end of a clause: "Tails." and "Tails, I think" start with their answer, "Heads has a
 # 50% chance" does not.
 _CLAUSE_END = re.compile(
-    r"[*_`\"'”’)\]]*[ \t]*(?:[.!?,;:\n]|[-–—][ \t]|\Z)|[ \t]+(?:is|was)\b", re.IGNORECASE)
+    r"[*_`\"'”’)\]]*[ \t]*(?:[.!?,;:\n]|[-–—][ \t]|\Z)", re.IGNORECASE)
 # A candidate followed by a colon is a label ("Heads: 50%", "here's one: 3"), not an answer.
 _LABEL_AFTER = re.compile(r"[*_`\"'”’]*[ \t]*:(?!//)[ \t]*[^\s]")
 # A reply this short ("Seven.", "Heads!") is its own answer, even in a weak form.
 _SHORT_REPLY_WORDS = 4
+# A value mentioned once deep in a long reply is a mention, not an answer: the one value of
+# a reply counts when it comes in its opening characters, or the reply is brief.
+_OPENING = 60
+_BRIEF_WORDS = 12
+
+
+def _is_brief(region: str) -> bool:
+    return len(region.split()) <= _BRIEF_WORDS
 # Words of the question and of chat that are no made-up name, even with a capital.
 _NOT_NAMES = frozenset(
     "answer question name names random first sure okay ok yes no hello hi hey thanks "
@@ -194,7 +203,9 @@ def decide(region: str, candidates: Sequence[Candidate],
         if len(values) > 1:
             return AMBIGUOUS
     short = len(region.split()) <= _SHORT_REPLY_WORDS
-    values = _distinct(c.value for c in free if short or not c.weak)
+    opening = len(region) - len(region.lstrip()) + _OPENING
+    values = _distinct(c.value for c in free
+                       if (short or not c.weak) and (c.start < opening or _is_brief(region)))
     if len(values) == 1:
         return to_option(values[0])
     return AMBIGUOUS if len(values) > 1 else NO_ANSWER
@@ -261,8 +272,12 @@ def _list_gap(region: str, left: Candidate, right: Candidate) -> bool:
     if len(gap) > _MAX_LIST_GAP:
         return False
     if not _LIST_GAP.match(gap):
+        # "Black, dark red": one word more where a comma or a conjunction makes it a list;
+        # "Tuesday, John, Martin, Friday": a few words between commas of a long list.
         modified = _MODIFIER_BEFORE.sub("", gap)
-        if modified == gap or not _LIST_JOIN.search(gap) or not _LIST_GAP.match(modified):
+        one_word = modified != gap and _LIST_JOIN.search(gap) and _LIST_GAP.match(modified)
+        few_words = gap.count(",") >= 2 and len(_WORDS_IN_GAP.findall(gap)) <= 3
+        if not (one_word or few_words):
             return False
     return "\n" not in gap or (list_item(region, left) and list_item(region, right))
 
@@ -349,11 +364,14 @@ class IntegerNormalizer(Normalizer):
     _MENTIONS = re.compile(
         r"\b(?:between|from)\s+\S+\s+(?:and|to|through)\s+[\w-]+"
         r"|(?<![\w.])\d+\s*(?:-|–|to|through)\s*\d+(?!\w)"
-        r"|^[ \t>*•-]*(?:\d+[.)]|\(\d+\))(?=[ \t]+\S)"
+        r"|^[ \t>*•-]*\d+[.)](?=[ \t]+\S)|\(\d+\)"
         r"|\b(?:step|case|option|example|part|round|question|problem|level|chapter|version|"
         r"page|item|no\.|#)\s*\d+"
         r"|#\d+|\d+(?:\.\d+)?\s*(?:%|percent|°)|\b[\w]+[\s-]sided\b|\bout of\s+\w+"
-        r"|\b\d+-[A-Za-z]+",
+        r"|\b\d+-[A-Za-z]+"
+        r"|(?:[<>]=?|≥|≤|\bdivisible by|\bmultiples? of|\bfactors? of|\bpowers? of)\s*\d+"
+        r"|\b\d+\s+(?:numbers|digits|integers|times|ways|items|cards|dice|sides|faces|people|"
+        r"choices|options|of\b)",
         re.IGNORECASE | re.MULTILINE,
     )
     _UNITS = (

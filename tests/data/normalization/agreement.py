@@ -71,6 +71,19 @@ def agreement(items: list[dict], lenient: bool = False) -> dict:
     }
 
 
+def per_class(items: list[dict], lenient: bool = False) -> dict:
+    """{split: {coded class: (n, share the normalizer reads the same)}}; the class of a
+    coded option is "option"."""
+    table: dict = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    for item in items:
+        kind = item["label"] if item["label"] in REASONS else "option"
+        cell = table[item["split"]][kind]
+        cell[0] += 1
+        cell[1] += compare(item, lenient)["exact"]
+    return {split: {k: (n, same / n) for k, (n, same) in sorted(kinds.items())}
+            for split, kinds in table.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lenient", action="store_true", help="the rules before version 2")
@@ -84,6 +97,9 @@ def main() -> None:
             right = "-" if c["valid_correct"] is None else f"{c['valid_correct']:.0%}"
             print(f"  {task:14} {c['n']:4} {c['outcome']:6.0%} {c['exact']:6.0%} "
                   f"{c['n_counted']:4} {right:>6}")
+    for split, kinds in sorted(per_class(items, args.lenient).items()):
+        print(f"{split} per coded class: " + ", ".join(
+            f"{kind} {same:.0%} of {n}" for kind, (n, same) in kinds.items()))
     if args.show_misses:
         for item in items:
             result = compare(item, args.lenient)
