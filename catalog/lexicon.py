@@ -39,8 +39,11 @@ class Match:
 def fold(text: str) -> str:
     """Case-folded, single-spaced, typographic apostrophes made plain, accents dropped
     ("Zoë" -> "zoe")."""
-    decomposed = unicodedata.normalize("NFKD", text.casefold().replace("’", "'"))
-    return " ".join("".join(ch for ch in decomposed if not unicodedata.combining(ch)).split())
+    text = text.casefold().replace("’", "'")
+    if not text.isascii():
+        decomposed = unicodedata.normalize("NFKD", text)
+        text = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return " ".join(text.split())
 
 
 def plurals(term: str) -> set[str]:
@@ -76,7 +79,11 @@ class Vocabulary:
                 self.forms.setdefault(form, term)
         for term in canonical:  # a term is always itself, even where it is another's plural
             self.forms[term] = term
-        self.longest = max((form.count(" ") + 1 for form in self.forms), default=0)
+        # the longest form (in words) that starts with each first word
+        self.longest: dict[str, int] = {}
+        for form in self.forms:
+            first, *rest = form.split(" ")
+            self.longest[first] = max(self.longest.get(first, 0), len(rest) + 1)
 
     def __contains__(self, phrase: str) -> bool:
         return fold(phrase) in self.forms
@@ -88,31 +95,33 @@ class Vocabulary:
     def find(self, text: str) -> list[Match]:
         """The terms in ``text``, left to right, the longest at each place."""
         words = list(_WORD.finditer(text))
+        folded = [fold(w.group()) for w in words]
+        # a term's words are separated by spaces only
+        joined = [not text[a.end() : b.start()].strip() for a, b in _pairs(words)]
         found = []
         i = 0
         while i < len(words):
-            match = self._longest_at(text, words, i)
-            if match is None:
+            n = self._longest_at(words, folded, joined, i)
+            if n:
+                term = self.forms.get(" ".join(folded[i : i + n])) or folded[i]
+                found.append(Match(words[i].start(), words[i + n - 1].end(), term))
+                i += n
+            else:
                 i += 1
-                continue
-            found.append(match[0])
-            i += match[1]
         return found
 
-    def _longest_at(self, text: str, words: list[re.Match], i: int) -> tuple[Match, int] | None:
+    def _longest_at(self, words: list[re.Match], folded: list[str], joined: list[bool],
+                    i: int) -> int:
+        """How many words from ``i`` on make the longest term (0: none)."""
         if self.cased and not _capitalized(words[i].group()):
-            return None
-        for n in range(min(self.longest, len(words) - i), 0, -1):
-            span = words[i : i + n]
-            if any(text[a.end() : b.start()].strip() for a, b in _pairs(span)):
-                continue  # the words of a term are separated by spaces only
-            term = self.forms.get(fold(" ".join(w.group() for w in span)))
-            if term is not None:
-                return Match(span[0].start(), span[-1].end(), term), n
-        word = fold(words[i].group())
+            return 0
+        for n in range(min(self.longest.get(folded[i], 0), len(words) - i), 0, -1):
+            if all(joined[i : i + n - 1]) and " ".join(folded[i : i + n]) in self.forms:
+                return n
+        word = folded[i]
         if self.cased and "-" in word and word.split("-")[0] in self.forms:
-            return Match(words[i].start(), words[i].end(), word), 1  # a name: "Jean-Luc"
-        return None
+            return 1  # a name: "Jean-Luc"
+        return 0
 
 
 def _capitalized(word: str) -> bool:

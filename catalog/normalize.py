@@ -90,10 +90,11 @@ _EITHER_BEFORE = re.compile(r"\b(?:either|whether)[ \t]+[*_`\"'“‘]*\Z", re.I
 _IN_QUESTION = re.compile(r"[^.!?\n]{4,}\?")
 # A sentence that starts as a refusal, up to the candidate.
 _IN_REFUSAL = re.compile(
-    r"(?:^|[.!?\n][ \t]*)[*_\"'“‘]*(?:i'?m sorry|sorry|unfortunately|as an ai|as a language model|"
-    r"i can(?:'|no)t|i'?m (?:not|unable))\b[^.!?\n]*\Z",
+    r"[ \t]*[*_\"'“‘]*(?:i'?m sorry|sorry|unfortunately|as an ai|as a language model|"
+    r"i can(?:'|no)t|i'?m (?:not|unable))\b",
     re.IGNORECASE,
 )
+_SENTENCE_BREAK = re.compile(r"[.!?\n]")
 # A sentence that talks about outcomes instead of giving one.
 _HYPOTHETICAL = re.compile(r"\b(?:if|whether|probability|chance|chances|odds)\b",
                            re.IGNORECASE)
@@ -251,17 +252,17 @@ def set_aside(region: str, candidates: Sequence[Candidate]) -> set[int]:
     for i, c in enumerate(candidates):
         if any(0 <= c.start - end <= _INTRO_SCOPE for end in starts):
             aside.add(i)
-        elif _OR_AFTER.match(region, c.end) or _EITHER_BEFORE.search(region, 0, c.start):
+            continue
+        before = region[max(0, c.start - _STATED_WINDOW) : c.start]
+        sentence = _SENTENCE_BREAK.split(before)[-1]
+        if _OR_AFTER.match(region, c.end) or _EITHER_BEFORE.search(before):
             aside.add(i)
-        elif _IN_QUESTION.match(region, c.end) and not stated(region, c):
-            aside.add(i)  # "Are you asking me for a roll of 2 dice?"
-        elif _IN_REFUSAL.search(region, 0, c.start) and not stated(region, c):
-            aside.add(i)  # "I'm sorry for the vague bug."
-        else:
-            sentence = region[max(0, c.start - _STATED_WINDOW) : c.start]
-            sentence = re.split(r"[.!?\n]", sentence)[-1]
-            if _HYPOTHETICAL.search(sentence):
-                aside.add(i)
+        elif _HYPOTHETICAL.search(sentence):
+            aside.add(i)
+        elif (_IN_QUESTION.match(region, c.end) or _IN_REFUSAL.match(sentence)) and not stated(
+            region, c
+        ):
+            aside.add(i)  # "Are you asking me for a roll of 2 dice?", "I'm sorry for the bug"
     return aside
 
 
@@ -609,9 +610,9 @@ class OpenWordNormalizer(Normalizer):
             first = _FIRST_WORD.match(region)
             if first and first.group(1)[0].isupper() and fold(first.group(1)) not in _NOT_NAMES:
                 return Reading(fold(first.group(1)))  # "Hyla... please feel free"
-            if phrase not in _NOT_NAMES and self._looks_like_a_name(region, phrase):
+            if phrase and phrase not in _NOT_NAMES and self._looks_like_a_name(region, phrase):
                 return Reading(phrase)
-        return OFF_CATEGORY
+        return OFF_CATEGORY if phrase else NO_ANSWER
 
     def _terms(self, region: str, task: TaskSpec, terms: Vocabulary) -> list[Candidate]:
         """The vocabulary terms (and aliases) in the reply; a full name ("Emily Johnson")
