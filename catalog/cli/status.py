@@ -37,7 +37,10 @@ def status_command(fmt, minutes, watch, interval, db_url) -> None:
             click.echo(text)
             if not watch:
                 return
-            time.sleep(interval)
+            try:
+                time.sleep(interval)
+            except KeyboardInterrupt:  # how --watch ends
+                return
 
 
 COMMANDS = [status_command]
