@@ -15,10 +15,12 @@ from catalog.enums import STATUS_FORMATS
 @click.command("status")
 @click.option("--format", "fmt", type=click.Choice(STATUS_FORMATS), default="table",
               show_default=True)
-@click.option("--minutes", type=types.FiniteFloat(at_least=0.1, at_most=5_256_000), default=10.0, show_default=True,
+@click.option("--minutes", type=types.FiniteFloat(at_least=0.1, at_most=5_256_000), default=10.0,
+              show_default=True,
               help="Throughput over this many recent minutes.")
 @click.option("--watch", is_flag=True, help="Refresh every --interval seconds (Ctrl-C ends).")
-@click.option("--interval", type=types.FiniteFloat(at_least=0.5, at_most=86_400), default=5.0, show_default=True)
+@click.option("--interval", type=types.FiniteFloat(at_least=0.5, at_most=86_400), default=5.0,
+              show_default=True)
 @db_option
 def status_command(fmt, minutes, watch, interval, db_url) -> None:
     """Units by state per family, model and task; running units; throughput, ETA; errors.

@@ -3,6 +3,7 @@ and ``sql``."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import click
@@ -35,12 +36,31 @@ def _csv_writable(frame):
     """The frame with the columns CSV cannot hold (durations, lists, bytes...) as text."""
     import polars as pl
 
+    def text(name: str, dtype) -> pl.Expr:
+        if isinstance(dtype, pl.Duration):
+            return pl.col(name).dt.to_string("polars")  # as the table prints it
+        if isinstance(dtype, pl.Binary):
+            return pl.col(name).bin.encode("hex")
+        return pl.col(name).map_elements(str, return_dtype=pl.String, skip_nulls=True)
+
     scalar = (pl.String, pl.Boolean, pl.Date, pl.Datetime, pl.Time, pl.Decimal, pl.Null)
-    return frame.with_columns(
-        pl.col(name).map_elements(str, return_dtype=pl.String, skip_nulls=True)
-        for name, dtype in frame.schema.items()
-        if not (dtype.is_numeric() or isinstance(dtype, scalar))
-    )
+    with warnings.catch_warnings():  # Polars' advice to vectorize str() does not apply here
+        warnings.simplefilter("ignore", pl.exceptions.PolarsInefficientMapWarning)
+        return frame.with_columns(
+            text(name, dtype) for name, dtype in frame.schema.items()
+            if not (dtype.is_numeric() or isinstance(dtype, scalar))
+        )
+
+
+def _field_map(maps, sets):
+    """The --map and --set options; a malformed one is a usage error."""
+    from catalog.errors import InvalidInput
+    from catalog.records import FieldMap
+
+    try:
+        return FieldMap.parse(maps, sets)
+    except InvalidInput as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 def field_options(command):
@@ -69,10 +89,10 @@ def import_counts_command(path: Path, maps, sets, db_url: str | None) -> None:
     Example: catalog import-counts counts.csv --db postgresql://postgres@127.0.0.1/catalog
     """
     from catalog.io import import_counts
-    from catalog.records import FieldMap
 
+    fields = _field_map(maps, sets)
     with catalog_engine(db_url) as engine:
-        click.echo(import_counts(engine, path, fields=FieldMap.parse(maps, sets)))
+        click.echo(import_counts(engine, path, fields=fields))
 
 
 @click.command("import-completions")
@@ -94,11 +114,10 @@ def import_completions_command(path: Path, preset, maps, sets, db_url: str | Non
     --set stage=base --set model=olmo-base --set task=digit
     """
     from catalog.io import import_completions
-    from catalog.records import FieldMap
 
+    fields = _field_map(maps, sets)
     with catalog_engine(db_url) as engine:
-        click.echo(import_completions(engine, path, fields=FieldMap.parse(maps, sets),
-                                      preset=preset))
+        click.echo(import_completions(engine, path, fields=fields, preset=preset))
 
 
 @click.command("export")

@@ -415,14 +415,15 @@ def test_debug_shows_the_traceback(store):
 def test_sql_prints_any_column_type(store, backend):
     if backend == "sqlite":
         query = "SELECT 9223372036854775807 AS big, x'00ff' AS raw, NULL AS absent"
-        expected = ["9223372036854775807"]
+        expected = ["9223372036854775807", "00ff"]
     else:
         query = ("SELECT now() - created_at AS age, 12.5::money AS cash, pg_sleep(0) AS v, "
                  "int4range(1, 5) AS r, 123456789012345678901234567890::numeric AS n "
                  "FROM families LIMIT 1")
-        expected = ["$12.50", "[1, 5)", "0:00:"]
+        expected = ["$12.50", "[1, 5)", "µs"]  # the interval as Polars prints it
     result = invoke("sql", query, "--format", "csv", "--db", store)
     assert result.exit_code == 0, result.output
+    assert "Warning" not in result.output
     for part in expected:
         assert part in result.output
 
