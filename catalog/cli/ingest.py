@@ -125,6 +125,10 @@ def ingest_requests(*, models, families, tasks, prompts, samples, seed, temperat
                     top_k, max_new_tokens, stop, mode, scaffold=None) -> list[IngestRequest]:
     """The requests the selection and sampling options describe: one per value of a
     temperature or top-p sweep."""
+    if not split_names(models) and not split_names(families):
+        raise click.UsageError("name the models to sample with --model NAME or --family NAME")
+    if not split_names(tasks):
+        raise click.UsageError("name the tasks to sample with --task NAME")
     samples = checked(types.SAMPLES, samples, "--samples")
     seed = checked(types.SEED, seed, "--seed")
     max_new_tokens = checked(types.MAX_NEW_TOKENS, max_new_tokens, "--max-new-tokens")
