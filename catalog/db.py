@@ -25,7 +25,7 @@ from sqlalchemy.exc import NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from catalog.config import database_url, masked
-from catalog.errors import DatabaseUnreachable, InvalidInput, SchemaOutOfDate
+from catalog.errors import DatabaseUnreachable, InvalidInput, NoCatalog, SchemaOutOfDate
 from catalog.limits import shown
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -52,7 +52,7 @@ def make_engine(url: str | URL | None = None, *, create: bool = True) -> Engine:
         if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
             path = Path(url.database).expanduser()
             if not create and not path.is_file():
-                raise DatabaseUnreachable(
+                raise NoCatalog(
                     f"{masked(url)}: no such database file; check --db (this command only "
                     "reads, so it creates none)"
                 )
@@ -150,7 +150,7 @@ def open_catalog(url: str | URL | None = None, *, create: bool = True) -> Engine
     if current is None and not _has_tables(engine):
         if not create:
             engine.dispose()
-            raise SchemaOutOfDate(
+            raise NoCatalog(
                 f"{masked(engine.url)} holds no catalog yet; create it with `catalog db "
                 "upgrade` and the same --db (this command only reads)"
             )

@@ -677,3 +677,14 @@ def test_an_import_column_is_stored_as_given_or_refused_at_its_row(property_stor
         if column == "top_k" and number == 0:
             return  # 0 is "off", stored as NULL
         assert stored[column] == pytest.approx(number)
+
+
+def test_tasks_list_without_a_catalog_shows_the_bundled_tasks(tmp_path):
+    """Listing tasks needs no catalog: a missing one is a note, and nothing is created."""
+    missing = f"sqlite:///{tmp_path}/no/such/folder/catalog.db"
+    for args in (["tasks", "list"], ["tasks", "show", "coin"]):
+        result = invoke(*args, "--db", missing)
+        assert result.exit_code == 0, result.output
+        assert "coin" in result.stdout
+        assert result.stderr.startswith("Note: ") and "no such database file" in result.stderr
+    assert not (tmp_path / "no").exists()
