@@ -688,3 +688,15 @@ def test_tasks_list_without_a_catalog_shows_the_bundled_tasks(tmp_path):
         assert "coin" in result.stdout
         assert result.stderr.startswith("Note: ") and "no such database file" in result.stderr
     assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_a_killed_sql_query_stops_on_the_server_at_its_timeout(store):
+    """kill -9 sends no cancel; the statement timeout still ends the query on the server."""
+    process = _catalog("sql", SLOW_SQL["postgresql"], "--timeout", "3", "--db", store)
+    running = ("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' "
+               "AND state = 'active'")
+    _wait_for(lambda: _scalar(store, running) == 1, "the query to start")
+    process.kill()
+    process.communicate(timeout=30)
+    _wait_for(lambda: _scalar(store, running) == 0, "the server to stop the query", 30)
