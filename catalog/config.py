@@ -19,6 +19,11 @@ DEFAULT_URL = "sqlite:///catalog.db"
 
 def database_url(explicit: str | None = None) -> URL:
     """Return the database URL to use, normalized (``postgresql://`` uses psycopg 3)."""
+    if explicit is not None and not explicit.strip():
+        raise DatabaseUnreachable(
+            "--db is empty; give a database URL such as sqlite:///catalog.db (or leave --db "
+            f"out to use ${ENV_VAR})"
+        )
     raw = explicit or os.environ.get(ENV_VAR) or DEFAULT_URL
     try:
         url = make_url(raw)

@@ -11,7 +11,10 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import re
+
 from alembic import command
+from alembic.util import CommandError
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -22,15 +25,20 @@ from sqlalchemy.exc import NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from catalog.config import database_url, masked
-from catalog.errors import DatabaseUnreachable, SchemaOutOfDate
+from catalog.errors import DatabaseUnreachable, InvalidInput, NoCatalog, SchemaOutOfDate
+from catalog.limits import shown
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 # Any constant works: it only has to be the same for every catalog process.
 _PG_UPGRADE_LOCK = 7_321_004_211
 
 
-def make_engine(url: str | URL | None = None) -> Engine:
-    """Build the engine for a catalog URL (SQLite pragmas; PostgreSQL pool settings)."""
+def make_engine(url: str | URL | None = None, *, create: bool = True) -> Engine:
+    """Build the engine for a catalog URL (SQLite pragmas; PostgreSQL pool settings).
+
+    ``create=False`` (read-only commands): a SQLite file that does not exist is an error,
+    not a new database in new folders (a mistyped path would otherwise report an empty
+    catalog)."""
     if not isinstance(url, URL):
         url = database_url(url)
     try:
@@ -41,8 +49,14 @@ def make_engine(url: str | URL | None = None) -> Engine:
             "postgresql://user@host:5432/dbname (--db or $CATALOG_DATABASE_URL)"
         ) from None
     if url.get_backend_name() == "sqlite":
-        if url.database and url.database != ":memory:":
-            Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
+            path = Path(url.database).expanduser()
+            if not create and not path.is_file():
+                raise NoCatalog(
+                    f"{masked(url)}: no such database file; check --db (this command only "
+                    "reads, so it creates none)"
+                )
+            path.parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 60})
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
@@ -94,23 +108,52 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    with _upgrade_lock(engine):
-        command.upgrade(alembic_config(engine), revision)
+    _migrate(engine, command.upgrade, revision)
 
 
 def downgrade(engine: Engine, revision: str) -> None:
-    with _upgrade_lock(engine):
-        command.downgrade(alembic_config(engine), revision)
+    _migrate(engine, command.downgrade, revision)
 
 
-def open_catalog(url: str | URL | None = None) -> Engine:
-    """Engine for a ready-to-use catalog: create the schema if empty, refuse if stale."""
-    engine = make_engine(url)
+def _migrate(engine: Engine, step, revision: str) -> None:
+    """Run an Alembic command; an unknown revision, or one on the wrong side of the current
+    one, is one line listing the revisions."""
+    script = ScriptDirectory.from_config(alembic_config())
+    known = [s.revision for s in reversed(list(script.walk_revisions()))]
+    relative = re.fullmatch(r"[+-][0-9]+", revision or "")
+    if revision not in (*known, "head", "base") and not relative:
+        raise InvalidInput(
+            f"unknown schema revision {shown(revision)}; give one of {', '.join(known)}, head, "
+            "base, or a relative step such as -1"
+        )
+    try:
+        with _upgrade_lock(engine):
+            step(alembic_config(engine), revision)
+    except CommandError as exc:
+        reason = str(exc).strip().splitlines()[0]
+        raise InvalidInput(
+            f"cannot migrate to {revision} ({reason}); `catalog db current` shows where the "
+            "database is"
+        ) from None
+
+
+def open_catalog(url: str | URL | None = None, *, create: bool = True) -> Engine:
+    """Engine for a ready-to-use catalog: create the schema if empty, refuse if stale.
+
+    ``create=False`` (read-only commands) creates nothing: a missing SQLite file or an
+    empty database is an error saying how to create the catalog."""
+    engine = make_engine(url, create=create)
     current = current_revision(engine)
     head = head_revision()
     if current == head:
         return engine
     if current is None and not _has_tables(engine):
+        if not create:
+            engine.dispose()
+            raise NoCatalog(
+                f"{masked(engine.url)} holds no catalog yet; create it with `catalog db "
+                "upgrade` and the same --db (this command only reads)"
+            )
         upgrade(engine)  # a brand-new database: safe to create everything
         return engine
     engine.dispose()
@@ -132,8 +175,10 @@ def open_catalog(url: str | URL | None = None) -> Engine:
 
 
 def _has_tables(engine: Engine) -> bool:
+    """Whether the database has tables (the empty version table that `catalog db downgrade
+    base` leaves does not count)."""
     with _connect(engine) as conn:
-        return bool(inspect(conn).get_table_names())
+        return bool(set(inspect(conn).get_table_names()) - {"alembic_version"})
 
 
 @contextlib.contextmanager

@@ -14,6 +14,10 @@ class DatabaseUnreachable(CatalogError):
     """The database URL is malformed or the server cannot be reached."""
 
 
+class NoCatalog(CatalogError):
+    """A command that only reads found no catalog: a missing SQLite file, an empty database."""
+
+
 class SchemaOutOfDate(CatalogError):
     """The database schema is behind (or ahead of) this version of the catalog."""
 

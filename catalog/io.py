@@ -57,11 +57,13 @@ from catalog.conditions import Condition
 from catalog.db import session_scope
 from catalog.enums import COUNT_FILE_FORMATS, INVALID_REASONS
 from catalog.errors import InvalidInput, NotFound
+from catalog.limits import integer_max, shown
 from catalog.records import LINE, ROW, FieldMap, RecordFile, first_bad, parsed_float, parsed_integer
 from catalog.schema import (
     INVALID_REASON_COLUMNS,
     Completion,
     ExactProb,
+    Family,
     Model,
     OptionCount,
     Run,
@@ -100,6 +102,7 @@ _COMPLETION_BLOCK_BYTES = 32 << 20
 # A file this big loads without row-by-row foreign-key checks (see _bulk_load): as records
 # in its first chunk, or as bytes (a completions file writes far fewer rows than records).
 _DROP_FOREIGN_KEY_ROWS = 100_000
+_MOST_SAMPLES = integer_max("runs.n_samples")
 _DROP_FOREIGN_KEY_BYTES = 4 << 20
 _IN_BATCH = 5_000  # ids or keys per IN (...) list
 
@@ -244,6 +247,7 @@ def export_counts(
         raise InvalidInput(
             f"{path}: cannot tell the format; use --format {' or '.join(COUNT_FILE_FORMATS)}"
         )
+    _check_known(engine, family, task)
     keys = ["family", "stage", "stage_order", "step", "model", "task", "prompt", "prompt_text",
             "temperature", "top_p", "top_k", "max_new_tokens", "condition_key"]
     order = ["family", "stage_order", "step", "model", "task", "prompt_id", "condition_key",
@@ -272,6 +276,20 @@ def export_counts(
     else:
         frame.write_parquet(path)
     return frame.height
+
+
+def _check_known(engine: Engine, families, tasks) -> None:
+    """A family or task the store does not have is a mistake, not an empty export."""
+    for table, given, what in ((Family, families, "family"), (Task, tasks, "task")):
+        names = [given] if isinstance(given, str) else list(given or ())
+        if not names:
+            continue
+        with engine.connect() as conn:
+            known = set(conn.scalars(select(table.name).where(table.name.in_(names))))
+        missing = [name for name in names if name not in known]
+        if missing:
+            raise NotFound(f"no {what} named {missing[0]!r} in the store; see `catalog "
+                           f"{'models' if what == 'family' else 'tasks'} list`")
 
 
 def _scaffolds(engine: Engine) -> pl.DataFrame:
@@ -387,10 +405,11 @@ class _Import:
                     need = "a prompt key or a prompt_text" if column == "prompt" else "a value"
                     raise source.fail(bad, column, f"empty; every record needs {need}")
         frame = frame.with_columns(
-            parsed_integer(source, frame, "stage_order"),
-            parsed_integer(source, frame, "step"),
-            parsed_integer(source, frame, "top_k"),
-            parsed_integer(source, frame, "max_new_tokens", least=1),
+            parsed_integer(source, frame, "stage_order", stored_in="models.stage_order"),
+            parsed_integer(source, frame, "step", stored_in="models.step"),
+            parsed_integer(source, frame, "top_k", stored_in="runs.top_k"),
+            parsed_integer(source, frame, "max_new_tokens", least=1,
+                           stored_in="runs.max_new_tokens"),
             parsed_float(source, frame, "temperature"),
             parsed_float(source, frame, "top_p"),
         )
@@ -412,7 +431,7 @@ class _Import:
         """Fail at the first record where ``bad`` holds."""
         record = first_bad(frame, bad)
         if record:
-            value = f"{record[column]!r} " if show else ""
+            value = f"{shown(record[column])} " if show else ""
             raise self.source.fail(record, column, f"{value}{problem}")
 
     def _with_stage_orders(self, frame: pl.DataFrame) -> pl.DataFrame:
@@ -450,7 +469,7 @@ class _Import:
             if record:
                 name = column.removeprefix("__")
                 raise self.source.fail(
-                    record, name, f"{record[name]!r} differs from an earlier row ({meaning})"
+                    record, name, f"{shown(record[name])} differs from an earlier row ({meaning})"
                 )
 
     def _with_models(self, frame: pl.DataFrame) -> pl.DataFrame:
@@ -649,6 +668,8 @@ class _Import:
                 pl.col("spanning") | pl.col("__valid").is_not_null(),
             ).drop("__valid", "__invalid")
         new = totals.join(self.runs, on=_RUN_KEYS, how="anti")
+        self._check_samples(frame, pl.concat([self.runs.select(totals.columns), new],
+                                             how="vertical_relaxed"))
         if new.height:
             first = frame.unique(_RUN_KEYS, keep="first", maintain_order=True).select(
                 *_RUN_KEYS, "model_id", "task_id", "prompt_id", *CONDITION_COLUMNS[:4]
@@ -656,6 +677,17 @@ class _Import:
             inserted = self._insert_runs(new.join(first, on=_RUN_KEYS))
             self.runs = self.runs.vstack(inserted.select(self.runs.columns))
         return frame.join(self.runs.select(*_RUN_KEYS, "run_id"), on=_RUN_KEYS)
+
+    def _check_samples(self, frame: pl.DataFrame, runs: pl.DataFrame) -> None:
+        """A run's samples (valid and invalid) must fit its n_samples column."""
+        over = runs.filter(pl.col("n_valid") + pl.col("n_invalid").fill_null(0) > _MOST_SAMPLES)
+        if over.height:
+            record = first_bad(frame.join(over.select(_RUN_KEYS), on=_RUN_KEYS, how="semi"),
+                               pl.lit(True))
+            raise self.source.fail(
+                record, "count", f"the samples of this model, task and prompt add up to more "
+                f"than {_MOST_SAMPLES:,}, the most a run holds; split them into runs of "
+                "different conditions or scale them down")
 
     def merged_invalid(self, stored: pl.Expr, chunk: pl.Expr) -> pl.Expr:
         return (stored + chunk.fill_null(0)).alias("n_invalid")
@@ -758,7 +790,8 @@ class _CountsImport(_Import):
 
     def described(self, frame: pl.DataFrame) -> pl.DataFrame:
         frame = super().described(frame)
-        return frame.with_columns(parsed_integer(self.source, frame, "n_invalid"))
+        return frame.with_columns(parsed_integer(self.source, frame, "n_invalid",
+                                                 stored_in="runs.n_invalid"))
 
     def grouped(self, frame: pl.DataFrame) -> pl.DataFrame:
         described = [c for c in frame.columns if c not in (ROW, LINE, "option", "count")]
@@ -783,7 +816,7 @@ class _CountsImport(_Import):
         if bad:
             raise self.source.fail(
                 bad, "option",
-                f"{bad['option']!r} is not an option of the closed task {bad['task']!r} "
+                f"{shown(bad['option'])} is not an option of the closed task {bad['task']!r} "
                 f"(options: {', '.join(closed[bad['task']].options)})",
             )
 
@@ -823,7 +856,7 @@ class _CountsImport(_Import):
     def _repeats(self, record: dict) -> InvalidInput:
         return self.source.fail(
             record, "option",
-            f"{record['option']!r} repeats an earlier row of the same model, task and prompt",
+            f"{shown(record['option'])} repeats an earlier row of the same model, task and prompt",
         )
 
     def _repeated_in_store(self, frame: pl.DataFrame) -> dict:

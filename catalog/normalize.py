@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, ClassVar, NamedTuple
 from catalog.enums import INVALID_REASONS
 from catalog.errors import InvalidInput
 from catalog.lexicon import Vocabulary, fold, vocabulary
+from catalog.limits import text_max
 
 if TYPE_CHECKING:
     from catalog.tasks import TaskSpec
@@ -52,6 +53,8 @@ _NEXT_TURN = re.compile(
     r"|<\|[^|>\n]{1,40}\|>|<(?:start|end)_of_\w+>|</s>|<(?:eos|bos|pad|unk)>",
     re.IGNORECASE | re.MULTILINE,
 )
+# The longest answer an option column holds (the same on both databases).
+LONGEST_ANSWER = text_max("option_counts.option")
 # HTML tags a base model writes around words (<b>, <em>, </i>): markup, not text.
 _TAGS = re.compile(r"</?[A-Za-z]{1,6}>")
 # Characters that decorate an answer without changing it: markdown, quotes, brackets, bullets.
@@ -595,6 +598,12 @@ class OpenWordNormalizer(Normalizer):
         return None
 
     def read(self, text: str, task: TaskSpec, lenient: bool = False) -> Reading:
+        reading = self._read(text, task, lenient)
+        if reading.option is not None and len(reading.option) > LONGEST_ANSWER:
+            return NO_ANSWER  # no option column of either database holds it
+        return reading
+
+    def _read(self, text: str, task: TaskSpec, lenient: bool) -> Reading:
         region = answer_region(text)
         phrase = self.answer_phrase(region, task)
         terms = _task_vocabulary(task)

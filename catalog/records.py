@@ -10,12 +10,13 @@ Lines, its line (:data:`LINE`), so a bad record is reported by where it is:
 inside fields push later records down).
 
 Field names are matched case-insensitively. A :class:`FieldMap` renames a file's fields to
-the catalog's columns (``--map outputs=completions``) and gives columns one value for
+the catalog's columns (``--map n=count``) and gives columns one value for
 every record (``--set family=olmo``).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from typing import Any
 import polars as pl
 
 from catalog.errors import InvalidInput
+from catalog.limits import INT64_MAX, integer_max, shown
 
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl",
            ".ndjson": "jsonl"}
@@ -103,7 +105,15 @@ class RecordFile:
         Lines, whose records may differ."""
         if self.format == "jsonl":
             return None
-        return self._frame_columns(self._names())
+        names = self._names()
+        have = {name.strip().lower() for name in names}
+        absent = [name for name in self.fields.rename if name not in have]
+        if absent:
+            raise InvalidInput(
+                f"{self.path}: --map {absent[0]}={self.fields.rename[absent[0]]}: the file has "
+                f"no field {shown(absent[0])} (its fields: {shown(', '.join(names))[1:-1]})"
+            )
+        return self._frame_columns(names)
 
     def chunks(self) -> Iterator[pl.DataFrame]:
         """The records in order, as frames of the catalog's columns plus :data:`ROW` (and
@@ -158,7 +168,7 @@ class RecordFile:
                                         new_columns=[self._column(names[i]) for i in wanted],
                                         infer_schema=False)
                 except (pl.exceptions.PolarsError, OSError) as exc:
-                    raise self._unreadable(exc) from None
+                    raise self._ragged_record(len(names)) or self._unreadable(exc) from None
                 yield self._with_constants(frame.with_columns(
                     pl.int_range(rows + 1, rows + frame.height + 1, dtype=pl.Int64).alias(ROW),
                     pl.lit(None, pl.Int64).alias(LINE),
@@ -202,6 +212,20 @@ class RecordFile:
             pl.lit(value, pl.String).alias(column)
             for column, value in self.fields.constants.items()
         )
+
+    def _ragged_record(self, fields: int) -> InvalidInput | None:
+        """The first CSV record whose number of fields is not the header's (Polars says
+        only that one is), with its row and line."""
+        with self.path.open(newline="", encoding="utf-8", errors="replace") as file:
+            reader = csv.reader(file)
+            next(reader, None)
+            for row, record in enumerate(reader, start=1):
+                if record and len(record) != fields:
+                    return InvalidInput(
+                        f"{self.path}: row {row} (line {reader.line_num}): {len(record)} "
+                        f"fields, but the header has {fields}"
+                    )
+        return None
 
     def _unreadable(self, exc: Exception) -> InvalidInput:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -400,9 +424,10 @@ def first_bad(frame: pl.DataFrame, bad: pl.Expr) -> dict | None:
 
 
 def parsed_integer(source: RecordFile, frame: pl.DataFrame, column: str, *,
-                   least: int = 0) -> pl.Series:
+                   least: int = 0, stored_in: str | None = None) -> pl.Series:
     """The column as Int64 (text, integers or whole floats; nulls stay null); the first
-    record that is not a whole number >= ``least`` fails."""
+    record that is not a whole number >= ``least`` fails, and one that the schema column
+    ``stored_in`` (``table.column``) cannot hold on both databases."""
     dtype, value = frame.schema[column], pl.col(column)
     if frame[column].null_count() == frame.height:
         return frame[column].cast(pl.Int64)
@@ -421,11 +446,19 @@ def parsed_integer(source: RecordFile, frame: pl.DataFrame, column: str, *,
                            column, parsed.alias("__parsed"))
     bad = first_bad(checked, value.is_not_null() & pl.col("__parsed").is_null())
     if bad:
-        raise source.fail(bad, column, f"{bad[column]!r} is not a whole number")
+        digits = str(bad[column]).strip().lstrip("+-").isdigit()
+        problem = "is too large; the store holds at most 64-bit integers" if digits \
+            else "is not a whole number"
+        raise source.fail(bad, column, f"{shown(bad[column])} {problem}")
     bad = first_bad(checked, pl.col("__parsed") < least)
     if bad:
         problem = "is negative" if least == 0 else "is too small"
         raise source.fail(bad, column, f"{bad['__parsed']} {problem}; use a number >= {least}")
+    most = integer_max(stored_in) if stored_in else INT64_MAX
+    bad = first_bad(checked, pl.col("__parsed") > most)
+    if bad:
+        raise source.fail(bad, column, f"{bad['__parsed']} is too large; the store holds at "
+                                       f"most {most:,}")
     return checked["__parsed"].alias(column)
 
 
@@ -441,5 +474,5 @@ def parsed_float(source: RecordFile, frame: pl.DataFrame, column: str) -> pl.Ser
     bad = first_bad(checked, value.is_not_null() & (pl.col("__parsed").is_null()
                                                     | ~pl.col("__parsed").is_finite()))
     if bad:
-        raise source.fail(bad, column, f"{bad[column]!r} is not a number")
+        raise source.fail(bad, column, f"{shown(bad[column])} is not a number")
     return checked["__parsed"].alias(column)

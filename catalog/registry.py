@@ -14,21 +14,23 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from catalog import checkpoints
 from catalog.enums import PROMPT_FORMATS
 from catalog.errors import InvalidInput, NotFound
+from catalog.limits import check_name, check_text
 from catalog.normalize import get_normalizer
 from catalog.prompting import text_hash
-from catalog.schema import Family, Model, Prompt, Run, Task
+from catalog.schema import Completion, ExactProb, Family, Model, OptionCount, Prompt, Run, Task
 from catalog.tasks import TaskSpec, bundled_task
 
 # Stage orders used when none is given; base must be 0. Stage names are matched
 # case-insensitively everywhere ("SFT" and "sft" are one stage of a family).
 DEFAULT_STAGE_ORDERS = {"base": 0, "sft": 1, "dpo": 2, "rl": 3, "rlvr": 3, "instruct": 3}
 OPEN_TASK_NORMALIZER = "open_word"
+_PROMPT_TRIES = 5
 _PINNED_REVISION = re.compile(r"[0-9a-f]{40}\Z")
 # Fields a model row is compared on when the same name is registered again.
 _MODEL_FIELDS = (
@@ -68,12 +70,27 @@ def ensure_family(session: Session, name: str, description: str | None = None) -
     """The family called ``name``, created if new (a missing description is filled in)."""
     family = session.scalar(select(Family).where(Family.name == name))
     if family is None:
-        family = Family(name=name, description=description)
-        session.add(family)
-        session.flush()
+        check_name(name, "families.name", "family name")
+        _insert_if_absent(session, Family, [{"name": name, "description": description}])
+        family = session.scalar(select(Family).where(Family.name == name))
     elif description and not family.description:
         family.description = description
     return family
+
+
+def _insert_if_absent(session: Session, table: type, rows: list[dict]) -> int:
+    """Insert the rows that violate no unique constraint; returns how many were inserted.
+
+    Get-or-create goes through here: two processes creating the same new family, model,
+    task or prompt at once both succeed (one inserts it, the other finds it), where a plain
+    INSERT fails one of them with a unique-constraint error."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    session.flush()
+    result = session.connection().execute(insert(table.__table__).on_conflict_do_nothing(), rows)
+    return result.rowcount
 
 
 def add_model(
@@ -105,6 +122,12 @@ def add_model(
     when given, validates them and returns them converted (an unknown backend or a bad
     option is refused before anything is stored).
     """
+    check_name(name, "models.name", "model name")
+    check_name(family, "families.name", "family name")
+    check_name(stage, "models.stage", "stage name")
+    for column, value in (("source", source), ("revision", revision), ("gguf_file", gguf_file)):
+        if value is not None:
+            check_text(value, f"models.{column}", column)
     backend_options = _backend_options(name, backend, backend_options, check_backend)
     if step is not None and step < 0:
         raise InvalidInput(f"model {name!r}: step must be >= 0, got {step}")
@@ -147,9 +170,20 @@ def add_model(
         return existing
     family_row = ensure_family(session, family)
     _check_checkpoint(session, family_row, name, wanted)
-    model = Model(name=name, family=family_row, **wanted)
-    session.add(model)
-    session.flush()
+    inserted = _insert_if_absent(session, Model, [{"name": name, "family_id": family_row.id,
+                                                   **wanted}])
+    model = session.scalar(select(Model).where(Model.name == name))
+    if model is None:
+        raise InvalidInput(
+            f"model {name!r}: another process registered stage {stage!r} of family "
+            f"{family!r} at the same time; run `catalog models list --family {family}`"
+        )
+    if not inserted:  # registered by another process meanwhile: the same one, or refused
+        return add_model(session, name=name, family=family, stage=stage,
+                         stage_order=stage_order, step=step, source=source, revision=revision,
+                         prompt_format=prompt_format, gguf_file=gguf_file,
+                         trust_remote_code=trust_remote_code, backend=backend,
+                         backend_options=backend_options, notes=notes)
     return model
 
 
@@ -161,6 +195,8 @@ def _check_checkpoint(session: Session, family: Family, name: str, wanted: dict)
         return
     stage = wanted["stage"] = siblings[0].stage
     taken = next((m for m in siblings if m.step == wanted["step"]), None)
+    if taken is not None and taken.name == name:
+        return  # registered by another process meanwhile: add_model compares it
     if taken is not None and taken.step is None:
         raise InvalidInput(
             f"family {family.name!r} already has a {stage!r} stage without a step (model "
@@ -243,6 +279,92 @@ def get_model(session: Session, name: str) -> Model:
             f"no model named {name!r}; run `catalog models list` to see the registered models"
         )
     return model
+
+
+# Fields `catalog models update` may change. Every one but the notes changes what a done run
+# of the model means, so they are refused while it has done runs unless forced.
+UPDATABLE_FIELDS = (
+    "source", "revision", "prompt_format", "gguf_file", "trust_remote_code", "backend",
+    "backend_options", "notes",
+)
+
+
+def model_units(session: Session, model: Model) -> dict[str, int]:
+    """How many of the model's runs are in each status (pending, running, done, failed)."""
+    rows = session.execute(
+        select(Run.status, func.count()).where(Run.model_id == model.id).group_by(Run.status)
+    )
+    return dict(rows.all())
+
+
+def _what_is_lost(units: Mapping[str, int]) -> str:
+    return ", ".join(f"{n} {status}" for status, n in sorted(units.items()) if n) or "no"
+
+
+def remove_model(session: Session, name: str, *, force: bool = False) -> str:
+    """Remove a model with its runs and their counts (and its family, if it was the last
+    one); refused while the model has done or running units unless ``force``. Returns what
+    was removed, in one line; the caller's transaction makes it all or nothing."""
+    model = get_model(session, name)
+    units = model_units(session, model)
+    kept = {s: n for s, n in units.items() if s in ("done", "running") and n}
+    if kept and not force:
+        raise InvalidInput(
+            f"model {name!r} has {_what_is_lost(kept)} units whose runs and counts would be "
+            "lost; add --force to remove them with the model"
+        )
+    runs = select(Run.id).where(Run.model_id == model.id).scalar_subquery()
+    for child in (Completion, OptionCount, ExactProb):
+        session.execute(delete(child).where(child.run_id.in_(runs)))
+    session.execute(delete(Run).where(Run.model_id == model.id))
+    family = model.family
+    session.delete(model)
+    session.flush()
+    gone = ""
+    if session.scalar(select(func.count()).where(Model.family_id == family.id)) == 0:
+        session.delete(family)
+        session.flush()
+        gone = f"; family {family.name!r} had no other model and is removed too"
+    return f"removed model {name!r} and its {_what_is_lost(units)} units{gone}"
+
+
+def update_model(
+    session: Session, name: str, *, force: bool = False,
+    check_backend: BackendCheck | None = None, **changes: Any,
+) -> list[str]:
+    """Change a registered model's fields (:data:`UPDATABLE_FIELDS`); returns the changed
+    ones as ``field: old -> new``. A change other than the notes is refused while the model
+    has done units unless ``force`` (their counts were sampled from what it was)."""
+    unknown = set(changes) - set(UPDATABLE_FIELDS)
+    if unknown:
+        raise InvalidInput(f"cannot update {', '.join(sorted(unknown))} of a model")
+    model = get_model(session, name)
+    if "backend" in changes or "backend_options" in changes:
+        changes["backend_options"] = _backend_options(
+            name, changes.get("backend", model.backend),
+            changes.get("backend_options", model.backend_options), check_backend)
+    changed = {field: value for field, value in changes.items()
+               if getattr(model, field) != value}
+    revision = changed.get("revision", model.revision)
+    if changed.get("trust_remote_code", model.trust_remote_code) and not (
+            revision and _PINNED_REVISION.match(revision)):
+        raise InvalidInput(
+            f"model {name!r}: --trust-remote-code needs --revision pinned to a full "
+            "40-character commit hash")
+    done = model_units(session, model).get("done", 0)
+    meaningful = sorted(set(changed) - {"notes"})
+    if meaningful and done and not force:
+        raise InvalidInput(
+            f"model {name!r} has {done} done units sampled with its {', '.join(meaningful)}; "
+            "changing them would misdescribe those counts: add --force to change them anyway, "
+            "or register the new one under another name"
+        )
+    described = [f"{field} {getattr(model, field)!r} -> {value!r}"
+                 for field, value in changed.items()]
+    for field, value in changed.items():
+        setattr(model, field, value)
+    session.flush()
+    return described
 
 
 # Checkpoint order within a family: by stage, then step, the step-less (final) model last.
@@ -396,8 +518,8 @@ def sync_task(session: Session, spec: TaskSpec) -> Task:
     """
     task = session.scalar(select(Task).where(Task.name == spec.name))
     if task is None:
-        task = Task(name=spec.name)
-        session.add(task)
+        _insert_if_absent(session, Task, [_new_task(spec.name, spec.kind, spec.normalizer)])
+        task = session.scalar(select(Task).where(Task.name == spec.name))
     task.kind = spec.kind
     task.options = list(spec.options)
     task.normalizer = spec.normalizer
@@ -527,17 +649,16 @@ def ensure_open_task(session: Session, name: str) -> Task:
     """The task called ``name``, created as an open task (options as observed) if new."""
     task = session.scalar(select(Task).where(Task.name == name))
     if task is None:
-        task = Task(
-            name=name,
-            kind="open",
-            options=[],
-            normalizer=OPEN_TASK_NORMALIZER,
-            normalizer_version=_normalizer_version(OPEN_TASK_NORMALIZER),
-            spec={"name": name, "kind": "open", "normalizer": OPEN_TASK_NORMALIZER},
-        )
-        session.add(task)
-        session.flush()
+        check_name(name, "tasks.name", "task name")
+        _insert_if_absent(session, Task, [_new_task(name, "open", OPEN_TASK_NORMALIZER)])
+        task = session.scalar(select(Task).where(Task.name == name))
     return task
+
+
+def _new_task(name: str, kind: str, normalizer: str) -> dict:
+    return {"name": name, "kind": kind, "options": [], "normalizer": normalizer,
+            "normalizer_version": _normalizer_version(normalizer),
+            "spec": {"name": name, "kind": kind, "normalizer": normalizer}}
 
 
 def task_by_name(session: Session, name: str) -> Task:
@@ -600,12 +721,24 @@ def ensure_prompts(
             prompt.text_hash = text_hash(text)
         result[key] = prompt
     session.flush()
-    if new:
-        session.connection().execute(Prompt.__table__.insert(), list(new.values()))
+    for _ in range(_PROMPT_TRIES):
+        if not new:
+            break
+        # Another process may add prompts to the task at once: a key it added is found,
+        # a key whose position it took gets the next free one.
+        _insert_if_absent(session, Prompt, list(new.values()))
         session.expire(task, ["prompts"])
         result.update((p.key, p) for p in session.scalars(
             select(Prompt).where(Prompt.task_id == task.id, Prompt.key.in_(list(new)))
         ))
+        new = {key: row for key, row in new.items() if key not in result}
+        next_position = session.scalar(
+            select(func.max(Prompt.position) + 1).where(Prompt.task_id == task.id))
+        for row in new.values():
+            row["position"] = next_position
+            next_position += 1
+    if new:
+        raise InvalidInput(f"task {task.name!r}: other processes keep adding prompts; run again")
     return result
 
 

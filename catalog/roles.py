@@ -108,6 +108,11 @@ def _grant(conn: Connection, role: str, kind: str, owner: str) -> None:
         f"{defaults} REVOKE ALL ON TABLES FROM {role}",
         f"{defaults} REVOKE ALL ON SEQUENCES FROM {role}",
         f"GRANT CONNECT ON DATABASE {database} TO {role}",
+        # Temporary tables are a database privilege every role has through PUBLIC: a reader
+        # creates nothing, so only the owner and writers (imports use one) keep it.
+        f"REVOKE TEMPORARY ON DATABASE {database} FROM PUBLIC",
+        f"REVOKE TEMPORARY ON DATABASE {database} FROM {role}",
+        f"GRANT TEMPORARY ON DATABASE {database} TO {preparer.quote(owner)}",
         f"GRANT USAGE ON SCHEMA {schema} TO {role}",
         f"GRANT {_TABLE_PRIVILEGES[kind]} ON ALL TABLES IN SCHEMA {schema} TO {role}",
         f"{defaults} GRANT {_TABLE_PRIVILEGES[kind]} ON TABLES TO {role}",
@@ -116,6 +121,7 @@ def _grant(conn: Connection, role: str, kind: str, owner: str) -> None:
         statements += [
             f"REVOKE INSERT, UPDATE, DELETE ON {schema}.alembic_version FROM {role}",
             f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {role}",
+            f"GRANT TEMPORARY ON DATABASE {database} TO {role}",
             f"{defaults} GRANT USAGE ON SEQUENCES TO {role}",
         ]
     for statement in statements:

@@ -26,10 +26,15 @@ also fixes each view's column dtypes, so an empty result has the same schema as 
 from __future__ import annotations
 
 import contextlib
+import datetime
+import signal
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+from decimal import Decimal
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -44,6 +49,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from catalog.errors import InvalidInput
+from catalog.limits import shown
 
 _TEXT, _INT, _FLOAT = pl.String, pl.Int64, pl.Float64
 _UTC = pl.Datetime("us", "UTC")
@@ -111,10 +117,82 @@ VIEWS = tuple(VIEW_SCHEMAS)
 _SMALL_RESULT_ROWS = 20_000
 _READ_ONLY_OPTION = "-c default_transaction_read_only=on"
 _PG_READ_ONLY_SQLSTATE = "25006"  # read_only_sql_transaction
+_PG_CANCELLED = "57014"  # query_canceled: statement_timeout
 READ_ONLY_REFUSAL = (
     "catalog sql is read-only: the statement tries to write "
     "(use the library or a writer role to change data)"
 )
+
+
+def query(engine: Engine, sql: str, *, timeout: float) -> pl.DataFrame:
+    """``catalog sql``: one read-only query that stops. It runs at most ``timeout`` seconds
+    (PostgreSQL: ``statement_timeout`` for its transaction; SQLite: a progress handler) and
+    Ctrl-C stops it, cancelling it on the server. On SQLite, ``ATTACH``, ``VACUUM INTO`` and
+    a ``PRAGMA`` that sets a value are refused (they write files or change the store's mode
+    while ``query_only`` holds). Every column prints: a type Polars has no dtype for
+    (PostgreSQL's money, void, ranges...) comes back as its text."""
+    with _read_only_connection(engine) as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"SET LOCAL statement_timeout = {max(1, round(timeout * 1000))}")
+            frame = _fetch(conn, sql, None, timeout=timeout)
+        else:
+            with _sqlite_guard(conn.connection.driver_connection, timeout):
+                frame = _fetch(conn, sql, None)
+    return _stable_dtypes(frame)
+
+
+# Pragmas that only read (with an argument naming what to read), and are allowed.
+_READING_PRAGMAS = {
+    "table_info", "table_xinfo", "index_list", "index_info", "index_xinfo",
+    "foreign_key_list", "foreign_key_check", "integrity_check", "quick_check",
+    "function_list", "pragma_list", "table_list", "collation_list", "module_list",
+}
+
+
+@contextlib.contextmanager
+def _sqlite_guard(dbapi: sqlite3.Connection, timeout: float) -> Iterator[None]:
+    """Refuse what ``query_only`` lets through, and stop the query at the deadline or on
+    Ctrl-C (the SIGINT handler only sets a flag: the progress handler interrupts SQLite,
+    then KeyboardInterrupt is raised here)."""
+    deadline = time.monotonic() + timeout
+    interrupted: list[int] = []
+    refused: list[str] = []
+
+    def authorize(action, arg1, arg2, _db, _trigger):
+        if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
+            refused.append("ATTACH and VACUUM INTO (they write another file)")
+            return sqlite3.SQLITE_DENY
+        if action == sqlite3.SQLITE_PRAGMA and arg2 is not None and (
+                (arg1 or "").lower() not in _READING_PRAGMAS):
+            refused.append(f"PRAGMA {arg1} = ... (it changes the store)")
+            return sqlite3.SQLITE_DENY
+        return sqlite3.SQLITE_OK
+
+    def progress():
+        return 1 if interrupted or time.monotonic() > deadline else 0
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(1))
+    dbapi.set_authorizer(authorize)
+    dbapi.set_progress_handler(progress, 10_000)
+    try:
+        yield
+    except InvalidInput:
+        if interrupted:
+            raise KeyboardInterrupt from None
+        if refused:
+            raise InvalidInput(f"catalog sql refuses {refused[0]}") from None
+        if time.monotonic() > deadline:
+            raise _past_timeout(timeout) from None
+        raise
+    finally:
+        dbapi.set_progress_handler(None, 0)
+        dbapi.set_authorizer(None)
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        raise KeyboardInterrupt
 
 
 def read_sql(engine: Engine, sql: str, params: Mapping[str, Any] | None = None) -> pl.DataFrame:
@@ -240,35 +318,62 @@ def _read_with_sqlalchemy(
     engine: Engine, sql: str, params: Mapping[str, Any] | None, *, at_most: int | None = None
 ) -> pl.DataFrame | None:
     """The query's rows through SQLAlchemy, or None if there are more than ``at_most``."""
+    with _read_only_connection(engine) as conn:
+        return _fetch(conn, sql, params, at_most=at_most)
+
+
+def _fetch(conn: Connection, sql: str, params: Mapping[str, Any] | None, *,
+           at_most: int | None = None, timeout: float | None = None) -> pl.DataFrame | None:
     try:
-        with _read_only_connection(engine) as conn:
-            if params:
-                result = conn.execute(text(sql), dict(params))
-            else:  # no parameters: leave a user's ":" and "%" alone
-                result = conn.exec_driver_sql(sql)
-            if not result.returns_rows:
-                raise InvalidInput(
-                    "the statement returns no rows; give one query that does (e.g. SELECT ...)"
-                )
-            columns = list(result.keys())
-            if at_most is None:
-                rows = result.fetchall()
-            else:
-                rows = result.fetchmany(at_most + 1)
-                if len(rows) > at_most:
-                    return None
+        if params:
+            result = conn.execute(text(sql), dict(params))
+        else:  # no parameters: leave a user's ":" and "%" alone
+            result = conn.exec_driver_sql(sql)
+        if not result.returns_rows:
+            raise InvalidInput(
+                "the statement returns no rows; give one query that does (e.g. SELECT ...)"
+            )
+        columns = list(result.keys())
+        if at_most is None:
+            rows = result.fetchall()
+        else:
+            rows = result.fetchmany(at_most + 1)
+            if len(rows) > at_most:
+                return None
     except SQLAlchemyError as exc:
-        if _tries_to_write(getattr(exc, "orig", None)):
+        original = getattr(exc, "orig", None)
+        if _tries_to_write(original):
             raise InvalidInput(READ_ONLY_REFUSAL) from None
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise InvalidInput(f"the query failed: {reason}") from None
+        if timeout is not None and getattr(original, "sqlstate", None) == _PG_CANCELLED:
+            raise _past_timeout(timeout) from None
+        reason = str(original or exc).strip().splitlines()[0]
+        raise InvalidInput(f"the query failed: {shown(reason)[1:-1]}") from None
     return pl.DataFrame(
-        [tuple(row) for row in rows],
+        [tuple(map(_printable, row)) for row in rows],
         schema=columns,
         orient="row",
         infer_schema_length=None,
         strict=False,
     )
+
+
+_PLAIN_VALUES = (bool, int, float, str, bytes, Decimal, datetime.date, datetime.time,
+                 datetime.timedelta)
+
+
+def _printable(value: Any) -> Any:
+    """A value Polars can hold: others (PostgreSQL's ranges, an integer past 64 bits...)
+    become their text."""
+    if value is None or (isinstance(value, _PLAIN_VALUES)
+                         and not (isinstance(value, int) and abs(value) >= 2**63)):
+        return value
+    return str(value)
+
+
+def _past_timeout(timeout: float) -> InvalidInput:
+    return InvalidInput(
+        f"the query ran past the statement timeout ({timeout:g} s) and was stopped; give it "
+        "more time with --timeout SECONDS, or ask less")
 
 
 @contextlib.contextmanager

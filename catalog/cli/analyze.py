@@ -25,13 +25,13 @@ def analyze_command(db_url, fmt, output, **selection) -> None:
     Definitions: docs/metrics.md in the catalog's repository. The thresholds are printed
     with the result.
 
-    Example: catalog analyze --family olmo-2-7b --task digit --bootstrap 1000 --format json
+    Example: catalog analyze --family olmo-2-1124-7b --task digit --bootstrap 1000 --format json
     """
     from analysis.crystallization import analyze
     from analysis.render import render
 
     request = analysis_request(**selection)
-    with catalog_engine(db_url) as engine:
+    with catalog_engine(db_url, read_only=True) as engine:
         result = analyze(engine, **request)
     for warning in result.warnings:
         click.echo(f"Warning: {warning}", err=True)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from analysis.options import AnalysisOptions, ConditionSelection
+from catalog.cli import types
 from catalog.config import ENV_VAR
 from catalog.db import open_catalog, session_scope
 from catalog.enums import RUN_MODES
@@ -56,37 +57,40 @@ _ANALYSIS_OPTIONS = (
                  help="Only this task (repeatable)."),
     click.option("--mode", type=click.Choice(RUN_MODES), default="sampled",
                  show_default=True, help="Sampled counts or exact probabilities (never mixed)."),
-    click.option("--tau", type=float, default=_ANALYSIS["tau"], show_default=True,
+    click.option("--tau", type=types.FiniteFloat(above=0, at_most=1), default=_ANALYSIS["tau"],
+                 show_default=True,
                  help="Seed-support mass."),
-    click.option("--bootstrap", type=click.IntRange(min=0), default=_ANALYSIS["bootstrap"],
+    click.option("--bootstrap", type=click.IntRange(min=0, max=1_000_000),
+                 default=_ANALYSIS["bootstrap"],
                  show_default=True,
                  help="Bootstrap replicates for 95% intervals and seed stability (0: off)."),
-    click.option("--seed", type=int, default=_ANALYSIS["seed"], show_default=True,
+    click.option("--seed", type=types.SEED, default=_ANALYSIS["seed"], show_default=True,
                  help="Bootstrap random seed."),
-    click.option("--liquid-threshold", "liquid_threshold", type=float,
+    click.option("--liquid-threshold", "liquid_threshold", type=types.FiniteFloat(),
                  default=_ANALYSIS["liquid_threshold"], show_default=True,
                  help="Liquid at base when L[base] >= this."),
-    click.option("--nr-threshold", "nucleation_ratio_threshold", type=float,
+    click.option("--nr-threshold", "nucleation_ratio_threshold", type=types.FiniteFloat(),
                  default=_ANALYSIS["nucleation_ratio_threshold"], show_default=True,
                  help="Nucleated needs NR < this."),
-    click.option("--probmass-threshold", "probmass_threshold", type=float,
+    click.option("--probmass-threshold", "probmass_threshold", type=types.FiniteFloat(),
                  default=_ANALYSIS["probmass_threshold"], show_default=True,
                  help="Nucleated needs ProbMass[sft] >= this."),
-    click.option("--settle-tolerance", "settle_tolerance", type=float,
+    click.option("--settle-tolerance", "settle_tolerance", type=types.FiniteFloat(),
                  default=_ANALYSIS["settle_tolerance"], show_default=True,
                  help="Settled when ProbMass[s] >= ProbMass[sft] - this."),
     click.option("--min-samples", "min_samples", type=click.IntRange(min=1),
                  default=_ANALYSIS["min_samples"], show_default=True,
                  help="Exclude (and report) prompts with fewer valid samples."),
-    click.option("--temperature", "temperature", type=float, multiple=True, metavar="T",
+    click.option("--temperature", "temperature", type=types.TEMPERATURE, multiple=True,
+                 metavar="T",
                  help="Only runs sampled at this temperature (repeatable)."),
-    click.option("--top-p", "top_p", type=float, multiple=True, metavar="P",
+    click.option("--top-p", "top_p", type=types.TOP_P, multiple=True, metavar="P",
                  help="Only runs with this top-p (repeatable)."),
-    click.option("--top-k", "top_k", type=click.IntRange(min=0), multiple=True, metavar="K",
+    click.option("--top-k", "top_k", type=types.TOP_K, multiple=True, metavar="K",
                  help="Only runs with this top-k (repeatable; 0: runs without top-k)."),
-    click.option("--max-new-tokens", "max_new_tokens", type=click.IntRange(min=1),
+    click.option("--max-new-tokens", "max_new_tokens", type=types.MAX_NEW_TOKENS,
                  multiple=True, metavar="N", help="Only runs with this token limit (repeatable)."),
-    click.option("--reference-temperature", "reference_temperature", type=float,
+    click.option("--reference-temperature", "reference_temperature", type=types.TEMPERATURE,
                  default=_ANALYSIS["reference_temperature"], show_default=True,
                  help="Temperature sweeps: ProbMass on the seed support chosen at this "
                       "temperature."),
@@ -115,9 +119,10 @@ def analysis_request(
 
 
 @contextlib.contextmanager
-def catalog_engine(db_url: str | None) -> Iterator[Engine]:
-    """The catalog's engine for a command (schema gate included), disposed afterwards."""
-    engine = open_catalog(db_url)
+def catalog_engine(db_url: str | None, *, read_only: bool = False) -> Iterator[Engine]:
+    """The catalog's engine for a command (schema gate included), disposed afterwards.
+    ``read_only``: for commands that only read, which never create a database."""
+    engine = open_catalog(db_url, create=not read_only)
     try:
         yield engine
     finally:
@@ -125,7 +130,7 @@ def catalog_engine(db_url: str | None) -> Iterator[Engine]:
 
 
 @contextlib.contextmanager
-def catalog_session(db_url: str | None) -> Iterator[Session]:
+def catalog_session(db_url: str | None, *, read_only: bool = False) -> Iterator[Session]:
     """One transaction on the catalog for a command: committed on success, else rolled back."""
-    with catalog_engine(db_url) as engine, session_scope(engine) as session:
+    with catalog_engine(db_url, read_only=read_only) as engine, session_scope(engine) as session:
         yield session

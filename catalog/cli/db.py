@@ -18,7 +18,7 @@ def db_group() -> None:
     """Create, inspect and migrate the catalog's database schema."""
 
 
-@db_group.command("upgrade")
+@db_group.command("upgrade", context_settings={"ignore_unknown_options": True})
 @click.argument("revision", default="head")
 @db_option
 def upgrade(revision: str, db_url: str | None) -> None:
@@ -38,39 +38,39 @@ def current(db_url: str | None) -> None:
 
     Example: catalog db current
     """
-    engine = catalog_db.make_engine(db_url)
+    engine = catalog_db.make_engine(db_url, create=False)
     rev = catalog_db.current_revision(engine) or "empty"
     head = catalog_db.head_revision()
     state = "up to date" if rev == head else "run `catalog db upgrade`"
     click.echo(f"{masked(engine.url)}: schema {rev} (catalog needs {head}: {state})")
 
 
-@db_group.command("downgrade")
+@db_group.command("downgrade", context_settings={"ignore_unknown_options": True})
 @click.argument("revision")
 @db_option
 def downgrade(revision: str, db_url: str | None) -> None:
     """Migrate the database back to REVISION ("base" removes every table).
 
-    Example: catalog db downgrade 0001
+    Example: catalog db downgrade -1
     """
-    engine = catalog_db.make_engine(db_url)
+    engine = catalog_db.make_engine(db_url, create=False)
     catalog_db.downgrade(engine, revision)
     click.echo(f"{masked(engine.url)} is at {catalog_db.current_revision(engine) or 'base'}")
 
 
 @db_group.command("create-role")
 @click.argument("name")
-@click.option("--reader", "kind", flag_value="reader",
+@click.option("--reader", is_flag=True,
               help="SELECT on every table and view; changes nothing (analysts).")
-@click.option("--writer", "kind", flag_value="writer",
+@click.option("--writer", is_flag=True,
               help="Also INSERT, UPDATE, DELETE rows; no DROP or ALTER (workers).")
 @click.option("--password", "ask_password", is_flag=True,
               help="Prompt for the role's password (hidden, asked twice).")
 @click.option("--password-env", metavar="VAR",
               help="Read the role's password from environment variable VAR.")
 @db_option
-def create_role_command(name: str, kind: str | None, ask_password: bool, password_env: str | None,
-                db_url: str | None) -> None:
+def create_role_command(name: str, reader: bool, writer: bool, ask_password: bool,
+                        password_env: str | None, db_url: str | None) -> None:
     """Create a PostgreSQL login role that reads the catalog, or writes runs and counts.
 
     Run it as the owner of the catalog's tables. Again on an existing role, it gives that
@@ -78,8 +78,10 @@ def create_role_command(name: str, kind: str | None, ask_password: bool, passwor
 
     Example: catalog db create-role analyst --reader --password --db postgresql://owner@db-host/catalog
     """
-    if kind is None:
-        raise InvalidInput("give --reader or --writer")
+    if reader == writer:
+        raise click.UsageError("give one of --reader or --writer" if reader
+                               else "give --reader or --writer")
+    kind = "reader" if reader else "writer"
     password = _password(name, ask_password, password_env)
     with catalog_engine(db_url) as engine:
         click.echo(create_role(engine, name, kind, password))
@@ -88,7 +90,7 @@ def create_role_command(name: str, kind: str | None, ask_password: bool, passwor
 def _password(name: str, ask: bool, env_var: str | None) -> str | None:
     """The password from a hidden prompt or an environment variable, never from argv."""
     if ask and env_var:
-        raise InvalidInput("give --password or --password-env, not both")
+        raise click.UsageError("give --password or --password-env, not both")
     if env_var:
         if env_var not in os.environ:
             raise InvalidInput(f"environment variable {env_var} is not set; export it first")

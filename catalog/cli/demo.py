@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from catalog.cli import types
 from catalog.cli.common import catalog_engine, dataclass_defaults, db_option
 from catalog.cli.progress import UnitProgress
 from catalog.config import database_url, masked
@@ -29,16 +30,16 @@ def _seed_prompts(values: tuple[str, ...]) -> dict[str, str]:
               help="Name to register the toy family as.")
 @click.option("--seed-prompt", "seed_prompts", multiple=True, metavar="TASK=KEY",
               help="Plant this prompt as the task's seed (default: each task's third prompt).")
-@click.option("--samples", "-n", type=click.IntRange(min=1), default=_DEMO["samples"],
+@click.option("--samples", "-n", type=types.SAMPLES, default=_DEMO["samples"],
               show_default=True)
 @click.option("--prompts-per-task", type=click.IntRange(min=2, max=12),
               default=_DEMO["prompts_per_task"], show_default=True,
               help="Train and sample the first K prompts of each task.")
-@click.option("--seed", type=int, default=_DEMO["seed"], show_default=True,
+@click.option("--seed", type=types.SEED, default=_DEMO["seed"], show_default=True,
               help="Sampling and bootstrap seed.")
-@click.option("--bootstrap", type=click.IntRange(min=0), default=_DEMO["bootstrap"],
+@click.option("--bootstrap", type=click.IntRange(min=0, max=1_000_000), default=_DEMO["bootstrap"],
               show_default=True)
-@click.option("--checkpoints", type=click.IntRange(min=0), default=_DEMO["checkpoints"],
+@click.option("--checkpoints", type=click.IntRange(min=0, max=1000), default=_DEMO["checkpoints"],
               show_default=True,
               help="Also register and sample K evenly spaced checkpoints of SFT and of DPO, and "
               "report where the metrics change over them.")

@@ -19,9 +19,9 @@ _LAUNCH = dataclass_defaults(LaunchOptions)
 @click.command("launch")
 @click.option("--executor", type=click.Choice(LAUNCH_EXECUTORS), required=True,
               help="A Slurm job array, or processes on this machine.")
-@click.option("--workers", type=click.IntRange(min=1), default=_LAUNCH["workers"],
+@click.option("--workers", type=click.IntRange(min=1, max=100_000), default=_LAUNCH["workers"],
               show_default=True, help="How many workers.")
-@click.option("--gpus-per-worker", type=click.IntRange(min=0),
+@click.option("--gpus-per-worker", type=click.IntRange(min=0, max=1024),
               default=_LAUNCH["gpus_per_worker"], show_default=True,
               help="GPUs of each worker's own (local: worker i gets GPUs i*G to i*G+G-1).")
 @click.option("--partition", metavar="P", help="Slurm partition.")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from catalog import registry
+from catalog.cli import types
 from catalog.cli.common import catalog_session, dataclass_defaults, db_option
 from catalog.cli.store import echo_frame
 from ingest.backends import ModelSpec, check_backend_options
@@ -25,20 +28,35 @@ def _backend_args(ctx, param, values) -> dict[str, str]:
     return options
 
 
+def _source(ctx, param, value: str | None) -> str | None:
+    """A hub id, or a local directory that exists: a mistyped path is refused here, not
+    when a worker first loads the model."""
+    if value is None:
+        return None
+    value = types.Name("models.source").convert(value, param, ctx)
+    local = value.startswith(("/", "./", "../", "~")) or value.count("/") > 1
+    if local and not Path(value).expanduser().exists():
+        raise click.BadParameter(f"{value}: no such local directory (a hub id is ORG/NAME)")
+    return value
+
+
 @click.group("models")
 def models_group() -> None:
     """Register model families and their stages (base, SFT, DPO, RL...)."""
 
 
 @models_group.command("add")
-@click.argument("name")
-@click.option("--family", required=True, help="The family (post-training pipeline) it belongs to.")
-@click.option("--stage", required=True, help="Stage name: base, sft, dpo, rl, rlvr, instruct or your own.")
-@click.option("--stage-order", type=click.IntRange(min=0), default=None,
+@click.argument("name", type=types.Name("models.name"))
+@click.option("--family", required=True, type=types.Name("families.name"),
+              help="The family (post-training pipeline) it belongs to.")
+@click.option("--stage", required=True, type=types.Name("models.stage"),
+              help="Stage name: base, sft, dpo, rl, rlvr, instruct or your own.")
+@click.option("--stage-order", type=types.STAGE_ORDER, default=None,
               help="Position in the pipeline (default: base=0, sft=1, dpo=2, rl/rlvr/instruct=3).")
-@click.option("--step", type=click.IntRange(min=0), default=None,
+@click.option("--step", type=types.STEP, default=None,
               help="This model is the checkpoint of the stage at this training step (or tokens).")
-@click.option("--source", required=True, metavar="HUB_ID_OR_PATH", help="Hub id or local directory.")
+@click.option("--source", required=True, metavar="HUB_ID_OR_PATH", callback=_source,
+              help="Hub id or local directory.")
 @click.option("--revision", default=None, help="Hub branch, tag or commit (a commit pins the weights).")
 @click.option("--chat/--plain", "chat", default=None,
               help="Prompt through the chat template, or as plain text (default: plain for "
@@ -80,9 +98,11 @@ def _at_step(model) -> str:
 
 
 @models_group.command("add-checkpoints")
-@click.option("--family", required=True, help="The family the checkpoints belong to.")
-@click.option("--stage", required=True, help="The stage they are checkpoints of.")
-@click.option("--stage-order", type=click.IntRange(min=0), default=None,
+@click.option("--family", required=True, type=types.Name("families.name"),
+              help="The family the checkpoints belong to.")
+@click.option("--stage", required=True, type=types.Name("models.stage"),
+              help="The stage they are checkpoints of.")
+@click.option("--stage-order", type=types.STAGE_ORDER, default=None,
               help="Position in the pipeline (default: base=0, sft=1, dpo=2, rl/rlvr/instruct=3).")
 @click.option("--source", required=True, metavar="DIR_OR_HUB_ID",
               help="A training run's output directory (its checkpoint-<step>/ folders), or a "
@@ -128,7 +148,9 @@ def list_command(family: str | None, db_url: str | None) -> None:
     """
     import polars as pl
 
-    with catalog_session(db_url) as session:
+    with catalog_session(db_url, read_only=True) as session:
+        if family is not None:
+            registry.get_family(session, family)  # a mistyped family is an error
         rows = [
             (m.family.name, m.stage, m.stage_order, "" if m.step is None else str(m.step),
              m.name, m.source or "", m.revision or "", m.prompt_format, m.backend)
@@ -157,6 +179,58 @@ def load_command(experiment: str, db_url: str | None) -> None:
         )
         families = sorted({m.family.name for m in models})
     click.echo(f"registered {len(models)} models in {len(families)} families: {', '.join(families)}")
+
+
+@models_group.command("remove")
+@click.argument("name")
+@click.option("--force", is_flag=True,
+              help="Also when the model has done (or running) units: their runs and counts "
+              "are removed with it.")
+@db_option
+def remove_command(name: str, force: bool, db_url: str | None) -> None:
+    """Remove a registered model, with its planned units (and its family if it was the
+    last one). Refused while it has done units, unless --force; all or nothing.
+
+    Example: catalog models remove olmo-sft-typo
+    """
+    with catalog_session(db_url) as session:
+        click.echo(registry.remove_model(session, name, force=force))
+
+
+@models_group.command("update")
+@click.argument("name")
+@click.option("--source", default=None, metavar="HUB_ID_OR_PATH", callback=_source,
+              help="New hub id or local directory.")
+@click.option("--revision", default=None, help="New hub branch, tag or commit.")
+@click.option("--chat/--plain", "chat", default=None, help="New prompt format.")
+@click.option("--gguf-file", default=None, help="New GGUF file inside the source.")
+@click.option("--backend", default=None, metavar="NAME", help="New sampling backend.")
+@click.option("--backend-arg", "backend_options", multiple=True, metavar="KEY=VALUE",
+              callback=_backend_args, help="Replace the backend options (repeatable).")
+@click.option("--notes", default=None, help="New notes (always allowed).")
+@click.option("--force", is_flag=True,
+              help="Also when the model has done units (sampled from what it was).")
+@db_option
+def update_command(name, chat, backend_options, force, db_url, **given) -> None:
+    """Correct a registered model's source, revision, prompt format, backend or notes.
+
+    Refused while the model has done units (their counts came from what it was), unless
+    --force; the notes can always change.
+
+    Example: catalog models update olmo-sft --revision main --notes "fixed the revision"
+    """
+    changes = {field: value for field, value in given.items() if value is not None}
+    if chat is not None:
+        changes["prompt_format"] = "chat" if chat else "plain"
+    if backend_options:
+        changes["backend_options"] = backend_options
+    if not changes:
+        raise click.UsageError("nothing to change; give --source, --revision, --chat/--plain, "
+                               "--gguf-file, --backend, --backend-arg or --notes")
+    with catalog_session(db_url) as session:
+        changed = registry.update_model(session, name, force=force,
+                                        check_backend=check_backend_options, **changes)
+    click.echo(f"{name}: " + ("; ".join(changed) if changed else "nothing changed"))
 
 
 COMMANDS = [models_group]

@@ -29,7 +29,7 @@ def report_command(db_url, output, **selection) -> None:
     from analysis.report import build_report
 
     request = analysis_request(**selection)
-    with catalog_engine(db_url) as engine:
+    with catalog_engine(db_url, read_only=True) as engine:
         summary = build_report(engine, output, **request)
     for warning in summary.warnings:
         click.echo(f"Warning: {warning}", err=True)

@@ -7,6 +7,7 @@ import time
 
 import click
 
+from catalog.cli import types
 from catalog.cli.common import catalog_engine, db_option
 from catalog.enums import STATUS_FORMATS
 
@@ -14,10 +15,12 @@ from catalog.enums import STATUS_FORMATS
 @click.command("status")
 @click.option("--format", "fmt", type=click.Choice(STATUS_FORMATS), default="table",
               show_default=True)
-@click.option("--minutes", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+@click.option("--minutes", type=types.FiniteFloat(at_least=0.1, at_most=5_256_000), default=10.0,
+              show_default=True,
               help="Throughput over this many recent minutes.")
 @click.option("--watch", is_flag=True, help="Refresh every --interval seconds (Ctrl-C ends).")
-@click.option("--interval", type=click.FloatRange(min=0.5), default=5.0, show_default=True)
+@click.option("--interval", type=types.FiniteFloat(at_least=0.5, at_most=86_400), default=5.0,
+              show_default=True)
 @db_option
 def status_command(fmt, minutes, watch, interval, db_url) -> None:
     """Units by state per family, model and task; running units; throughput, ETA; errors.
@@ -26,7 +29,7 @@ def status_command(fmt, minutes, watch, interval, db_url) -> None:
     """
     from ingest.status import queue_status, render_status
 
-    with catalog_engine(db_url) as engine:
+    with catalog_engine(db_url, read_only=True) as engine:
         while True:
             status = queue_status(engine, minutes)
             text = (json.dumps(status.to_dict(), indent=2) if fmt == "json"
@@ -36,7 +39,10 @@ def status_command(fmt, minutes, watch, interval, db_url) -> None:
             click.echo(text)
             if not watch:
                 return
-            time.sleep(interval)
+            try:
+                time.sleep(interval)
+            except KeyboardInterrupt:  # how --watch ends
+                return
 
 
 COMMANDS = [status_command]

@@ -3,10 +3,12 @@ and ``sql``."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import click
 
+from catalog.cli import types
 from catalog.cli.common import catalog_engine, db_option
 from catalog.enums import COUNT_FILE_FORMATS, IMPORT_PRESETS, RUN_MODES
 
@@ -16,7 +18,7 @@ def echo_frame(frame, fmt: str = "table") -> None:
     import polars as pl
 
     if fmt == "csv":
-        click.echo(frame.write_csv(), nl=False)
+        click.echo(_csv_writable(frame).write_csv(), nl=False)
         return
     with pl.Config(
         tbl_formatting="ASCII_MARKDOWN",
@@ -30,6 +32,37 @@ def echo_frame(frame, fmt: str = "table") -> None:
         click.echo(frame)
 
 
+def _csv_writable(frame):
+    """The frame with the columns CSV cannot hold (durations, lists, bytes...) as text."""
+    import polars as pl
+
+    def text(name: str, dtype) -> pl.Expr:
+        if isinstance(dtype, pl.Duration):
+            return pl.col(name).dt.to_string("polars")  # as the table prints it
+        if isinstance(dtype, pl.Binary):
+            return pl.col(name).bin.encode("hex")
+        return pl.col(name).map_elements(str, return_dtype=pl.String, skip_nulls=True)
+
+    scalar = (pl.String, pl.Boolean, pl.Date, pl.Datetime, pl.Time, pl.Decimal, pl.Null)
+    with warnings.catch_warnings():  # Polars' advice to vectorize str() does not apply here
+        warnings.simplefilter("ignore", pl.exceptions.PolarsInefficientMapWarning)
+        return frame.with_columns(
+            text(name, dtype) for name, dtype in frame.schema.items()
+            if not (dtype.is_numeric() or isinstance(dtype, scalar))
+        )
+
+
+def _field_map(maps, sets):
+    """The --map and --set options; a malformed one is a usage error."""
+    from catalog.errors import InvalidInput
+    from catalog.records import FieldMap
+
+    try:
+        return FieldMap.parse(maps, sets)
+    except InvalidInput as exc:
+        raise click.UsageError(str(exc)) from None
+
+
 def field_options(command):
     """``--map FIELD=COLUMN`` and ``--set COLUMN=VALUE`` of the imports."""
     command = click.option(
@@ -37,7 +70,7 @@ def field_options(command):
         help="Give every record this value (repeatable), e.g. --set family=olmo.")(command)
     return click.option(
         "--map", "maps", multiple=True, metavar="FIELD=COLUMN",
-        help="Read the file's FIELD as COLUMN (repeatable), e.g. --map outputs=completions.",
+        help="Read the file's FIELD as COLUMN (repeatable), e.g. --map n=count.",
     )(command)
 
 
@@ -56,10 +89,10 @@ def import_counts_command(path: Path, maps, sets, db_url: str | None) -> None:
     Example: catalog import-counts counts.csv --db postgresql://postgres@127.0.0.1/catalog
     """
     from catalog.io import import_counts
-    from catalog.records import FieldMap
 
+    fields = _field_map(maps, sets)
     with catalog_engine(db_url) as engine:
-        click.echo(import_counts(engine, path, fields=FieldMap.parse(maps, sets)))
+        click.echo(import_counts(engine, path, fields=fields))
 
 
 @click.command("import-completions")
@@ -81,11 +114,10 @@ def import_completions_command(path: Path, preset, maps, sets, db_url: str | Non
     --set stage=base --set model=olmo-base --set task=digit
     """
     from catalog.io import import_completions
-    from catalog.records import FieldMap
 
+    fields = _field_map(maps, sets)
     with catalog_engine(db_url) as engine:
-        click.echo(import_completions(engine, path, fields=FieldMap.parse(maps, sets),
-                                      preset=preset))
+        click.echo(import_completions(engine, path, fields=fields, preset=preset))
 
 
 @click.command("export")
@@ -104,7 +136,7 @@ def export_command(path: Path, fmt, families, tasks, mode, db_url: str | None) -
     """
     from catalog.io import export_counts
 
-    with catalog_engine(db_url) as engine:
+    with catalog_engine(db_url, read_only=True) as engine:
         rows = export_counts(
             engine, path, format=fmt, family=families or None, task=tasks or None, mode=mode
         )
@@ -112,20 +144,24 @@ def export_command(path: Path, fmt, families, tasks, mode, db_url: str | None) -
 
 
 @click.command("sql")
-@click.argument("query")
+@click.argument("sql")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv"]), default="table",
               show_default=True)
+@click.option("--timeout", type=types.FiniteFloat(above=0, at_most=86_400), default=300.0,
+              show_default=True, metavar="SECONDS",
+              help="Stop the query after this long (the server stops it too).")
 @db_option
-def sql_command(query: str, fmt: str, db_url: str | None) -> None:
+def sql_command(sql: str, fmt: str, timeout: float, db_url: str | None) -> None:
     """Run one read-only SQL query and print its result (views: v_counts, v_distributions,
-    v_runs). A statement that tries to write is refused and changes nothing.
+    v_runs). A statement that tries to write is refused and changes nothing; Ctrl-C or
+    --timeout stops the query, on the server too.
 
     Example: catalog sql "SELECT model, option, probability FROM v_distributions WHERE task = 'coin'"
     """
-    from catalog.views import read_sql
+    from catalog.views import query
 
-    with catalog_engine(db_url) as engine:
-        frame = read_sql(engine, query)
+    with catalog_engine(db_url, read_only=True) as engine:
+        frame = query(engine, sql, timeout=timeout)
     echo_frame(frame, fmt)
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import click
@@ -10,6 +11,7 @@ from sqlalchemy import select
 
 from catalog import registry
 from catalog.cli.common import catalog_engine, catalog_session, db_option
+from catalog.errors import NoCatalog
 from catalog.prompting import DEFAULT_SCAFFOLD
 from catalog.cli.store import echo_frame
 from catalog.schema import Task
@@ -19,6 +21,16 @@ from catalog.tasks import bundled_task, bundled_tasks, load_task_file
 @click.group("tasks")
 def tasks_group() -> None:
     """List, show and add random-generation tasks."""
+
+
+@contextlib.contextmanager
+def _bundled_without_catalog():
+    """Listing tasks reads the catalog but needs none: without one (a new store, or a
+    mistyped --db), the bundled tasks are shown, with a note; nothing is created."""
+    try:
+        yield
+    except NoCatalog as exc:
+        click.echo(f"Note: {exc}; showing the bundled tasks", err=True)
 
 
 @tasks_group.command("list")
@@ -34,7 +46,7 @@ def list_command(db_url: str | None) -> None:
         spec.name: (spec.name, spec.kind, len(spec.options), len(spec.prompts), "bundled")
         for spec in bundled_tasks()
     }
-    with catalog_session(db_url) as session:
+    with _bundled_without_catalog(), catalog_session(db_url, read_only=True) as session:
         for task in session.scalars(select(Task)):
             where = "bundled, stored" if task.name in rows else "stored"
             rows[task.name] = (task.name, task.kind, len(task.options), len(task.prompts), where)
@@ -50,19 +62,19 @@ def show_command(name: str, db_url: str | None) -> None:
 
     Example: catalog tasks show digit
     """
-    with catalog_session(db_url) as session:
+    stored = None
+    with _bundled_without_catalog(), catalog_session(db_url, read_only=True) as session:
         task = session.scalar(select(Task).where(Task.name == name))
         if task is not None:
             prompts = [(p.position, p.key, p.template or "") for p in task.prompts]
-            kind, options, normalizer = task.kind, task.options, task.normalizer
-            description, where = task.description, "stored in the catalog"
-            scaffold = (task.spec or {}).get("scaffold")
-        else:
-            spec = bundled_task(name)
-            prompts = [(i, p.key, p.text) for i, p in enumerate(spec.prompts)]
-            kind, options, normalizer = spec.kind, spec.options, spec.normalizer
-            description, where = spec.description, "bundled, not stored yet"
-            scaffold = spec.scaffold
+            stored = (prompts, task.kind, task.options, task.normalizer, task.description,
+                      "stored in the catalog", (task.spec or {}).get("scaffold"))
+    if stored is None:
+        spec = bundled_task(name)
+        prompts = [(i, p.key, p.text) for i, p in enumerate(spec.prompts)]
+        stored = (prompts, spec.kind, spec.options, spec.normalizer, spec.description,
+                  "bundled, not stored yet", spec.scaffold)
+    prompts, kind, options, normalizer, description, where, scaffold = stored
     click.echo(f"{name} ({kind} task, {where})")
     if description:
         click.echo(description)

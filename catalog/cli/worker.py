@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from catalog.cli import types
 from catalog.cli.common import catalog_engine, dataclass_defaults, db_option
 from catalog.cli.ingest import backend_options, split_names
 from ingest.worker import WorkerOptions, run_worker, stop_on_signals
@@ -12,17 +13,17 @@ _WORKER = dataclass_defaults(WorkerOptions)
 
 
 @click.command("worker")
-@click.option("--lease-seconds", type=float, show_default=True,
+@click.option("--lease-seconds", type=types.POSITIVE, show_default=True,
               default=_WORKER["lease_seconds"],
               help="A claimed unit is this worker's for this long; a heartbeat renews it.")
-@click.option("--max-attempts", type=int, show_default=True,
+@click.option("--max-attempts", type=types.StoredInt("runs.attempts", least=1), show_default=True,
               default=_WORKER["max_attempts"],
               help="A unit failing this many times becomes failed, with its last error.")
-@click.option("--idle-exit", type=float, default=_WORKER["idle_exit"],
+@click.option("--idle-exit", type=types.NON_NEGATIVE, default=_WORKER["idle_exit"],
               show_default=True, metavar="SECONDS",
               help="With nothing to claim, wait this long for new units or an expiring "
               "lease before exiting.")
-@click.option("--max-units", type=int, default=_WORKER["max_units"],
+@click.option("--max-units", type=click.IntRange(min=1), default=_WORKER["max_units"],
               help="Exit after this many units.")
 @click.option("--model", "models", multiple=True, metavar="NAME",
               help="Only units of this model (repeatable).")

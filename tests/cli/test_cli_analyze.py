@@ -114,7 +114,7 @@ def test_an_unknown_family_is_a_clear_error(stored):
 
 def test_bad_options_are_clear_errors(stored):
     result = run("--db", stored, "--tau", "1.5")
-    assert result.exit_code == 1 and "Error: tau must be in (0, 1], got 1.5" in result.output
+    assert result.exit_code == 2 and "--tau': must be <= 1, got 1.5" in result.output
     result = run("--db", stored, "--mode", "exact", "--bootstrap", "10")
     assert result.exit_code == 1 and "exact probabilities have no sampling noise" in result.output
     result = run("--db", stored, "--format", "yaml")

@@ -81,7 +81,7 @@ def test_a_bad_record_is_one_error_line_and_stores_nothing(db_url, tmp_path):
                              '(or of objects with a "text")\n')
     assert sizes(db_url) == before
     result = run("import-completions", bad, "--map", "outputs", "--db", db_url)
-    assert result.exit_code == 1 and "--map 'outputs': expected FIELD=COLUMN" in result.output
+    assert result.exit_code == 2 and "--map 'outputs': expected FIELD=COLUMN" in result.output
     result = run("import-completions", bad, "--preset", "sglang", "--db", db_url)
     assert result.exit_code == 2 and "'sglang' is not 'vllm'" in result.output
 

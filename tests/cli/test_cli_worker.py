@@ -77,15 +77,18 @@ def test_bad_input_is_one_error_line_and_stores_nothing(db_url, engine, tmp_path
     bad_plan.write_text('[[families]]\nname = "x"\n[plan]\nsamplez = 3\n')
     for args, message in [
         (("plan", "--model", "nope", "--task", "digit"), "no model named 'nope'"),
-        (("plan", "--model", "m-a"), "name the tasks"),
         (("plan", "--experiment", str(bad_plan)), "unknown key(s) samplez"),
         (("worker", "--model", "nope"), "no model named 'nope'"),
         (("worker", "--lease-seconds", "0.1"), "lease must be at least 1 second"),
-        (("worker", "--max-attempts", "0"), "max attempts must be at least 1"),
     ]:
         result = invoke(*args, "--db", db_url)
         assert result.exit_code == 1 and message in result.stderr, (args, result.output)
         assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1
+    result = invoke("plan", "--model", "m-a", "--db", db_url)  # no --task: a usage error
+    assert result.exit_code == 2 and "Error: name the tasks" in result.stderr
+    result = invoke("worker", "--max-attempts", "0", "--db", db_url)  # click's type: usage
+    assert result.exit_code == 2 and "Error: Invalid value for '--max-attempts': must be >= 1" \
+        in result.stderr
     assert statuses(engine) == {}
     assert scalar(engine, "SELECT COUNT(*) FROM families") == 1
 
