@@ -222,7 +222,7 @@ def _analyze_group(
     if seed >= 0:
         seed_distribution = p[roles.base, seed]
         in_support = metrics.seed_support(seed_distribution, options.tau)
-        order = np.argsort(-seed_distribution, kind="stable")
+        order = metrics.tie_aware_order(seed_distribution)
         support = [option_names[i] for i in order if in_support[i]]
 
     group = GroupResult(
