@@ -113,7 +113,8 @@ def read_counts(
             engine, _select_sql(engine, "v_counts", ["run_id", "option", "count"], filters)
         )
         counts = (
-            counts.lazy()
+            _typed(counts, {"run_id": pl.Int64, "option": pl.String, "count": pl.Int64})
+            .lazy()
             .filter(pl.col("count") > 0)
             .join(run_to_unit.lazy().select("run_id", "unit"), on="run_id")
             .select("unit", "option", pl.col("count").cast(pl.Int64).alias("value"))
@@ -126,8 +127,11 @@ def read_counts(
             engine,
             _select_sql(engine, "v_distributions", [*keys, "option", "probability"], filters),
         )
+        exact = _typed(exact, {**dict.fromkeys(keys, pl.String), "step": pl.Int64,
+                               "prompt_id": pl.Int64, "option": pl.String,
+                               "probability": pl.Float64})
         counts = (
-            exact.with_columns(pl.col("prompt_id", "step").cast(pl.Int64))
+            exact
             .filter(pl.col("probability") > 0)
             .join(units.select(*keys, "unit"), on=keys, nulls_equal=True)
             .select("unit", "option", pl.col("probability").cast(pl.Float64).alias("value"))
@@ -138,6 +142,12 @@ def read_counts(
         mode, units, counts, read_task_info(engine, task_names),
         conditions=read_conditions(engine, keys), stale_runs=int(runs["stale"].sum()),
     )
+
+
+def _typed(frame: pl.DataFrame, types: Mapping[str, pl.DataType]) -> pl.DataFrame:
+    """``frame`` with these column types: an empty result (a selection whose answers are all
+    invalid has no count rows) comes back with untyped (null) columns, which joins refuse."""
+    return frame.with_columns(pl.col(name).cast(dtype) for name, dtype in types.items())
 
 
 def read_conditions(engine: Engine, keys: Sequence[str]) -> dict[str, dict[str, Any]]:

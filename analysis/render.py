@@ -87,6 +87,10 @@ def to_table(result: CrystallizationResult) -> str:
         lines.append("")
     if t.get("trajectories"):
         lines += _trajectory_block(result)
+    shown = {"cross_family_not_compared"}  # listed under their cross-family table
+    others = [p for p in result.extra_problems if p.kind not in shown]
+    if others:
+        lines += ["", "problems:"] + [f"  {p.task}: {p.message}" for p in others]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -139,7 +143,7 @@ def _group_block(g: GroupResult, bootstrapped: bool) -> list[str]:
         f"  verdict: liquid at base {_yes(v['liquid'])}; nucleated at sft {_yes(v['nucleated'])}; "
         f"settled {settled}"
     )
-    lines += [f"  problem: {p}" for p in g.problems]
+    lines += [f"  problem: {p.message}" for p in g.problems]
     return lines
 
 

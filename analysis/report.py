@@ -265,9 +265,12 @@ def _task_section(
                  "Order parameters across checkpoints", _CHECKPOINT_CAPTION)
         )
         readings = [(t.family, [s.reading() for s in t.series]) for t in series]
+    others = [p.message for p in result.extra_problems
+              if p.task == task and p.condition_key == task_groups[0].condition_key]
     return {
         "task": task,
         "condition": condition if several else None,
+        "problems": others,
         "anchor": f"task-{slug}",
         "kind": task_groups[0].kind,
         "n_options": len(task_groups[0].options),
@@ -298,7 +301,7 @@ def _summary_row(g: GroupResult, slug: str, condition: str) -> dict[str, Any]:
         "condition": condition,
         "anchor": f"task-{slug}",
         "status": g.status,
-        "problems": list(g.problems),
+        "problems": [p.message for p in g.problems],
         "seed_prompt": g.prompt_key(g.seed_index),
         "seed_support": list(g.seed_support),
         "seed_stability": g.seed_stability,

@@ -132,6 +132,43 @@ def _condition_columns(key: str | None, condition: Mapping[str, Any]) -> dict[st
     }
 
 
+@dataclass(frozen=True)
+class Problem:
+    """Something the analysis left out, could not compute or could not find, named where it
+    happened: one entry of the JSON contract's ``problems`` list.
+
+    ``kind`` is a stable word (docs/metrics.md, "Problems"); ``message`` says it in one line
+    for people. The other fields say where, and are null where they do not apply.
+    """
+
+    kind: str
+    message: str
+    family: str | None = None
+    task: str | None = None
+    condition_key: str | None = None
+    stage: str | None = None
+    step: int | None = None
+    role: str | None = None
+    metric: str | None = None
+    prompts: tuple[str, ...] | list[str] | None = None
+    family_b: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "family": self.family,
+            "family_b": self.family_b,
+            "task": self.task,
+            "condition_key": self.condition_key,
+            "stage": self.stage,
+            "step": None if self.step is None else int(self.step),
+            "role": self.role,
+            "metric": self.metric,
+            "prompts": None if self.prompts is None else list(self.prompts),
+            "message": self.message,
+        }
+
+
 @dataclass
 class GroupResult:
     """The analysis of one (family, task, condition); arrays run over ``stages`` unless
@@ -150,7 +187,7 @@ class GroupResult:
     stage_orders: list[int]
     roles: StageRoles
     status: str
-    problems: list[str]
+    problems: list[Problem]
     prompt_keys: list[str]
     prompt_ids: np.ndarray
     n_prompts: np.ndarray
@@ -230,6 +267,8 @@ class CrystallizationResult:
     """Results of one analysis: the JSON contract (``to_dict``) and Polars frames.
 
     ``warnings``: lines about the selection that do not stop the analysis (stale runs).
+    ``problems``: every problem of the analysis (those of the groups first, then those of
+    cross-family pairs and trajectories, then any added by other steps).
     """
 
     thresholds: dict[str, Any]
@@ -238,10 +277,16 @@ class CrystallizationResult:
     trajectories: list[GroupTrajectories] = field(default_factory=list)
     sweeps: list[TemperatureSweep] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    extra_problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[Problem]:
+        return [p for g in self.groups for p in g.problems] + list(self.extra_problems)
 
     def to_dict(self) -> dict[str, Any]:
         document = {
             "thresholds": dict(self.thresholds),
+            "problems": [p.to_dict() for p in self.problems],
             "tasks": [group_dict(g) for g in self.groups],
             "cross_family": [cross_dict(c) for c in self.cross],
         }
@@ -300,7 +345,7 @@ class CrystallizationResult:
                 **_condition_columns(g.condition_key, g.condition),
                 "kind": g.kind,
                 "status": g.status,
-                "problems": list(g.problems),
+                "problems": [p.message for p in g.problems],
                 "stages": list(g.stages),
                 "n_options": len(g.options),
                 "seed_prompt": d["seed_prompt"],
@@ -372,7 +417,7 @@ def group_dict(g: GroupResult) -> dict[str, Any]:
         "condition": condition_dict(g.condition_key, g.condition),
         "kind": g.kind,
         "status": g.status,
-        "problems": list(g.problems),
+        "problems": [p.message for p in g.problems],
         "stages": list(g.stages),
         "stage_orders": {s: int(o) for s, o in zip(g.stages, g.stage_orders)},
         "steps": dict(zip(g.stages, g.steps)),

@@ -39,7 +39,7 @@ def test_json_output_has_the_contract_keys(stored):
     result = run("--db", stored, "--format", "json", "--bootstrap", "20", "--seed", "5")
     assert result.exit_code == 0, result.output
     document = json.loads(result.output)
-    assert set(document) == {"thresholds", "tasks", "cross_family"}
+    assert set(document) == {"thresholds", "problems", "tasks", "cross_family"}
     assert document["thresholds"]["bootstrap"] == 20 and document["thresholds"]["seed"] == 5
     seeds = {(t["family"], t["task"]): t["seed_prompt_id"] for t in document["tasks"]}
     assert seeds == SEEDS

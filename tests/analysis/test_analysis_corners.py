@@ -1,0 +1,213 @@
+"""Corners of the analysis that must not be hidden or decided by rounding, on SQLite and
+PostgreSQL (stores imported with import-counts and import-completions): exact ties, cross-family
+rows without a base stage, prompt ids independent of file order, every drop named in
+``problems``, a store without a valid answer, verdicts with their bootstrap support.
+
+Expected values are computed here from the counts with exact fractions
+(``fractions.Fraction``), never with the analysis' code.
+"""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+
+import polars as pl
+import pytest
+
+from analysis.crystallization import AnalysisOptions, analyze
+from catalog.io import import_completions, import_counts
+
+TASK = "pick"  # an open task: its options are the ones observed
+OPTIONS = "abc"
+ORDERS = {"base": 0, "sft": 1, "dpo": 2}
+
+
+def rows(counts: dict, family: str = "fam", task: str = TASK) -> list[dict]:
+    """Import-counts rows from {stage: {prompt key: count vector over OPTIONS}}."""
+    out = []
+    for stage, prompts in counts.items():
+        for prompt, vector in prompts.items():
+            for option, count in zip(OPTIONS, vector):
+                out.append({"family": family, "stage": stage, "stage_order": ORDERS[stage],
+                            "model": f"{family}-{stage}", "task": task, "prompt": prompt,
+                            "option": option, "count": int(count)})
+    return out
+
+
+def store(engine, tmp_path, records: list[dict], name: str = "counts") -> None:
+    path = tmp_path / f"{name}.csv"
+    pl.DataFrame(records).write_csv(path)
+    import_counts(engine, path)
+
+
+def one(document: dict, family: str = "fam", task: str = TASK) -> dict:
+    (found,) = [t for t in document["tasks"] if t["family"] == family and t["task"] == task]
+    return found
+
+
+def fractions(vector) -> list[Fraction]:
+    total = sum(vector)
+    return [Fraction(int(c), int(total)) for c in vector]
+
+
+def mean(vectors) -> list[Fraction]:
+    return [sum(column) / len(vectors) for column in zip(*vectors)]
+
+
+def mse(p, q) -> Fraction:
+    return sum((a - b) ** 2 for a, b in zip(p, q)) / len(p)
+
+
+# ----- 1. exact ties -------------------------------------------------------------------------
+
+# (10,26,0)/36 and (0,26,10)/36 are exactly as far from (2,19,2)/23; in floating point the
+# two MSE values differ in the last bits, one way or the other depending on the order.
+TIED = ((10, 26, 0), (0, 26, 10))
+
+
+@pytest.mark.parametrize("first", [0, 1])
+def test_an_exact_seed_tie_goes_to_the_lower_prompt_id(engine, tmp_path, first):
+    base = {"p0": TIED[first], "p1": TIED[1 - first]}
+    sft = {"p0": (2, 19, 2), "p1": (2, 19, 2)}
+    store(engine, tmp_path, rows({"base": base, "sft": sft})
+          + rows({"base": base, "sft": sft}, family="other"))
+    target = mean([fractions(v) for v in sft.values()])
+    assert mse(fractions(base["p0"]), target) == mse(fractions(base["p1"]), target)
+    document = analyze(engine).to_dict()
+    assert one(document)["seed_prompt"] == "p0"
+    (pair,) = [c for c in document["cross_family"] if c["family_a"] == "fam"]
+    assert pair["rank"] == 1 and pair["n_candidates"] == 2
+
+
+def test_an_exact_tie_in_the_proxy_support_goes_to_option_text_order(engine, tmp_path):
+    # Pbar[sft] = (1/5, 1/5, 3/5) exactly; summed in prompt order, a's 0.3 + 0.2 + 0.1 and
+    # b's 0.1 + 0.2 + 0.3 are different floats (b's is larger).
+    sft = {"p0": (3, 1, 6), "p1": (2, 2, 6), "p2": (1, 3, 6)}
+    base = {"p0": (5, 1, 4), "p1": (1, 5, 4), "p2": (4, 2, 4)}
+    store(engine, tmp_path, rows({"base": base, "sft": sft}))
+    options = AnalysisOptions(tau=0.7)  # support: c (3/5 < 0.7), then a (tied with b)
+    task = one(analyze(engine, options=options).to_dict())
+    base_mean = mean([fractions(v) for v in base.values()])
+    expected = base_mean[2] + base_mean[0]  # c and a, not c and b
+    assert expected != base_mean[2] + base_mean[1]
+    assert task["probmass_proxy"]["base"] == pytest.approx(float(expected), abs=1e-12)
+
+
+# ----- 2. cross-family rows without a base stage in family B --------------------------------
+
+
+def test_a_family_without_a_base_stage_is_predicted_from_another_familys_seed(engine, tmp_path):
+    base = {"p0": (8, 1, 1), "p1": (1, 8, 1), "p2": (3, 3, 4)}
+    sft = {"p0": (9, 1, 0), "p1": (8, 1, 1), "p2": (9, 0, 1)}
+    own_sft = {"p0": (6, 3, 1), "p1": (7, 2, 1), "p2": (5, 4, 1)}  # an SFT of fam's base
+    store(engine, tmp_path, rows({"base": base, "sft": sft})
+          + rows({"sft": own_sft}, family="lab-sft"))
+    result = analyze(engine, options=AnalysisOptions(bootstrap=50))
+    document = result.to_dict()
+    (pair,) = [c for c in document["cross_family"]
+               if (c["family_a"], c["family_b"]) == ("fam", "lab-sft")]
+
+    candidates = {key: fractions(v) for key, v in base.items()}
+    own_target = mean([fractions(v) for v in sft.values()])
+    seed = min(candidates, key=lambda k: (mse(candidates[k], own_target), k))
+    target = mean([fractions(v) for v in own_sft.values()])
+    errors = {key: mse(p, target) for key, p in candidates.items()}
+    rank = 1 + sum(e < errors[seed] for e in errors.values())
+    ratio = errors[seed] / mse(target, mean(list(candidates.values())))
+    assert pair["status"] == "ok"
+    assert pair["seed_prompt_a"] == seed and pair["seed_prompt_b"] is None
+    assert pair["mse"] == pytest.approx(float(errors[seed]), rel=1e-12)
+    assert pair["rank"] == rank and pair["n_candidates"] == 3
+    assert pair["predictive_ratio"] == pytest.approx(float(ratio), rel=1e-12)
+    assert pair["same_seed_prompt"] is None
+    low, high = pair["ci"]["mse"]
+    assert low <= high
+    (back,) = [c for c in document["cross_family"] if c["family_a"] == "lab-sft"]
+    assert back["status"] == "no seed for lab-sft (missing_stage)" and back["mse"] is None
+
+
+# ----- 4. every drop named ----------------------------------------------------------------------
+
+
+def kinds_of(document: dict, family: str, task: str = TASK) -> dict[str, list[dict]]:
+    found: dict[str, list[dict]] = {}
+    for problem in document["problems"]:
+        if problem["family"] == family and problem["task"] == task:
+            found.setdefault(problem["kind"], []).append(problem)
+    return found
+
+
+def test_missing_stages_prompts_and_undefined_values_are_named(engine, tmp_path):
+    full = {"base": {"p0": (8, 1, 1), "p1": (1, 8, 1)}, "sft": {"p0": (9, 1, 0), "p1": (8, 1, 1)},
+            "dpo": {"p0": (9, 0, 1), "p1": (9, 1, 0)}}
+    # no DPO, and prompt p1 missing at SFT
+    short = {"base": {"p0": (5, 4, 1), "p1": (2, 7, 1)}, "sft": {"p0": (6, 3, 1)}}
+    store(engine, tmp_path, rows(full) + rows(short, family="short"))
+    document = json.loads(analyze(engine).to_json())
+    problems = kinds_of(document, "short")
+    (missing,) = problems["missing_stage"]
+    assert missing["stage"] == "dpo"
+    assert problems["no_settling_stage"][0]["role"] == "settling"
+    (gap,) = problems["missing_prompt"]
+    assert (gap["stage"], gap["prompts"]) == ("sft", ["p1"])
+    assert one(document, "short")["n_prompts"] == {"base": 2, "sft": 1}
+    undefined = {p["metric"] for p in problems["undefined_value"]}
+    assert {"liquidity", "heldout"} <= undefined  # one SFT prompt: no odd half, no pairs
+    assert "short" not in {p["family"] for p in document["problems"]
+                           if p["kind"] == "no_settling_stage" and p["family"] == "fam"}
+    assert "missing_stage" not in kinds_of(document, "fam")
+    task = one(document, "short")
+    assert all(p["message"] in task["problems"]
+               for p in document["problems"] if p["family"] == "short" and p["task"] == TASK)
+
+
+def test_a_one_option_task_names_why_its_ratios_are_null(engine, tmp_path):
+    records = [r for r in rows({"base": {"p0": (5, 0, 0), "p1": (7, 0, 0)},
+                                "sft": {"p0": (4, 0, 0), "p1": (6, 0, 0)}})
+               if r["option"] == "a"]
+    store(engine, tmp_path, records)
+    document = json.loads(analyze(engine).to_json())
+    task = one(document)
+    assert task["n_options"] == 1 and task["nucleation_ratio"] is None
+    assert task["heldout"]["nucleation_ratio"] is None
+    undefined = {p["metric"]: p["message"] for p in kinds_of(document, "fam")["undefined_value"]}
+    assert "single option" in undefined["nucleation_ratio"]
+    assert "heldout_nucleation_ratio" in undefined
+
+
+def test_holes_at_intermediate_checkpoints_are_named(engine, tmp_path):
+    checkpoints = [("base", None), ("sft", 100), ("sft", 200), ("sft", 300), ("sft", None)]
+    records = []
+    for stage, step in checkpoints:
+        for prompt, vector in {"p0": (6, 3, 1), "p1": (2, 7, 1), "p2": (4, 4, 2)}.items():
+            if (step, prompt) == (200, "p1"):
+                continue  # the hole
+            for option, count in zip(OPTIONS, vector):
+                records.append({"family": "fam", "stage": stage, "stage_order": ORDERS[stage],
+                                "step": step, "model": f"fam-{stage}-{step}", "task": TASK,
+                                "prompt": prompt, "option": option, "count": count})
+    store(engine, tmp_path, records)
+    document = json.loads(analyze(engine).to_json())
+    (hole,) = kinds_of(document, "fam")["trajectory_hole"]
+    assert (hole["stage"], hole["step"], hole["prompts"]) == ("sft", 200, ["p1"])
+
+
+# ----- 5. a store where every answer is invalid ------------------------------------------------
+
+
+def test_a_store_without_a_valid_answer_analyzes_to_problems(engine, tmp_path):
+    records = [
+        {"family": "tiny", "stage": stage, "model": f"tiny-{stage}", "task": "digit",
+         "prompt": prompt, "completions": [" "] * 5}
+        for stage in ("base", "sft") for prompt in ("plain", "terse")
+    ]
+    path = tmp_path / "blank.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    import_completions(engine, path)
+    document = json.loads(analyze(engine).to_json())
+    task = one(document, family="tiny", task="digit")
+    assert task["status"] == "too_few_samples"
+    assert task["validity"] == {"base": 0.0, "sft": 0.0}
+    kinds = {(p["kind"], p["stage"]) for p in document["problems"]}
+    assert ("no_valid_samples", "base") in kinds and ("no_valid_samples", "sft") in kinds
