@@ -392,43 +392,73 @@ def _with_derived(
 
 def _verdict(group: GroupResult, options: AnalysisOptions) -> dict:
     """Phase verdicts (metrics.md section 7), three-valued: None where undefined."""
-    v, roles = group.values, group.roles
+    point = _verdict_arrays({k: np.asarray(v)[None] for k, v in group.values.items()},
+                            group.roles, len(group.stages), options)
 
-    def at(name: str, index: int | None) -> float:
-        return np.nan if index is None or name not in v else float(v[name][index])
+    def value(x: np.ndarray) -> bool | None:
+        return None if np.isnan(x[0]) else bool(x[0])
 
-    liquidity_base = at("liquidity", roles.base)
-    probmass_sft = at("probmass", roles.sft)
-    nucleated = _all(
-        [
-            _test(
-                float(v.get("nucleation_ratio", np.nan)),
-                lambda x: x < options.nucleation_ratio_threshold,
-            ),
-            _test(at("liquidity", roles.sft) - liquidity_base, lambda x: x < 0),
-            _test(probmass_sft, lambda x: x >= options.probmass_threshold),
-        ]
-    )
-    settled = {}
-    if roles.sft is not None:
-        floor = probmass_sft - options.settle_tolerance  # NaN when ProbMass[sft] is
-        for i in range(roles.sft + 1, len(group.stages)):
-            settled[group.stages[i]] = _test(at("probmass", i) - floor, lambda x: x >= 0)
     return {
-        "liquid": _test(liquidity_base, lambda x: x >= options.liquid_threshold),
-        "nucleated": nucleated,
-        "settled": settled,
+        "liquid": value(point["liquid"]),
+        "nucleated": value(point["nucleated"]),
+        "settled": {group.stages[i]: value(x) for i, x in point["settled"].items()},
     }
 
 
-def _test(value: float, condition) -> bool | None:
-    return None if np.isnan(value) else bool(condition(value))
+def _verdict_arrays(
+    v: dict[str, np.ndarray], roles: metrics.StageRoles, n_stages: int, options: AnalysisOptions
+) -> dict:
+    """The verdicts of a batch of values (leading axis: replicates) as 1.0 / 0.0 / NaN
+    (undefined): ``liquid`` and ``nucleated`` (B,), ``settled`` {stage index: (B,)}."""
+    batch = next(iter(v.values())).shape[0] if v else 1
+
+    def at(name: str, index: int | None) -> np.ndarray:
+        if index is None or name not in v:
+            return np.full(batch, np.nan)
+        return np.asarray(v[name], dtype=float)[:, index]
+
+    def test(values: np.ndarray, holds: np.ndarray) -> np.ndarray:
+        return np.where(np.isnan(values), np.nan, holds.astype(float))
+
+    liquidity_base = at("liquidity", roles.base)
+    probmass_sft = at("probmass", roles.sft)
+    ratio = np.asarray(v.get("nucleation_ratio", np.full(batch, np.nan)), dtype=float)
+    drop = at("liquidity", roles.sft) - liquidity_base
+    with np.errstate(invalid="ignore"):
+        parts = np.stack([
+            test(ratio, ratio < options.nucleation_ratio_threshold),
+            test(drop, drop < 0),
+            test(probmass_sft, probmass_sft >= options.probmass_threshold),
+        ])
+        # Three-valued "and": false if any part is false, else undefined if any is.
+        nucleated = np.where((parts == 0).any(axis=0), 0.0,
+                             np.where(np.isnan(parts).any(axis=0), np.nan, 1.0))
+        settled = {}
+        if roles.sft is not None:
+            floor = probmass_sft - options.settle_tolerance  # NaN when ProbMass[sft] is
+            for i in range(roles.sft + 1, n_stages):
+                margin = at("probmass", i) - floor
+                settled[i] = test(margin, margin >= 0)
+        liquid = test(liquidity_base, liquidity_base >= options.liquid_threshold)
+    return {"liquid": liquid, "nucleated": nucleated, "settled": settled}
 
 
-def _all(values: list[bool | None]) -> bool | None:
-    if any(v is False for v in values):
-        return False
-    return None if any(v is None for v in values) else True
+def _verdict_support(group: GroupResult, arrays: dict[str, np.ndarray],
+                     options: AnalysisOptions) -> dict:
+    """The share of replicates in which each of the data's verdicts holds (None where the
+    data's verdict is undefined)."""
+    boot = _verdict_arrays(arrays, group.roles, len(group.stages), options)
+
+    def share(point: bool | None, replicates: np.ndarray) -> float | None:
+        return None if point is None else float(np.mean(replicates == float(point)))
+
+    verdict = group.verdict
+    return {
+        "liquid": share(verdict["liquid"], boot["liquid"]),
+        "nucleated": share(verdict["nucleated"], boot["nucleated"]),
+        "settled": {group.stages[i]: share(verdict["settled"][group.stages[i]], x)
+                    for i, x in boot["settled"].items()},
+    }
 
 
 # ----- bootstrap ---------------------------------------------------------------------------
@@ -481,6 +511,8 @@ def _bootstrap_task(
             for name in (*STAGE_METRICS, *SCALAR_METRICS)
             if name in arrays
         }
+        g.verdict_support = _verdict_support(g, arrays, options)
+        g.support_threshold = options.verdict_support
         if g.seed_index >= 0:
             g.seed_stability = float(np.mean(arrays["seed"] == g.seed_index))
             kept[g.family] = _Replicates(

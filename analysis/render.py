@@ -23,6 +23,7 @@ from analysis.results import (
     condition_label,
     cross_dict,
     group_dict,
+    verdict_word,
 )
 from analysis.sweeps import TemperatureSweep
 from catalog.enums import RESULT_FORMATS
@@ -137,10 +138,16 @@ def _group_block(g: GroupResult, bootstrapped: bool) -> list[str]:
             f"{h['seed_prompt_b'] or '-'} ({same}); NR on odd half = "
             f"{_number(h['nucleation_ratio'], 4)}"
         )
-    v = d["verdict"]
-    settled = ", ".join(f"{s} {_yes(x)}" for s, x in v["settled"].items()) or "-"
+    v, support = d["verdict"], d["verdict_support"] or {}
+
+    def said(name: str, stage: str | None = None) -> str:
+        value = v[name] if stage is None else v[name][stage]
+        share = support.get(name) if stage is None else support.get(name, {}).get(stage)
+        return _yes(value) + ("" if share is None else f" ({share:.0%} of replicates)")
+
+    settled = ", ".join(f"{s} {said('settled', s)}" for s in v["settled"]) or "-"
     lines.append(
-        f"  verdict: liquid at base {_yes(v['liquid'])}; nucleated at sft {_yes(v['nucleated'])}; "
+        f"  verdict: liquid at base {said('liquid')}; nucleated at sft {said('nucleated')}; "
         f"settled {settled}"
     )
     lines += [f"  problem: {p.message}" for p in g.problems]
@@ -232,8 +239,8 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
 
-def _yes(value: bool | None) -> str:
-    return {True: "yes", False: "no", None: "undefined"}[value]
+def _yes(value: bool | str | None) -> str:
+    return verdict_word(value)
 
 
 def _columns(headers: Sequence[str], rows: list[list[str]]) -> list[str]:

@@ -37,6 +37,7 @@ from analysis.results import (
     GroupResult,
     condition_label,
     json_number,
+    verdict_word,
 )
 from analysis.sweeps import TemperatureSweep
 from catalog import __version__
@@ -202,6 +203,8 @@ def _draw(result: CrystallizationResult, groups: list[GroupResult], output_dir: 
         sweeps=sweeps,
         sections=sections,
         single_family=len(families) < 2,
+        bootstrapped=bool(thresholds.get("bootstrap")),
+        verdict_support=thresholds.get("verdict_support"),
     )
     path = output_dir / REPORT_FILE
     path.write_text(html, encoding="utf-8")
@@ -295,6 +298,7 @@ def _summary_row(g: GroupResult, slug: str, condition: str) -> dict[str, Any]:
 
     ci = g.ci or {}
     nr_interval = ci.get("nucleation_ratio")
+    reading, support = g.verdict_reading(), g.verdict_support or {}
     return {
         "family": g.family,
         "task": g.task,
@@ -309,14 +313,18 @@ def _summary_row(g: GroupResult, slug: str, condition: str) -> dict[str, Any]:
         "nucleation_ratio_ci": None
         if nr_interval is None
         else (json_number(nr_interval[0]), json_number(nr_interval[1])),
+        "nucleation_ratio_outside": _outside(g.values.get("nucleation_ratio"), nr_interval),
         "liquidity_base": at("liquidity", g.roles.base),
         "liquidity_sft": at("liquidity", g.roles.sft),
         "probmass_sft": at("probmass", g.roles.sft),
         "base_stage": None if g.roles.base is None else g.stages[g.roles.base],
         "sft_stage": None if g.roles.sft is None else g.stages[g.roles.sft],
-        "liquid": g.verdict["liquid"],
-        "nucleated": g.verdict["nucleated"],
-        "settled": list(g.verdict["settled"].items()),
+        "liquid": reading["liquid"],
+        "nucleated": reading["nucleated"],
+        "settled": list(reading["settled"].items()),
+        "liquid_support": support.get("liquid"),
+        "nucleated_support": support.get("nucleated"),
+        "settled_support": support.get("settled", {}),
     }
 
 
@@ -334,6 +342,14 @@ def _cross_row(c: CrossResult) -> dict[str, Any]:
         "predictive_ratio": json_number(c.values.get("predictive_ratio")),
         "same_seed_prompt": c.same_seed_prompt,
     }
+
+
+def _outside(value: Any, interval: tuple | None) -> bool:
+    """Whether a defined interval misses its own defined point estimate."""
+    if value is None or interval is None:
+        return False
+    point, low, high = json_number(value), json_number(interval[0]), json_number(interval[1])
+    return None not in (point, low, high) and not low <= point <= high
 
 
 def _sweep_row(sweep: TemperatureSweep) -> dict[str, Any]:
@@ -361,6 +377,8 @@ _THRESHOLD_LABELS = (
     ("reference_temperature", "reference temperature",
      "temperature sweeps: ProbMass on the seed support chosen at this temperature"),
     ("trajectories", "trajectories", "checkpoint trajectories and change points computed"),
+    ("verdict_support", "verdict support",
+     "with a bootstrap, a verdict holding in fewer replicates than this share is uncertain"),
 )
 
 
@@ -397,6 +415,7 @@ def _render(**context: Any) -> str:
     )
     environment.filters["num"] = _number
     environment.filters["verdict"] = _verdict
+    environment.filters["setting"] = _setting
     return environment.get_template("report.html.j2").render(**context)
 
 
@@ -413,8 +432,17 @@ def _number(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
-def _verdict(value: bool | None) -> str:
-    return {True: "yes", False: "no", None: "undefined"}[value]
+def _setting(value: Any) -> str:
+    """A threshold table value: yes/no for a switch, — when unset (never Python's False)."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def _verdict(value: bool | str | None) -> str:
+    return verdict_word(value)
 
 
 # ----- captions (how to read each figure) ---------------------------------------------------
@@ -442,7 +470,14 @@ _TRAJECTORY_CAPTION = (
     "seed's support (solid) and on the support of the proxy seed P̄[sft] (dashed, usable where "
     "no base model was sampled); it stays high through settling stages."
 )
-_CI_NOTE = " Vertical bars are bootstrap 95% intervals."
+_CI_NOTE = (
+    " Vertical bars are bootstrap 95% intervals: plain percentile intervals of the "
+    "replicates. A replicate adds a second round of the data's own sampling noise, so a "
+    "statistic that noise biases is shifted the same way again: the interval of liquidity "
+    "between nearly identical prompts or of an MSE near 0 can lie entirely above its point, "
+    "that of the entropy of sparse counts below it. Read such a bar as the size of the "
+    "sampling spread, not as bounds around the true value."
+)
 _AVERAGED_CAPTION = (
     "The same metrics as in each task's trajectory figure, averaged over the {n} tasks at "
     "each registered stage order (a stage missing for a task is left out of that average). "

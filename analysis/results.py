@@ -73,6 +73,8 @@ _STAGE_SCHEMA = {
     "validity": pl.Float64,
     **{name: pl.Float64 for name in STAGE_METRICS},
     "settled": pl.Boolean,
+    "settled_support": pl.Float64,
+    "settled_verdict": pl.String,
 }
 _TASK_SCHEMA = {
     "family": pl.String,
@@ -93,6 +95,10 @@ _TASK_SCHEMA = {
     "heldout_nucleation_ratio": pl.Float64,
     "liquid": pl.Boolean,
     "nucleated": pl.Boolean,
+    "liquid_support": pl.Float64,
+    "nucleated_support": pl.Float64,
+    "liquid_verdict": pl.String,
+    "nucleated_verdict": pl.String,
     "seed_stability": pl.Float64,
 }
 _CROSS_SCHEMA = {
@@ -198,6 +204,10 @@ class GroupResult:
     verdict: dict[str, Any]
     ci: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
     seed_stability: float | None = None
+    # With a bootstrap: the share of replicates in which each verdict holds (the shape of
+    # ``verdict``), and the share below which a verdict reads "uncertain".
+    verdict_support: dict[str, Any] | None = None
+    support_threshold: float | None = None
     # The arrays behind the numbers: pooled counts (or probabilities) on O_t, (S, N, K);
     # distributions P[s, p], (S, N, K); sampled and usable (stage, prompt) cells, (S, N).
     counts: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0)), repr=False)
@@ -222,6 +232,25 @@ class GroupResult:
     @property
     def seed_index(self) -> int:
         return int(self.values.get("seed", -1))
+
+    def verdict_reading(self) -> dict[str, Any]:
+        """The verdicts as reported: ``verdict`` with "uncertain" where the bootstrap
+        support of a defined verdict is below the threshold (without a bootstrap: as is)."""
+        support, threshold = self.verdict_support, self.support_threshold
+
+        def read(value: bool | None, share: float | None) -> bool | str | None:
+            if value is None or share is None or threshold is None or share >= threshold:
+                return value
+            return "uncertain"
+
+        if support is None:
+            return {**self.verdict, "settled": dict(self.verdict["settled"])}
+        return {
+            "liquid": read(self.verdict["liquid"], support["liquid"]),
+            "nucleated": read(self.verdict["nucleated"], support["nucleated"]),
+            "settled": {s: read(x, support["settled"].get(s))
+                        for s, x in self.verdict["settled"].items()},
+        }
 
 
 @dataclass
@@ -304,6 +333,7 @@ class CrystallizationResult:
         """One row per (family, task, stage): every per-stage metric (and CI bounds)."""
         rows = []
         for g in self.groups:
+            reading = g.verdict_reading()
             for i, stage in enumerate(g.stages):
                 row: dict[str, Any] = {
                     "family": g.family,
@@ -320,6 +350,10 @@ class CrystallizationResult:
                 for name in STAGE_METRICS:
                     row[name] = json_number(g.values[name][i]) if name in g.values else None
                 row["settled"] = g.verdict["settled"].get(stage)
+                row["settled_support"] = (g.verdict_support or {}).get("settled", {}).get(stage)
+                row["settled_verdict"] = (
+                    verdict_word(reading["settled"][stage]) if stage in reading["settled"] else None
+                )
                 if g.ci is not None:
                     for name in STAGE_METRICS:
                         low, high = g.ci.get(name, (None, None))
@@ -334,6 +368,7 @@ class CrystallizationResult:
         rows = []
         for g in self.groups:
             d = group_dict(g)
+            support, reading = g.verdict_support or {}, g.verdict_reading()
             heldout = {
                 f"heldout_{k}": v
                 for k, v in d["heldout"].items()
@@ -354,6 +389,9 @@ class CrystallizationResult:
                 **heldout,
                 "liquid": g.verdict["liquid"],
                 "nucleated": g.verdict["nucleated"],
+                **{f"{name}_support": support.get(name) for name in ("liquid", "nucleated")},
+                **{f"{name}_verdict": verdict_word(reading[name])
+                   for name in ("liquid", "nucleated")},
                 "seed_stability": g.seed_stability,
             }
             if g.ci is not None:
@@ -385,6 +423,14 @@ def _frame(rows: list[dict[str, Any]], schema: dict[str, pl.DataType]) -> pl.Dat
         for name in row:
             columns.setdefault(name, pl.Float64)
     return pl.DataFrame(rows, schema=columns)
+
+
+def verdict_word(value: bool | str | None) -> str:
+    """A verdict as a word: "yes", "no", "uncertain" (bootstrap support below the
+    threshold) or "undefined"."""
+    if isinstance(value, str):
+        return value
+    return {True: "yes", False: "no", None: "undefined"}[value]
 
 
 def json_number(value: Any) -> float | None:
@@ -452,10 +498,14 @@ def group_dict(g: GroupResult) -> dict[str, Any]:
     d["distinct_argmax"] = {
         s: None if x is None else int(x) for s, x in d["distinct_argmax"].items()
     }
-    d["verdict"] = {
+    d["verdict"] = g.verdict_reading()
+    d["verdict_point"] = {
         "liquid": g.verdict["liquid"],
         "nucleated": g.verdict["nucleated"],
         "settled": dict(g.verdict["settled"]),
+    }
+    d["verdict_support"] = None if g.verdict_support is None else {
+        **g.verdict_support, "settled": dict(g.verdict_support["settled"])
     }
     d["validity"] = {s: json_number(x) for s, x in zip(g.stages, g.validity)}
     d["ci"] = None if g.ci is None else _ci_dict(g)

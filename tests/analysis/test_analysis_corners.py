@@ -12,10 +12,15 @@ from __future__ import annotations
 import json
 from fractions import Fraction
 
+from math import comb
+
 import polars as pl
 import pytest
+from scipy.stats import binomtest
 
 from analysis.crystallization import AnalysisOptions, analyze
+from analysis.render import to_table
+from analysis.report import write_report
 from catalog.io import import_completions, import_counts
 
 TASK = "pick"  # an open task: its options are the ones observed
@@ -211,3 +216,73 @@ def test_a_store_without_a_valid_answer_analyzes_to_problems(engine, tmp_path):
     assert task["validity"] == {"base": 0.0, "sft": 0.0}
     kinds = {(p["kind"], p["stage"]) for p in document["problems"]}
     assert ("no_valid_samples", "base") in kinds and ("no_valid_samples", "sft") in kinds
+
+
+# ----- 6. verdicts carry their bootstrap support ------------------------------------------------
+
+REPLICATES = 1000
+# Base and SFT are point masses (every replicate redraws them unchanged); DPO's p1 gives a
+# with probability 17/20, so a replicate's ProbMass[dpo] = (1 + k/20) / 2 with
+# k ~ Binomial(20, 17/20), and "settled" (ProbMass[dpo] >= 1 - 0.12) holds iff k >= 16.
+UNSETTLED = {"base": {"p0": (20, 0, 0), "p1": (0, 20, 0)},
+             "sft": {"p0": (20, 0, 0), "p1": (20, 0, 0)},
+             "dpo": {"p0": (20, 0, 0), "p1": (17, 3, 0)}}
+SETTLED_CHANCE = sum(Fraction(comb(20, k)) * Fraction(17, 20) ** k * Fraction(3, 20) ** (20 - k)
+                     for k in range(16, 21))
+SIGNIFICANCE = 0.001  # of the binomial test of the observed support
+
+
+def test_a_verdict_below_its_support_threshold_reads_uncertain(engine, tmp_path):
+    store(engine, tmp_path, rows(UNSETTLED))
+    options = AnalysisOptions(bootstrap=REPLICATES, seed=5, settle_tolerance=0.12)
+    result = analyze(engine, options=options)
+    task = one(json.loads(result.to_json()))
+    assert task["verdict_point"] == {"liquid": True, "nucleated": True, "settled": {"dpo": True}}
+    support = task["verdict_support"]
+    assert support["liquid"] == 1.0 and support["nucleated"] == 1.0
+    settled = support["settled"]["dpo"]
+    assert binomtest(round(settled * REPLICATES), REPLICATES,
+                     float(SETTLED_CHANCE)).pvalue > SIGNIFICANCE
+    assert float(SETTLED_CHANCE) < 0.95  # so the verdict is uncertain at the default
+    assert task["verdict"] == {"liquid": True, "nucleated": True, "settled": {"dpo": "uncertain"}}
+    assert result.thresholds["verdict_support"] == 0.95
+    (stage,) = result.stages.filter(pl.col("stage") == "dpo").iter_rows(named=True)
+    assert stage["settled_verdict"] == "uncertain" and stage["settled_support"] == settled
+    assert f"dpo uncertain ({settled:.0%} of replicates)" in to_table(result)
+
+    lenient = analyze(engine, options=AnalysisOptions(
+        bootstrap=REPLICATES, seed=5, settle_tolerance=0.12, verdict_support=0.5))
+    assert one(lenient.to_dict())["verdict"]["settled"] == {"dpo": True}
+    without = one(analyze(engine, options=AnalysisOptions(settle_tolerance=0.12)).to_dict())
+    assert without["verdict"]["settled"] == {"dpo": True} and without["verdict_support"] is None
+
+
+def test_the_report_shows_uncertainty_problems_and_plain_thresholds(engine, tmp_path):
+    store(engine, tmp_path, rows(UNSETTLED) + rows({"base": UNSETTLED["base"],
+                                                   "sft": {"p0": (20, 0, 0)}}, family="short"))
+    options = AnalysisOptions(bootstrap=200, settle_tolerance=0.12)
+    html = write_report(analyze(engine, options=options), tmp_path / "report").path.read_text()
+    assert 'class="uncertain">dpo: uncertain' in html
+    assert "share of bootstrap replicates" in html
+    assert "False" not in html and "True" not in html  # the threshold table says yes / no
+    assert '<td class="num">no</td>' in html  # trajectories: no
+    assert "stage dpo, sampled for other families of this task, was not sampled" in html
+    assert "not contain" in html or "sampling spread" in html  # the interval caption
+
+
+def test_the_stage_distribution_legend_fits_inside_a_narrow_figure(engine, tmp_path):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from analysis import plots
+
+    store(engine, tmp_path, rows({"base": UNSETTLED["base"], "sft": UNSETTLED["sft"]}))
+    groups = analyze(engine).groups
+    with plots.style():
+        figure = plots.stage_distributions_figure(groups, plots.family_colors(["fam"]))
+        renderer = FigureCanvasAgg(figure).get_renderer()
+        (legend,) = figure.legends
+        box = legend.get_window_extent(renderer)
+        assert len(legend.get_texts()) == 3
+        assert 0 <= box.x0 and box.x1 <= figure.bbox.x1
+        panels = [ax.get_position().width * figure.get_size_inches()[0] for ax in figure.axes]
+        assert min(panels) == pytest.approx(1.6)  # the panels kept their size

@@ -114,5 +114,12 @@ def test_bad_options_are_clear_errors(stored):
     assert result.exit_code == 1 and "Error: tau must be in (0, 1], got 1.5" in result.output
     result = run("--db", stored, "--mode", "exact", "--bootstrap", "10")
     assert result.exit_code == 1 and "exact probabilities have no sampling noise" in result.output
+    for share in ("0", "1.5", "nan"):
+        result = run("--db", stored, "--verdict-support", share)
+        assert result.exit_code == 1, share
+        assert f"Error: verdict_support must be in (0, 1], got {float(share)}" in result.output
+        assert "Traceback" not in result.output
+    result = run("--db", stored, "--verdict-support", "some")
+    assert result.exit_code == 2  # not a number: a usage error, from click
     result = run("--db", stored, "--format", "yaml")
     assert result.exit_code == 2  # a usage error, from click
