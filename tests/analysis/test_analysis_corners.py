@@ -132,6 +132,72 @@ def test_a_family_without_a_base_stage_is_predicted_from_another_familys_seed(en
     assert back["status"] == "no seed for lab-sft (missing_stage)" and back["mse"] is None
 
 
+# ----- 3. prompt ids that do not depend on the file's row order --------------------------------
+
+
+def positions(engine, task: str) -> dict[str, int]:
+    from sqlalchemy import select
+
+    from catalog.schema import Prompt, Task
+
+    with engine.connect() as conn:
+        return dict(conn.execute(select(Prompt.key, Prompt.position).join(Task)
+                                 .where(Task.name == task)).all())
+
+
+HELD_OUT = {"base": {"k1": (8, 1, 1), "a2": (1, 8, 1), "z0": (3, 3, 4), "m5": (5, 4, 1)},
+            "sft": {"k1": (9, 1, 0), "a2": (2, 7, 1), "z0": (8, 1, 1), "m5": (7, 2, 1)}}
+
+
+def test_the_same_rows_in_another_order_give_the_same_prompt_ids(engine, tmp_path):
+    forward = rows(HELD_OUT, task="forward")
+    backward = list(reversed(rows(HELD_OUT, task="backward")))
+    store(engine, tmp_path, forward, name="forward")
+    store(engine, tmp_path, backward, name="backward")
+    expected = {key: i for i, key in enumerate(sorted(HELD_OUT["base"]))}  # key order
+    assert positions(engine, "forward") == positions(engine, "backward") == expected
+    document = analyze(engine).to_dict()
+    first, second = one(document, task="forward"), one(document, task="backward")
+    assert first["heldout"] == second["heldout"]
+    # The held-out check by hand: even ids (a2, m5) choose, odd ids (k1, z0) evaluate.
+    base = {k: fractions(v) for k, v in HELD_OUT["base"].items()}
+    sft = {k: fractions(v) for k, v in HELD_OUT["sft"].items()}
+    choosing, evaluating = mean([sft["a2"], sft["m5"]]), mean([sft["k1"], sft["z0"]])
+    seed = min(sorted(base, key=expected.get), key=lambda k: mse(base[k], choosing))
+    assert first["heldout"]["seed_prompt_a"] == seed
+    assert first["heldout"]["mse"] == pytest.approx(float(mse(evaluating, base[seed])), rel=1e-12)
+
+
+def test_prompt_positions_given_in_the_file_are_kept(engine, tmp_path):
+    given = {"k1": 3, "a2": 0}
+    records = [{**r, "prompt_position": given.get(r["prompt"])} for r in rows(HELD_OUT)]
+    store(engine, tmp_path, records)
+    # given positions first; the rest take the free positions 1 and 2 in key order
+    assert positions(engine, TASK) == {"a2": 0, "k1": 3, "m5": 1, "z0": 2}
+    store(engine, tmp_path, rows({"base": {"b9": (1, 1, 1), "a1": (2, 1, 1)}}), name="more")
+    assert positions(engine, TASK) == {"a2": 0, "k1": 3, "m5": 1, "z0": 2, "a1": 4, "b9": 5}
+
+
+@pytest.mark.parametrize("records, message", [
+    ([{"prompt": "k1", "prompt_position": 1}, {"prompt": "a2", "prompt_position": 2},
+      {"prompt": "k1", "prompt_position": 2}], "differs from an earlier row"),
+    ([{"prompt": "new", "prompt_position": 0}], "taken by prompt 'a2'"),
+    ([{"prompt": "a2", "prompt_position": 5}], "is stored at position 0, not 5"),
+    ([{"prompt": "x", "prompt_position": -1}], "is negative"),
+    ([{"prompt": "x", "prompt_position": "first"}], "is not a whole number"),
+])
+def test_bad_prompt_positions_are_refused_and_change_nothing(engine, tmp_path, records, message):
+    from catalog.errors import InvalidInput
+
+    store(engine, tmp_path, rows({"base": {"a2": (1, 2, 3)}}), name="first")
+    before = positions(engine, TASK)
+    bad = [{"family": "fam", "stage": "sft", "model": "fam-sft", "task": TASK, "option": "a",
+            "count": 1, **r} for r in records]
+    with pytest.raises(InvalidInput, match=message):
+        store(engine, tmp_path, bad, name="bad")
+    assert positions(engine, TASK) == before
+
+
 # ----- 4. every drop named ----------------------------------------------------------------------
 
 
