@@ -15,6 +15,8 @@ from typing import Literal, get_args
 RUN_MODES = ("sampled", "exact")
 # A run's place in the work queue.
 RUN_STATUSES = ("pending", "running", "done", "failed")
+# Why a sample counts as no option (docs/normalization.md); a run stores a count for each.
+INVALID_REASONS = ("no_answer", "ambiguous", "off_category", "out_of_range")
 # Closed tasks have a fixed option list; open tasks take the options as observed.
 TaskKind = Literal["closed", "open"]
 TASK_KINDS: tuple[str, ...] = get_args(TaskKind)

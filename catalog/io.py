@@ -63,10 +63,20 @@ from sqlalchemy.schema import AddConstraint, DropConstraint
 from catalog import __version__, registry
 from catalog.conditions import Condition
 from catalog.db import session_scope
-from catalog.enums import COUNT_FILE_FORMATS
+from catalog.enums import COUNT_FILE_FORMATS, INVALID_REASONS
 from catalog.errors import InvalidInput, NotFound
 from catalog.records import LINE, ROW, FieldMap, RecordFile, first_bad, parsed_float, parsed_integer
-from catalog.schema import Completion, ExactProb, Model, OptionCount, Prompt, Run, Task, utcnow
+from catalog.schema import (
+    INVALID_REASON_COLUMNS,
+    Completion,
+    ExactProb,
+    Model,
+    OptionCount,
+    Prompt,
+    Run,
+    Task,
+    utcnow,
+)
 from catalog.views import read_view
 
 CONDITION_COLUMNS = ("temperature", "top_p", "top_k", "max_new_tokens", "scaffold")
@@ -1005,8 +1015,10 @@ class _CompletionsImport(_Import):
     def prepared(self, texts: pl.DataFrame) -> pl.DataFrame:
         pairs = texts.select("task", "text").unique()
         options = pl.DataFrame(
-            [(task, text, self.tasks[task].normalize(text)) for task, text in pairs.iter_rows()],
-            schema={"task": pl.String, "text": pl.String, "option": pl.String}, orient="row",
+            [(task, text, *self.tasks[task].normalize.read(text))
+             for task, text in pairs.iter_rows()],
+            schema={"task": pl.String, "text": pl.String, "option": pl.String,
+                    "invalid_reason": pl.String}, orient="row",
         )
         return texts.join(options, on=["task", "text"])
 
@@ -1025,9 +1037,11 @@ class _CompletionsImport(_Import):
 
     def write(self, frame: pl.DataFrame, texts: pl.DataFrame) -> None:
         # Groups that differ only in what a run does not keep (prompt_text...) are one text.
-        texts = texts.group_by("run_id", "text", "option").agg(pl.col("count").sum())
+        texts = texts.group_by("run_id", "text", "option", "invalid_reason").agg(
+            pl.col("count").sum())
         _insert_rows(self.conn, "completions",
-                     texts.select("run_id", "text", "count", "option").sort("run_id"))
+                     texts.select("run_id", "text", "count", "option", "invalid_reason")
+                     .sort("run_id"))
         self.texts += texts.height
         self.options = pl.concat([
             self.options, texts.group_by("run_id", "option").agg(pl.col("count").sum()),
@@ -1038,6 +1052,7 @@ class _CompletionsImport(_Import):
         self.texts -= _merge_texts(self.conn, spanning)
         valid = self.options.filter(pl.col("option").is_not_null()).sort("run_id", "option")
         _insert_rows(self.conn, "option_counts", valid.select("run_id", "option", "count"))
+        _set_reason_counts(self.conn, self.runs["run_id"].sort().to_list())
 
     def extra_summary(self) -> dict:
         return {"texts": self.texts}
@@ -1154,6 +1169,20 @@ def _allocate_run_ids(conn: Connection, n: int) -> pl.Series:
         (n,),
     ).scalars().all()
     return pl.Series("run_id", ids, dtype=pl.Int64)
+
+
+def _set_reason_counts(conn: Connection, run_ids: Sequence[int]) -> None:
+    """Set the runs' invalid counts by reason from their stored completions."""
+    completions = Completion.__table__
+    runs = Run.__table__
+    for start in range(0, len(run_ids), _IN_BATCH):
+        chunk = list(run_ids[start : start + _IN_BATCH])
+        conn.execute(runs.update().where(runs.c.id.in_(chunk)).values({
+            column: select(func.coalesce(func.sum(completions.c.count), 0))
+            .where(completions.c.run_id == runs.c.id, completions.c.invalid_reason == reason)
+            .scalar_subquery()
+            for reason, column in zip(INVALID_REASONS, INVALID_REASON_COLUMNS, strict=True)
+        }))
 
 
 def _merge_texts(conn: Connection, run_ids: Sequence[int]) -> int:

@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
+from catalog.enums import INVALID_REASONS
 from catalog.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -96,15 +97,43 @@ def wrapped(text: str, candidate: Candidate) -> bool:
     return before.endswith(_OPENERS) and after.startswith(_CLOSERS)
 
 
+class Reading(NamedTuple):
+    """What a completion says: the option it gives, or (option None) why it gives none, one
+    of :data:`catalog.enums.INVALID_REASONS`."""
+
+    option: str | None
+    reason: str | None = None
+
+    @classmethod
+    def invalid(cls, reason: str) -> Reading:
+        assert reason in INVALID_REASONS, reason
+        return cls(None, reason)
+
+
+NO_ANSWER = Reading.invalid("no_answer")
+AMBIGUOUS = Reading.invalid("ambiguous")
+OFF_CATEGORY = Reading.invalid("off_category")
+OUT_OF_RANGE = Reading.invalid("out_of_range")
+
+
 class Normalizer:
-    """Base class: a named, versioned function from completion text to option (or None)."""
+    """Base class: a named, versioned reading of a completion text (an option, or why none).
+
+    >>> from catalog.tasks import bundled_task
+    >>> get_normalizer("choice").read("Tails!", bundled_task("coin"))
+    Reading(option='tails', reason=None)
+    """
 
     name: ClassVar[str]
     version: ClassVar[str]
     description: ClassVar[str]
 
-    def __call__(self, text: str, task: TaskSpec) -> str | None:
+    def read(self, text: str, task: TaskSpec) -> Reading:
         raise NotImplementedError
+
+    def __call__(self, text: str, task: TaskSpec) -> str | None:
+        """The option, or None for an invalid text."""
+        return self.read(text, task).option
 
     def check(self, task: TaskSpec) -> str | None:
         """A problem with a task that uses this normalizer ("field: problem"), or None."""
@@ -163,7 +192,7 @@ class IntegerNormalizer(Normalizer):
             return f"params.min: {low} is greater than params.max {high}"
         return None
 
-    def __call__(self, text: str, task: TaskSpec) -> str | None:
+    def read(self, text: str, task: TaskSpec) -> Reading:
         region = answer_region(text)
         masked = self._RANGE.sub(lambda m: " " * len(m.group()), region)
         candidates = [
@@ -177,13 +206,13 @@ class IntegerNormalizer(Normalizer):
             ]
         chosen = pick(masked, candidates)
         if chosen is None:
-            return None
+            return NO_ANSWER
         value = int(chosen.value)
         low, high = self._bounds(task)
-        if not low <= value <= high:
-            return None
         option = str(value)
-        return option if option in _option_set(task) else None
+        if not low <= value <= high or option not in _option_set(task):
+            return OUT_OF_RANGE
+        return Reading(option)
 
     @classmethod
     def word_value(cls, words: str) -> int:
@@ -227,7 +256,7 @@ class ChoiceNormalizer(Normalizer):
                 return f"params.cased: {form!r} is not one of the task's options or aliases"
         return None
 
-    def __call__(self, text: str, task: TaskSpec) -> str | None:
+    def read(self, text: str, task: TaskSpec) -> Reading:
         pattern, option_of = _choice_matcher(task)
         region = answer_region(text)
         # A match whose case-fold is not a form's ("ı" matches "i" under IGNORECASE) is skipped.
@@ -237,7 +266,7 @@ class ChoiceNormalizer(Normalizer):
             if (form := _fold(m.group())) in option_of
         ]
         chosen = pick(region, candidates)
-        return chosen.value if chosen else None
+        return Reading(chosen.value) if chosen else NO_ANSWER
 
 
 class LetterNormalizer(Normalizer):
@@ -262,7 +291,7 @@ class LetterNormalizer(Normalizer):
                 return f"options[{i}]: {option!r} is not a single letter"
         return None
 
-    def __call__(self, text: str, task: TaskSpec) -> str | None:
+    def read(self, text: str, task: TaskSpec) -> Reading:
         region = answer_region(text)
         candidates = [
             Candidate(m.start(), m.end(), m.group()) for m in self._LETTER.finditer(region)
@@ -275,8 +304,9 @@ class LetterNormalizer(Normalizer):
         if chosen is None:
             chosen = next((c for c in candidates if not self._article_or_pronoun(region, c)), None)
         if chosen is None:
-            return None
-        return _option_set(task).get(chosen.value.casefold())
+            return NO_ANSWER
+        option = _option_set(task).get(chosen.value.casefold())
+        return Reading(option) if option else OUT_OF_RANGE
 
     def _emphasized(self, text: str, candidate: Candidate) -> bool:
         """Bold/quoted or right after a colon ("Here is a random letter: Q")."""
@@ -333,7 +363,7 @@ class OpenWordNormalizer(Normalizer):
                 return f"params.{key}: must be a positive integer, got {value!r}"
         return None
 
-    def __call__(self, text: str, task: TaskSpec) -> str | None:
+    def read(self, text: str, task: TaskSpec) -> Reading:
         phrase = self._answer_line(answer_region(text))
         phrase = self._LEAD_IN.sub("", phrase.strip(_DECOR))
         phrase = self._BREAK.split(phrase, maxsplit=1)[0]
@@ -341,14 +371,14 @@ class OpenWordNormalizer(Normalizer):
         phrase = self._ARTICLE.sub("", phrase)
         words = _fold(self._EDGES.sub("", phrase)).split()
         if not words or words[0] in self._REFUSAL_START:
-            return None
+            return NO_ANSWER
         if len(words) > task.params.get("max_words", 3):
-            return None
+            return NO_ANSWER
         keep = task.params.get("keep_words")
         answer = " ".join(words[:keep] if keep else words)
         if not any(ch.isalpha() for ch in answer):
-            return None
-        return _open_alias_map(task).get(answer, answer)
+            return NO_ANSWER
+        return Reading(_open_alias_map(task).get(answer, answer))
 
     _PREAMBLE_END = re.compile(r":|\.\.\.|…")
     _NUMBERED = re.compile(r"^\s*\d+[.)]\s+")  # "1. Dog" in a numbered list
@@ -389,14 +419,35 @@ def normalize(task: TaskSpec, text: str) -> str | None:
     return get_normalizer(task.normalizer)(text, task)
 
 
-def normalize_counts(task: TaskSpec, completions: Mapping[str, int]) -> dict[str | None, int]:
-    """Option counts (``None`` = invalid) of distinct completion texts with their counts."""
-    normalizer = get_normalizer(task.normalizer)
-    counts: dict[str | None, int] = {}
+class ReadCounts(NamedTuple):
+    """Distinct completion texts read: counts per option and per invalid reason, and each
+    text's reading."""
+
+    options: dict[str, int]
+    reasons: dict[str, int]
+    readings: dict[str, Reading]
+
+    @property
+    def n_invalid(self) -> int:
+        return sum(self.reasons.values())
+
+    def reason_columns(self) -> dict[str, int]:
+        """The run's ``n_<reason>`` columns (every reason, zero where none)."""
+        return {f"n_{reason}": self.reasons.get(reason, 0) for reason in INVALID_REASONS}
+
+
+def read_counts(read: Callable[[str], Reading], completions: Mapping[str, int]) -> ReadCounts:
+    """Read each distinct completion text once and add up its count by option or reason."""
+    options: dict[str, int] = {}
+    reasons: dict[str, int] = {}
+    readings: dict[str, Reading] = {}
     for text, count in completions.items():
-        option = normalizer(text, task)
-        counts[option] = counts.get(option, 0) + count
-    return counts
+        reading = readings[text] = read(text)
+        if reading.option is not None:
+            options[reading.option] = options.get(reading.option, 0) + count
+        else:
+            reasons[reading.reason] = reasons.get(reading.reason, 0) + count
+    return ReadCounts(options, reasons, readings)
 
 
 def _fold(form: str) -> str:

@@ -499,7 +499,7 @@ def normalization_spec(task: Task) -> TaskSpec:
 
 
 class TaskNormalizer:
-    """A stored task's normalizer as a function of the text alone, remembering the options
+    """A stored task's normalizer as a function of the text alone, remembering the readings
     of the texts it has seen (completions repeat across runs and records)."""
 
     _REMEMBERED = 200_000
@@ -508,15 +508,19 @@ class TaskNormalizer:
         self.spec = normalization_spec(task)
         self.normalizer = get_normalizer(task.normalizer)
         self.version = self.normalizer.version
-        self._seen: dict[str, str | None] = {}
+        self._seen: dict[str, Reading] = {}
 
-    def __call__(self, text: str) -> str | None:
-        option = self._seen.get(text, self)
-        if option is self:
+    def read(self, text: str) -> Reading:
+        """The option the text gives, or why it gives none."""
+        reading = self._seen.get(text)
+        if reading is None:
             if len(self._seen) >= self._REMEMBERED:
                 self._seen.clear()
-            option = self._seen[text] = self.normalizer(text, self.spec)
-        return option
+            reading = self._seen[text] = self.normalizer.read(text, self.spec)
+        return reading
+
+    def __call__(self, text: str) -> str | None:
+        return self.read(text).option
 
 
 def ensure_open_task(session: Session, name: str) -> Task:

@@ -3,8 +3,8 @@
 After a task's options, aliases or normalizer parameters change (``catalog tasks add FILE
 --update`` marks the task's runs stale), or after a normalizer's version changes,
 :func:`renormalize` maps every stored completion text of the selected done sampled runs to
-an option again with the task's current normalizer and rewrites the run's option counts and
-invalid count, one transaction per run, recording the normalizer's version and clearing the
+an option (or an invalid reason) again with the task's current normalizer and rewrites the
+run's option counts, invalid count and counts per invalid reason, one transaction per run, recording the normalizer's version and clearing the
 stale flag. No model is loaded and nothing is sampled. A run whose counts come out the same
 is not rewritten, so running it again changes nothing.
 
@@ -22,7 +22,17 @@ from sqlalchemy import Engine, delete, exists, insert, select, update
 from catalog.db import session_scope
 from catalog.errors import NotFound
 from catalog.registry import TaskNormalizer
-from catalog.schema import Completion, Family, Model, OptionCount, Prompt, Run, Task
+from catalog.normalize import read_counts
+from catalog.schema import (
+    INVALID_REASON_COLUMNS,
+    Completion,
+    Family,
+    Model,
+    OptionCount,
+    Prompt,
+    Run,
+    Task,
+)
 
 # Runs without completions named in the summary; the rest are counted.
 _NAMED_RUNS = 10
@@ -115,20 +125,23 @@ def _renormalize_run(session, run_id: int, normalize: TaskNormalizer,
                      summary: RenormalizeSummary) -> None:
     """Re-derive one run in the caller's transaction; write only what differs."""
     texts = session.execute(
-        select(Completion.id, Completion.text, Completion.count, Completion.option)
+        select(Completion.id, Completion.text, Completion.count, Completion.option,
+               Completion.invalid_reason)
         .where(Completion.run_id == run_id)
     ).all()
-    counts: dict[str | None, int] = {}
+    counts = read_counts(normalize.read, {row.text: row.count for row in texts})
     moved = []
     for row in texts:
-        option = normalize(row.text)
-        counts[option] = counts.get(option, 0) + row.count
-        if option != row.option:
-            moved.append({"id": row.id, "option": option})
-            summary.changed_samples += row.count
-    n_invalid = counts.pop(None, 0)
+        reading = counts.readings[row.text]
+        if reading != (row.option, row.invalid_reason):
+            moved.append({"id": row.id, "option": reading.option,
+                          "invalid_reason": reading.reason})
+            if reading.option != row.option:
+                summary.changed_samples += row.count
     run = session.execute(
-        select(Run.n_invalid, Run.stale, Run.normalizer_version).where(Run.id == run_id)
+        select(Run.n_invalid, Run.stale, Run.normalizer_version,
+               *(getattr(Run, column) for column in INVALID_REASON_COLUMNS))
+        .where(Run.id == run_id)
     ).one()
     stored = dict(session.execute(
         select(OptionCount.option, OptionCount.count).where(OptionCount.run_id == run_id)
@@ -136,15 +149,18 @@ def _renormalize_run(session, run_id: int, normalize: TaskNormalizer,
     if moved:
         session.execute(update(Completion), moved)
     values = {}
-    if stored != counts or run.n_invalid != n_invalid:
+    if stored != counts.options or run.n_invalid != counts.n_invalid:
         session.execute(delete(OptionCount).where(OptionCount.run_id == run_id))
-        if counts:
+        if counts.options:
             session.execute(insert(OptionCount), [
                 {"run_id": run_id, "option": option, "count": count}
-                for option, count in counts.items()
+                for option, count in counts.options.items()
             ])
-        values["n_invalid"] = n_invalid
+        values["n_invalid"] = counts.n_invalid
         summary.changed_runs += 1
+    reasons = counts.reason_columns()
+    if any(getattr(run, column) != n for column, n in reasons.items()):
+        values.update(reasons)
     if run.stale:
         values["stale"] = False
         summary.cleared_stale += 1

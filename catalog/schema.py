@@ -31,7 +31,17 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from catalog.enums import PROMPT_FORMATS, RUN_MODES, RUN_STATUSES, TASK_KINDS, sql_in
+from catalog.enums import (
+    INVALID_REASONS,
+    PROMPT_FORMATS,
+    RUN_MODES,
+    RUN_STATUSES,
+    TASK_KINDS,
+    sql_in,
+)
+
+# The run columns that count invalid samples by reason, in INVALID_REASONS order.
+INVALID_REASON_COLUMNS = tuple(f"n_{reason}" for reason in INVALID_REASONS)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -177,6 +187,10 @@ class Run(Base):
         CheckConstraint("n_samples IS NULL OR n_samples > 0", name="n_samples_positive"),
         CheckConstraint("n_invalid >= 0", name="n_invalid_nonnegative"),
         CheckConstraint("attempts >= 0", name="attempts_nonnegative"),
+        *(
+            CheckConstraint(f"{column} IS NULL OR {column} >= 0", name=f"{column}_nonnegative")
+            for column in INVALID_REASON_COLUMNS
+        ),
         CheckConstraint(
             "covered_mass IS NULL OR (covered_mass >= 0 AND covered_mass <= 1)",
             name="covered_mass_probability",
@@ -212,6 +226,12 @@ class Run(Base):
 
     # Results.
     n_invalid: Mapped[int] = mapped_column(Integer, default=0)
+    # n_invalid by reason (catalog.enums.INVALID_REASONS); NULL where the reasons are not
+    # known (imported counts, runs normalized before normalizers gave reasons).
+    n_no_answer: Mapped[int | None] = mapped_column(Integer)
+    n_ambiguous: Mapped[int | None] = mapped_column(Integer)
+    n_off_category: Mapped[int | None] = mapped_column(Integer)
+    n_out_of_range: Mapped[int | None] = mapped_column(Integer)
     covered_mass: Mapped[float | None] = mapped_column(Float)
 
     # Work-queue bookkeeping.
@@ -257,7 +277,13 @@ class Completion(Base):
     """A distinct completion text of a sampled run and how many samples produced it."""
 
     __tablename__ = "completions"
-    __table_args__ = (CheckConstraint("count > 0", name="count_positive"),)
+    __table_args__ = (
+        CheckConstraint("count > 0", name="count_positive"),
+        CheckConstraint(
+            f"invalid_reason IS NULL OR {sql_in('invalid_reason', INVALID_REASONS)}",
+            name="invalid_reason_known",
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
@@ -265,6 +291,8 @@ class Completion(Base):
     count: Mapped[int] = mapped_column(BigInteger)
     # The normalized option, NULL when the text could not be normalized (invalid).
     option: Mapped[str | None] = mapped_column(String(500))
+    # Why the text is invalid (catalog.enums.INVALID_REASONS); NULL for a valid text.
+    invalid_reason: Mapped[str | None] = mapped_column(String(20))
 
 
 class OptionCount(Base):

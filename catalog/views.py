@@ -66,7 +66,7 @@ _CONDITION_COLUMNS = {
     "max_new_tokens": _INT,
     "condition_key": _TEXT,
 }
-# Column dtypes of each public view (migrations/versions/0004_conditions_checkpoints_queue.py).
+# Column dtypes of each public view (migrations/versions/, the latest that defines each).
 VIEW_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
     "v_runs": {
         **_RUN_COLUMNS,
@@ -76,6 +76,11 @@ VIEW_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
         "n_samples": _INT,
         "n_valid": _INT,
         "n_invalid": _INT,
+        "n_no_answer": _INT,
+        "n_ambiguous": _INT,
+        "n_off_category": _INT,
+        "n_out_of_range": _INT,
+        "normalizer_version": _TEXT,
         "covered_mass": _FLOAT,
         "seed": _INT,
         **_CONDITION_COLUMNS,

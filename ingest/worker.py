@@ -33,7 +33,7 @@ import catalog
 from catalog.db import session_scope
 from catalog.enums import DEVICES, DTYPES
 from catalog.errors import CatalogError, InvalidInput
-from catalog.normalize import get_normalizer
+from catalog.normalize import get_normalizer, read_counts
 from catalog.prompting import get_scaffold
 from catalog.registry import get_model
 from catalog.schema import Completion, ExactProb, Model, OptionCount, Task, storable_text
@@ -221,17 +221,19 @@ def result_rows(unit: Unit, result: UnitResult, provenance: dict) -> tuple[dict,
             for o, p in (result.probabilities or {}).items()
         ]
         return values, [(ExactProb, exact_rows)]
-    counts: dict[str | None, int] = {}
+    read = functools.partial(normalizer.read, task=unit.task)
+    counts = read_counts(read, result.completions)
     stored: dict[str, dict] = {}
     for text, count in result.completions.items():
-        option = normalizer(text, unit.task)
-        counts[option] = counts.get(option, 0) + count
+        reading = counts.readings[text]
         row = stored.setdefault(storable_text(text), {
-            "run_id": unit.run_id, "text": storable_text(text), "count": 0, "option": option
+            "run_id": unit.run_id, "text": storable_text(text), "count": 0,
+            "option": reading.option, "invalid_reason": reading.reason,
         })
         row["count"] += count
-    values["n_invalid"] = counts.pop(None, 0)
-    option_rows = [{"run_id": unit.run_id, "option": o, "count": c} for o, c in counts.items()]
+    values.update(n_invalid=counts.n_invalid, **counts.reason_columns())
+    option_rows = [{"run_id": unit.run_id, "option": o, "count": c}
+                   for o, c in counts.options.items()]
     return values, [(Completion, list(stored.values())), (OptionCount, option_rows)]
 
 

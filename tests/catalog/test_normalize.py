@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from catalog.errors import InvalidInput
-from catalog.normalize import NORMALIZERS, get_normalizer, normalize, normalize_counts
+from catalog.normalize import NORMALIZERS, Reading, get_normalizer, normalize, read_counts
 from catalog.tasks import bundled_task, bundled_tasks, parse_task_text
 
 # (completion text, expected option or None) per bundled task.
@@ -361,9 +362,16 @@ def test_unknown_normalizer_is_invalid_input():
         get_normalizer("fuzzy")
 
 
-def test_normalize_counts_merges_texts_per_option():
-    counts = normalize_counts(bundled_task("coin"), {"Heads": 5, "heads.": 2, " T": 3, "edge": 1})
-    assert counts == {"heads": 7, "tails": 3, None: 1}
+def test_read_counts_merges_texts_per_option_and_reason():
+    coin = bundled_task("coin")
+    read = functools.partial(get_normalizer("choice").read, task=coin)
+    counts = read_counts(read, {"Heads": 5, "heads.": 2, " T": 3, "edge": 1})
+    assert counts.options == {"heads": 7, "tails": 3}
+    assert counts.reasons == {"no_answer": 1}
+    assert counts.n_invalid == 1
+    assert counts.reason_columns() == {"n_no_answer": 1, "n_ambiguous": 0,
+                                       "n_off_category": 0, "n_out_of_range": 0}
+    assert counts.readings["edge"] == Reading(None, "no_answer")
 
 
 def test_user_task_aliases_and_multi_word_options():
