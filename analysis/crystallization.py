@@ -54,6 +54,7 @@ import numpy as np
 from sqlalchemy import Engine
 
 from analysis import metrics, trajectories
+from analysis.branching import stage_branching
 from analysis.frames import CountData, read_counts
 from analysis.layout import GroupSpec, Layout
 from analysis.options import AnalysisOptions, ConditionSelection
@@ -99,6 +100,12 @@ def analyze_data(data: CountData, options: AnalysisOptions | None = None) -> Cry
     options.validate(data.mode)
     layout = Layout.build(data)
     groups = [_analyze_group(layout, spec, options, data.mode) for spec in layout.groups]
+    branching = stage_branching(data)
+    for g in groups:
+        g.branching = {
+            stage: branching.get((g.family, g.task, g.condition_key, stage, step))
+            for stage, step in zip(g.stages, g.steps)
+        }
     cross: list[CrossResult] = []
     for key in dict.fromkeys((g.task, g.condition_key) for g in groups):
         sampled = [g for g in groups if (g.task, g.condition_key) == key and g.stages]

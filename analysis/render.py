@@ -101,7 +101,8 @@ def _group_block(g: GroupResult, bootstrapped: bool) -> list[str]:
     lines = [header]
     if g.stages:
         headers = ["stage", "order", "prompts", "valid", "H prompt", "H pooled", "2^H",
-                   "liquidity", "argmax", "MSE to seed", "ProbMass", "proxy PM", "TV to sft"]
+                   "liquidity", "argmax", "MSE to seed", "ProbMass", "proxy PM", "TV to sft",
+                   "BF"]
         rows = []
         for i, stage in enumerate(g.stages):
 
@@ -122,6 +123,7 @@ def _group_block(g: GroupResult, bootstrapped: bool) -> list[str]:
                 cell("probmass"),
                 cell("probmass_proxy"),
                 cell("tv_to_sft"),
+                _branching(d["branching_factor"][stage]),
             ])
         lines += ["  " + line for line in _columns(headers, rows)]
     if d["seed_prompt"] is not None:
@@ -209,6 +211,13 @@ def _trajectory_block(result: CrystallizationResult) -> list[str]:
         )
         lines += [f"    {series.reading()}" for series in t.series]
     return lines
+
+
+def _branching(bf: dict[str, Any] | None) -> str:
+    """The stage's branching factor (``~`` where estimated from top-k logprobs)."""
+    if bf is None or bf["branching_factor"] is None:
+        return "-"
+    return ("~" if bf["estimate"] else "") + f"{bf['branching_factor']:.2f}"
 
 
 def _cell(g: GroupResult, name: str, i: int, digits: int, bootstrapped: bool) -> str:

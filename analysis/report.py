@@ -322,6 +322,9 @@ def _summary_row(g: GroupResult, slug: str, condition: str) -> dict[str, Any]:
         "liquid": reading["liquid"],
         "nucleated": reading["nucleated"],
         "settled": list(reading["settled"].items()),
+        "branching": [(stage, None if bf is None else bf.branching_factor,
+                       None if bf is None else bf.estimate)
+                      for stage, bf in g.branching.items()],
         "liquid_support": support.get("liquid"),
         "nucleated_support": support.get("nucleated"),
         "settled_support": support.get("settled", {}),

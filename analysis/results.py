@@ -72,6 +72,8 @@ _STAGE_SCHEMA = {
     "n_excluded": pl.Int64,
     "validity": pl.Float64,
     **{name: pl.Float64 for name in STAGE_METRICS},
+    "mean_token_entropy": pl.Float64,
+    "branching_factor": pl.Float64,
     "settled": pl.Boolean,
     "settled_support": pl.Float64,
     "settled_verdict": pl.String,
@@ -208,6 +210,8 @@ class GroupResult:
     # ``verdict``), and the share below which a verdict reads "uncertain".
     verdict_support: dict[str, Any] | None = None
     support_threshold: float | None = None
+    # {stage: analysis.branching.StageBranching, None without token entropies}
+    branching: dict[str, Any] = field(default_factory=dict)
     # The arrays behind the numbers: pooled counts (or probabilities) on O_t, (S, N, K);
     # distributions P[s, p], (S, N, K); sampled and usable (stage, prompt) cells, (S, N).
     counts: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0)), repr=False)
@@ -349,6 +353,9 @@ class CrystallizationResult:
                 }
                 for name in STAGE_METRICS:
                     row[name] = json_number(g.values[name][i]) if name in g.values else None
+                bf = g.branching.get(stage)
+                row["mean_token_entropy"] = None if bf is None else bf.mean_token_entropy
+                row["branching_factor"] = None if bf is None else bf.branching_factor
                 row["settled"] = g.verdict["settled"].get(stage)
                 row["settled_support"] = (g.verdict_support or {}).get("settled", {}).get(stage)
                 row["settled_verdict"] = (
@@ -506,6 +513,9 @@ def group_dict(g: GroupResult) -> dict[str, Any]:
     }
     d["verdict_support"] = None if g.verdict_support is None else {
         **g.verdict_support, "settled": dict(g.verdict_support["settled"])
+    }
+    d["branching_factor"] = {
+        s: None if g.branching.get(s) is None else g.branching[s].to_dict() for s in g.stages
     }
     d["validity"] = {s: json_number(x) for s, x in zip(g.stages, g.validity)}
     d["ci"] = None if g.ci is None else _ci_dict(g)
