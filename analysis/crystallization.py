@@ -355,8 +355,8 @@ def _note_undefined(values: dict, roles: metrics.StageRoles, n_options: int, clo
             continue
         if name == "nucleation_ratio" and int(values["seed"]) < 0:
             continue  # the missing or unusable stage is already named
-        if name == "heldout_nucleation_ratio" and int(values["heldout_seed_a"]) < 0:
-            continue  # the empty half is already named
+        if name == "heldout_nucleation_ratio" and np.isnan(values["heldout_mse"]):
+            continue  # an empty half (or no seed), already named
         note("undefined_value", f"{name} is undefined: its denominator {what} is 0 (SFT "
              "equals the base mean" + (", as with a single option)" if n_options < 2 else ")"),
              metric=name)

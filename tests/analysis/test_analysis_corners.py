@@ -224,7 +224,7 @@ def test_missing_stages_prompts_and_undefined_values_are_named(engine, tmp_path)
     assert (gap["stage"], gap["prompts"]) == ("sft", ["p1"])
     assert one(document, "short")["n_prompts"] == {"base": 2, "sft": 1}
     undefined = {p["metric"] for p in problems["undefined_value"]}
-    assert {"liquidity", "heldout"} <= undefined  # one SFT prompt: no odd half, no pairs
+    assert undefined == {"liquidity", "heldout"}  # one SFT prompt: no odd half, no pairs
     assert "short" not in {p["family"] for p in document["problems"]
                            if p["kind"] == "no_settling_stage" and p["family"] == "fam"}
     assert "missing_stage" not in kinds_of(document, "fam")
