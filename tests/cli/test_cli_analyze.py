@@ -123,3 +123,28 @@ def test_bad_options_are_clear_errors(stored):
     assert result.exit_code == 2  # not a number: a usage error, from click
     result = run("--db", stored, "--format", "yaml")
     assert result.exit_code == 2  # a usage error, from click
+
+
+def test_a_store_without_a_valid_answer_analyzes_to_problems(db_url, tmp_path):
+    """Every answer a space (as a tiny plain model with --max-new-tokens 1 gives): no option
+    counts at all; the JSON names the problems instead of failing."""
+    from catalog.io import import_completions
+
+    records = [{"family": "tiny", "stage": stage, "model": f"tiny-{stage}", "task": "digit",
+                "prompt": prompt, "completions": [" "] * 4}
+               for stage in ("base", "sft") for prompt in ("plain", "terse", "polite")]
+    path = tmp_path / "blank.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    engine = open_catalog(db_url)
+    import_completions(engine, path)
+    engine.dispose()
+    result = run("--db", db_url, "--format", "json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.output)
+    (task,) = document["tasks"]
+    assert task["status"] == "too_few_samples" and task["n_options"] == 10
+    no_valid = [p for p in document["problems"] if p["kind"] == "no_valid_samples"]
+    assert {(p["stage"], tuple(p["prompts"])) for p in no_valid} == {
+        ("base", ("plain", "terse", "polite")), ("sft", ("plain", "terse", "polite"))}  # id order
+    table = run("--db", db_url)
+    assert table.exit_code == 0 and "excluded for having no valid sample" in table.output
