@@ -106,6 +106,12 @@ def analyze_data(data: CountData, options: AnalysisOptions | None = None) -> Cry
             stage: branching.get((g.family, g.task, g.condition_key, stage, step))
             for stage, step in zip(g.stages, g.steps)
         }
+        if options.bootstrap:
+            g.branching = {
+                stage: None if bf is None else bf.bootstrapped(
+                    options.bootstrap, np.random.default_rng(_stream(options, g, "bf", stage)))
+                for stage, bf in g.branching.items()
+            }
     cross: list[CrossResult] = []
     for key in dict.fromkeys((g.task, g.condition_key) for g in groups):
         sampled = [g for g in groups if (g.task, g.condition_key) == key and g.stages]

@@ -13,7 +13,7 @@ import torch
 from sqlalchemy import select
 from tiny_models import cached_tiny_model
 
-from analysis.crystallization import analyze
+from analysis.crystallization import AnalysisOptions, analyze
 from catalog.db import session_scope
 from catalog.registry import add_model
 from catalog.schema import Model, Prompt, Run
@@ -119,10 +119,18 @@ def test_ingested_runs_carry_it_and_the_analysis_reports_it(engine, tiny_path):
         assert entropy["estimate"] is None and entropy["tokens"][0] == 300
         expected.setdefault(stage, []).append(sum(entropy["bits"]) / sum(entropy["tokens"]))
     task = analyze(engine).to_dict()["tasks"][0]
+    # Resampling 3 prompts with replacement gives all three draws the lowest (highest)
+    # prompt with probability 1/27 > 2.5%: with 4000 replicates the interval is exactly
+    # [lowest, highest] unless fewer than 101 replicates draw it (probability ~ 1e-4).
+    boot = analyze(engine, options=AnalysisOptions(bootstrap=4000, seed=3)).to_dict()["tasks"][0]
     for stage, values in expected.items():
         reported = task["branching_factor"][stage]
         mean = sum(values) / len(values)
         assert reported["n_prompts"] == 3
         assert reported["mean_token_entropy"] == pytest.approx(mean, rel=1e-12)
         assert reported["branching_factor"] == pytest.approx(2 ** mean, rel=1e-12)
-        assert len(reported["by_position"]) <= 3
+        assert len(reported["by_position"]) <= 3 and reported["ci"] is None
+        interval = boot["branching_factor"][stage]["ci"]
+        assert interval["mean_token_entropy"] == pytest.approx([min(values), max(values)])
+        assert interval["branching_factor"] == pytest.approx([2 ** min(values),
+                                                              2 ** max(values)])
