@@ -222,8 +222,9 @@ class TreeSampler:
             input_ids = torch.cat([prompt.expand(len(sequences), -1), sequences.to(device)], dim=1)
             probs = torch.softmax(processors(input_ids, logits), dim=-1)
             # The distributions every branch draws from are here already: their entropies
-            # cost one pass over the vocabulary, no forward pass.
-            entropies = torch.special.entr(probs.double()).sum(dim=-1) / math.log(2)
+            # cost one pass over the vocabulary (one temporary the size of probs, summed in
+            # float64), no forward pass.
+            entropies = torch.special.entr(probs).sum(dim=-1, dtype=torch.float64) / math.log(2)
             result.entropy_bits.append(float((entropies * counts.double()).sum()))
             result.entropy_tokens.append(int(counts.sum()))
             parents, tokens, child_counts = (
