@@ -54,6 +54,7 @@ import numpy as np
 from sqlalchemy import Engine
 
 from analysis import metrics, trajectories
+from analysis.branching import stage_branching
 from analysis.frames import CountData, read_counts
 from analysis.layout import GroupSpec, Layout
 from analysis.options import AnalysisOptions, ConditionSelection
@@ -65,6 +66,7 @@ from analysis.results import (
     CrystallizationResult,
     GroupResult,
     GroupTrajectories,
+    Problem,
 )
 from analysis.sweeps import temperature_sweeps
 from analysis.validity import validity_records, validity_table, validity_warnings
@@ -105,6 +107,18 @@ def analyze_data(data: CountData, options: AnalysisOptions | None = None) -> Cry
     options.validate(data.mode)
     layout = Layout.build(data)
     groups = [_analyze_group(layout, spec, options, data.mode) for spec in layout.groups]
+    branching = stage_branching(data)
+    for g in groups:
+        g.branching = {
+            stage: branching.get((g.family, g.task, g.condition_key, stage, step))
+            for stage, step in zip(g.stages, g.steps)
+        }
+        if options.bootstrap:
+            g.branching = {
+                stage: None if bf is None else bf.bootstrapped(
+                    options.bootstrap, np.random.default_rng(_stream(options, g, "bf", stage)))
+                for stage, bf in g.branching.items()
+            }
     cross: list[CrossResult] = []
     for key in dict.fromkeys((g.task, g.condition_key) for g in groups):
         sampled = [g for g in groups if (g.task, g.condition_key) == key and g.stages]
@@ -113,19 +127,79 @@ def analyze_data(data: CountData, options: AnalysisOptions | None = None) -> Cry
     with_trajectories = options.trajectories
     if with_trajectories is None:  # on when some stage has several checkpoints
         with_trajectories = any(len(s.checkpoints) > len(s.stages) for s in layout.groups)
-    series = []
+    series, extra = [], [p for c in cross for p in _cross_problems(c)]
     if with_trajectories:
-        series = [
-            _group_trajectories(layout, spec, group, options, data.mode)
-            for spec, group in zip(layout.groups, groups)
-            if group.usable.any()
-        ]
+        for spec, group in zip(layout.groups, groups):
+            if group.usable.any():
+                series.append(_group_trajectories(layout, spec, group, options, data.mode))
+                extra.extend(_trajectory_holes(layout, spec, options, data.mode))
+    _note_stages_of_other_families(groups)
     thresholds = {**asdict(options), "trajectories": with_trajectories, "mode": data.mode}
     return CrystallizationResult(
         thresholds, groups, cross, trajectories=series,
         sweeps=temperature_sweeps(groups, options.reference_temperature),
-        warnings=_stale_warning(data),
+        warnings=_stale_warning(data), extra_problems=extra,
     )
+
+
+def _note_stages_of_other_families(groups: list[GroupResult]) -> None:
+    """A stage that other families sampled for the task (in the condition) and this family
+    did not is named in its problems."""
+    by_key: dict[tuple[str, str], list[GroupResult]] = {}
+    for g in groups:
+        by_key.setdefault((g.task, g.condition_key), []).append(g)
+    for members in by_key.values():
+        for g in members:
+            if not g.stages:
+                continue
+            mine = {s.casefold() for s in g.stages}
+            others = dict.fromkeys(s for o in members if o is not g for s in o.stages
+                                   if s.casefold() not in mine)
+            for stage in others:
+                g.problems.append(Problem(
+                    "missing_stage", f"stage {stage}, sampled for other families of this task, "
+                    "was not sampled for this family", g.family, g.task, g.condition_key,
+                    stage=stage,
+                ))
+
+
+def _cross_problems(c: CrossResult) -> list[Problem]:
+    where = dict(family=c.family_a, family_b=c.family_b, task=c.task,
+                 condition_key=c.condition_key)
+    if c.status != "ok":
+        return [Problem("cross_family_not_compared",
+                        f"{c.family_a} -> {c.family_b}: {c.status}", **where)]
+    if np.isnan(c.values.get("predictive_ratio", np.nan)):
+        return [Problem("undefined_value", f"{c.family_a} -> {c.family_b}: predictive_ratio is "
+                        f"undefined: MSE(Pbar_B[sft], Pbar_A[base]) is 0",
+                        metric="predictive_ratio", **where)]
+    return []
+
+
+def _trajectory_holes(
+    layout: Layout, spec: GroupSpec, options: AnalysisOptions, mode: str
+) -> list[Problem]:
+    """Checkpoints before a stage's final one (the stage metrics name the final ones' holes)
+    where a prompt that is usable elsewhere in the series is missing or unusable: the
+    trajectory's point there averages fewer prompts, or is undefined without any."""
+    counts = layout.block(spec)
+    usable = _usable(counts, layout.cells(spec, layout.sampled), options, mode)
+    anywhere = usable.any(axis=0)
+    keys = layout.prompt_keys[spec.task]
+    problems = []
+    for c, (stage, step) in enumerate(spec.checkpoints):
+        holes = [keys[j] for j in np.flatnonzero(anywhere & ~usable[c])]
+        if c in spec.finals or not holes:
+            continue
+        where = "" if step is None else f" step {step}"
+        effect = ("it has no usable prompt: every series is undefined there" if not usable[c].any()
+                  else "its points average the other prompts")
+        problems.append(Problem(
+            "trajectory_hole", f"checkpoint {stage}{where}: {len(holes)} prompt(s) missing or "
+            f"unusable ({_shorten(holes)}); {effect}", spec.family, spec.task,
+            spec.condition_key, stage=stage, step=step, prompts=holes,
+        ))
+    return problems
 
 
 def _stale_warning(data: CountData) -> list[str]:
@@ -168,29 +242,39 @@ def _analyze_group(
     sampled = layout.cells(spec, layout.sampled)[spec.finals]
     usable = _usable(counts, sampled, options, mode)
     totals = counts.sum(axis=-1)
-    minimum = options.min_samples if mode == "sampled" else np.finfo(float).tiny
     p = np.where(usable[..., None], counts / np.where(usable, totals, 1.0)[..., None], 0.0)
 
-    problems: list[str] = []
+    problems: list[Problem] = []
+
+    def note(kind_: str, message: str, **where) -> None:
+        problems.append(Problem(kind_, message, spec.family, task, spec.condition_key, **where))
+
     if not spec.stages:
-        problems.append("no done runs of this family for this task")
+        note("no_runs", "no done runs of this family for this task")
     excluded: dict[str, list[str]] = {}
     for i, stage in enumerate(spec.stages):
-        dropped = [prompt_keys[j] for j in np.flatnonzero(sampled[i] & ~usable[i])]
-        if dropped:
-            excluded[stage] = dropped
-            why = "no valid sample" if minimum <= 1 else (
-                f"fewer than {options.min_samples} valid samples"
-            )
-            problems.append(
-                f"stage {stage}: {len(dropped)} prompt(s) excluded for having {why}: "
-                f"{_shorten(dropped)}"
-            )
+        step = spec.checkpoints[spec.finals[i]][1]
+        dropped = np.flatnonzero(sampled[i] & ~usable[i])
+        if len(dropped):
+            excluded[stage] = [prompt_keys[j] for j in dropped]
+        none_valid = [prompt_keys[j] for j in dropped if totals[i, j] <= 0]
+        thin = [prompt_keys[j] for j in dropped if totals[i, j] > 0]
+        for kind_, keys, why in (
+            ("no_valid_samples", none_valid, "no valid sample"),
+            ("too_few_samples", thin, f"fewer than {options.min_samples} valid samples"),
+        ):
+            if keys:
+                note(kind_, f"stage {stage}: {len(keys)} prompt(s) excluded for having {why}: "
+                     f"{_shorten(keys)}", stage=stage, step=step, prompts=keys)
+        missing = [prompt_keys[j] for j in np.flatnonzero(sampled.any(axis=0) & ~sampled[i])]
+        if missing:
+            note("missing_prompt", f"stage {stage}: {len(missing)} prompt(s) sampled at other "
+                 f"stages were not sampled here: {_shorten(missing)}",
+                 stage=stage, step=step, prompts=missing)
     if task in layout.outside_options and spec.stages:
-        problems.append(
-            f"{layout.outside_options[task]:g} samples (all families) with options outside "
-            "the task's closed option list were left out"
-        )
+        note("outside_options",
+             f"{layout.outside_options[task]:g} samples (all families) with options outside "
+             "the task's closed option list were left out")
 
     status = "ok"
     for role, index in (("base", roles.base), ("SFT", roles.sft)):
@@ -201,17 +285,24 @@ def _analyze_group(
             rule = {"base": "stage_order 0 or named 'base'", "SFT": "named 'sft' or stage_order 1"}[
                 role
             ]
-            problems.append(f"no {role} stage ({rule}) was sampled for this task")
+            note("missing_stage", f"no {role} stage ({rule}) was sampled for this task",
+                 role=role.lower())
         elif not usable[index].any():
             status = "too_few_samples" if status == "ok" else status
-            problems.append(f"the {role} stage {spec.stages[index]} has no usable prompt")
+            note("no_usable_prompt", f"the {role} stage {spec.stages[index]} has no usable prompt",
+                 stage=spec.stages[index], role=role.lower())
+    if roles.sft is not None and roles.sft == len(spec.stages) - 1:
+        note("no_settling_stage", "no stage after SFT was sampled for this task: no settled "
+             "verdict", role="settling")
     for i, stage in enumerate(spec.stages):
         if usable[i].sum() == 1:
-            problems.append(f"stage {stage}: only one usable prompt, liquidity is undefined")
+            note("undefined_value", f"stage {stage}: only one usable prompt, liquidity is "
+                 "undefined", stage=stage, metric="liquidity")
     if roles.base is not None and roles.sft is not None and usable[roles.sft].any():
         for parity, name in ((0, "even"), (1, "odd")):
             if not (usable[roles.sft] & (prompt_ids % 2 == parity)).any():
-                problems.append(f"held-out check: no usable SFT prompt with an {name} prompt id")
+                note("undefined_value", f"held-out check: no usable SFT prompt with an {name} "
+                     "prompt id", metric="heldout")
 
     closed = kind == "closed"
     values: dict[str, np.ndarray] = {}
@@ -222,14 +313,15 @@ def _analyze_group(
         )
         values = {k: v[0] for k, v in _with_derived(point, len(option_names), closed).items()}
     elif spec.stages and not option_names:
-        problems.append("no valid sample of this task in the selection: no option to analyze")
+        note("no_options", "no valid sample of this task in the selection: no option to analyze")
+    _note_undefined(values, roles, len(option_names), closed, note)
 
     support: list[str] = []
     seed = int(values.get("seed", -1))
     if seed >= 0:
         seed_distribution = p[roles.base, seed]
         in_support = metrics.seed_support(seed_distribution, options.tau)
-        order = np.argsort(-seed_distribution, kind="stable")
+        order = metrics.tie_aware_order(seed_distribution)
         support = [option_names[i] for i in order if in_support[i]]
 
     group = GroupResult(
@@ -261,6 +353,26 @@ def _analyze_group(
     )
     group.verdict = _verdict(group, options)
     return group
+
+
+def _note_undefined(values: dict, roles: metrics.StageRoles, n_options: int, closed: bool,
+                    note) -> None:
+    """Name the undefined ratios of a group that has the stages they need, with the reason."""
+    if closed and values and n_options < 2:
+        note("undefined_value", f"the task has {n_options} option(s): normalized entropy is "
+             "undefined", metric="normalized_entropy")
+    for name, what in (("nucleation_ratio", "MSE(Pbar[sft], Pbar[base])"),
+                       ("heldout_nucleation_ratio", "MSE(Pbar_odd[sft], Pbar[base])")):
+        value = values.get(name)
+        if value is None or not np.isnan(value):
+            continue
+        if name == "nucleation_ratio" and int(values["seed"]) < 0:
+            continue  # the missing or unusable stage is already named
+        if name == "heldout_nucleation_ratio" and np.isnan(values["heldout_mse"]):
+            continue  # an empty half (or no seed), already named
+        note("undefined_value", f"{name} is undefined: its denominator {what} is 0 (SFT "
+             "equals the base mean" + (", as with a single option)" if n_options < 2 else ")"),
+             metric=name)
 
 
 def _usable(
@@ -300,43 +412,73 @@ def _with_derived(
 
 def _verdict(group: GroupResult, options: AnalysisOptions) -> dict:
     """Phase verdicts (metrics.md section 7), three-valued: None where undefined."""
-    v, roles = group.values, group.roles
+    point = _verdict_arrays({k: np.asarray(v)[None] for k, v in group.values.items()},
+                            group.roles, len(group.stages), options)
 
-    def at(name: str, index: int | None) -> float:
-        return np.nan if index is None or name not in v else float(v[name][index])
+    def value(x: np.ndarray) -> bool | None:
+        return None if np.isnan(x[0]) else bool(x[0])
 
-    liquidity_base = at("liquidity", roles.base)
-    probmass_sft = at("probmass", roles.sft)
-    nucleated = _all(
-        [
-            _test(
-                float(v.get("nucleation_ratio", np.nan)),
-                lambda x: x < options.nucleation_ratio_threshold,
-            ),
-            _test(at("liquidity", roles.sft) - liquidity_base, lambda x: x < 0),
-            _test(probmass_sft, lambda x: x >= options.probmass_threshold),
-        ]
-    )
-    settled = {}
-    if roles.sft is not None:
-        floor = probmass_sft - options.settle_tolerance  # NaN when ProbMass[sft] is
-        for i in range(roles.sft + 1, len(group.stages)):
-            settled[group.stages[i]] = _test(at("probmass", i) - floor, lambda x: x >= 0)
     return {
-        "liquid": _test(liquidity_base, lambda x: x >= options.liquid_threshold),
-        "nucleated": nucleated,
-        "settled": settled,
+        "liquid": value(point["liquid"]),
+        "nucleated": value(point["nucleated"]),
+        "settled": {group.stages[i]: value(x) for i, x in point["settled"].items()},
     }
 
 
-def _test(value: float, condition) -> bool | None:
-    return None if np.isnan(value) else bool(condition(value))
+def _verdict_arrays(
+    v: dict[str, np.ndarray], roles: metrics.StageRoles, n_stages: int, options: AnalysisOptions
+) -> dict:
+    """The verdicts of a batch of values (leading axis: replicates) as 1.0 / 0.0 / NaN
+    (undefined): ``liquid`` and ``nucleated`` (B,), ``settled`` {stage index: (B,)}."""
+    batch = next(iter(v.values())).shape[0] if v else 1
+
+    def at(name: str, index: int | None) -> np.ndarray:
+        if index is None or name not in v:
+            return np.full(batch, np.nan)
+        return np.asarray(v[name], dtype=float)[:, index]
+
+    def test(values: np.ndarray, holds: np.ndarray) -> np.ndarray:
+        return np.where(np.isnan(values), np.nan, holds.astype(float))
+
+    liquidity_base = at("liquidity", roles.base)
+    probmass_sft = at("probmass", roles.sft)
+    ratio = np.asarray(v.get("nucleation_ratio", np.full(batch, np.nan)), dtype=float)
+    drop = at("liquidity", roles.sft) - liquidity_base
+    with np.errstate(invalid="ignore"):
+        parts = np.stack([
+            test(ratio, ratio < options.nucleation_ratio_threshold),
+            test(drop, drop < 0),
+            test(probmass_sft, probmass_sft >= options.probmass_threshold),
+        ])
+        # Three-valued "and": false if any part is false, else undefined if any is.
+        nucleated = np.where((parts == 0).any(axis=0), 0.0,
+                             np.where(np.isnan(parts).any(axis=0), np.nan, 1.0))
+        settled = {}
+        if roles.sft is not None:
+            floor = probmass_sft - options.settle_tolerance  # NaN when ProbMass[sft] is
+            for i in range(roles.sft + 1, n_stages):
+                margin = at("probmass", i) - floor
+                settled[i] = test(margin, margin >= 0)
+        liquid = test(liquidity_base, liquidity_base >= options.liquid_threshold)
+    return {"liquid": liquid, "nucleated": nucleated, "settled": settled}
 
 
-def _all(values: list[bool | None]) -> bool | None:
-    if any(v is False for v in values):
-        return False
-    return None if any(v is None for v in values) else True
+def _verdict_support(group: GroupResult, arrays: dict[str, np.ndarray],
+                     options: AnalysisOptions) -> dict:
+    """The share of replicates in which each of the data's verdicts holds (None where the
+    data's verdict is undefined)."""
+    boot = _verdict_arrays(arrays, group.roles, len(group.stages), options)
+
+    def share(point: bool | None, replicates: np.ndarray) -> float | None:
+        return None if point is None else float(np.mean(replicates == float(point)))
+
+    verdict = group.verdict
+    return {
+        "liquid": share(verdict["liquid"], boot["liquid"]),
+        "nucleated": share(verdict["nucleated"], boot["nucleated"]),
+        "settled": {group.stages[i]: share(verdict["settled"][group.stages[i]], x)
+                    for i, x in boot["settled"].items()},
+    }
 
 
 # ----- bootstrap ---------------------------------------------------------------------------
@@ -344,12 +486,13 @@ def _all(values: list[bool | None]) -> bool | None:
 
 @dataclass
 class _Replicates:
-    """A family's bootstrap arrays that its task's cross-family intervals need."""
+    """A family's bootstrap arrays that its task's cross-family intervals need (the base
+    ones only where the family has a seed)."""
 
-    base: np.ndarray  # (B, N, K) base prompt distributions
-    base_mean: np.ndarray  # (B, K)
     sft_mean: np.ndarray  # (B, K)
-    seed: np.ndarray  # (B,)
+    base: np.ndarray | None = None  # (B, N, K) base prompt distributions
+    base_mean: np.ndarray | None = None  # (B, K)
+    seed: np.ndarray | None = None  # (B,)
 
 
 def _bootstrap_task(
@@ -378,6 +521,7 @@ def _bootstrap_task(
             if "seed" in out:
                 out["base"] = p[:, g.roles.base]
                 out["base_mean"] = out["pbar"][:, g.roles.base]
+            if g.roles.sft is not None:
                 out["sft_mean"] = out["pbar"][:, g.roles.sft]
             for name, array in out.items():
                 parts.setdefault(name, []).append(array)
@@ -387,11 +531,15 @@ def _bootstrap_task(
             for name in (*STAGE_METRICS, *SCALAR_METRICS)
             if name in arrays
         }
+        g.verdict_support = _verdict_support(g, arrays, options)
+        g.support_threshold = options.verdict_support
         if g.seed_index >= 0:
             g.seed_stability = float(np.mean(arrays["seed"] == g.seed_index))
             kept[g.family] = _Replicates(
-                arrays["base"], arrays["base_mean"], arrays["sft_mean"], arrays["seed"]
+                arrays["sft_mean"], arrays["base"], arrays["base_mean"], arrays["seed"]
             )
+        elif "sft_mean" in arrays:
+            kept[g.family] = _Replicates(arrays["sft_mean"])
     return kept
 
 
@@ -439,7 +587,8 @@ def _group_trajectories(
 def _cross_family(
     groups: list[GroupResult], replicates: dict[str, _Replicates] | None
 ) -> list[CrossResult]:
-    """Seed prediction for every ordered pair of families sampled on one task."""
+    """Seed prediction for every ordered pair of families sampled on one task. The pair
+    needs A's seed and B's SFT stage distribution only (B may lack a base stage)."""
     results = []
     for a in groups:
         for b in groups:
@@ -451,12 +600,20 @@ def _cross_family(
                 condition_key=a.condition_key, condition=a.condition,
             )
             results.append(result)
-            if seed_a < 0 or seed_b < 0:
-                lacking = [f"{g.family} ({g.status})" for g in (a, b) if g.seed_index < 0]
-                result.status = "no seed for " + " and ".join(lacking)
+            b_sft = b.roles.sft is not None and bool(b.usable[b.roles.sft].any())
+            if seed_a < 0 or not b_sft:
+                lacking = [f"no seed for {a.family} ({a.status})"] if seed_a < 0 else []
+                if not b_sft:
+                    lacking.append(f"no usable SFT stage for {b.family} ({b.status})")
+                result.status = " and ".join(lacking)
                 continue
-            if not np.array_equal(a.sampled[a.roles.base], b.sampled[b.roles.base]):
-                result.status = "the base stages were sampled on different prompt sets"
+            # B's base stage where it has one, else its SFT stage, on A's base prompt ids.
+            b_prompts = b.sampled[b.roles.base if b.roles.base is not None else b.roles.sft]
+            if not np.array_equal(a.sampled[a.roles.base], b_prompts):
+                which = "base stages" if b.roles.base is not None else (
+                    f"base stage of {a.family} and the SFT stage of {b.family}"
+                )
+                result.status = f"the {which} were sampled on different prompt sets"
                 continue
             point = metrics.cross_family_metrics(
                 a.distributions[a.roles.base][None],
@@ -466,7 +623,8 @@ def _cross_family(
                 b.values["pbar"][b.roles.sft][None],
             )
             result.values = {name: float(array[0]) for name, array in point.items()}
-            result.same_seed_prompt = bool(a.prompt_ids[seed_a] == b.prompt_ids[seed_b])
+            if seed_b >= 0:
+                result.same_seed_prompt = bool(a.prompt_ids[seed_a] == b.prompt_ids[seed_b])
             if replicates is not None:
                 ra, rb = replicates[a.family], replicates[b.family]
                 boot = metrics.cross_family_metrics(

@@ -46,6 +46,13 @@ UNIT_KEYS = [
 FRAME_KEYS = ["family", "stage", "stage_order", "task", "prompt", "prompt_id"]
 # The condition's parameters that are columns of the views (and may select runs).
 CONDITION_FIELDS = ("temperature", "top_p", "top_k", "max_new_tokens")
+# Token entropy sums by unit and generated position (docs/metrics.md, section 13).
+_ENTROPY_SCHEMA = {"unit": pl.UInt32, "position": pl.Int64, "bits": pl.Float64,
+                   "tokens": pl.Int64, "estimate": pl.String}
+
+
+def _no_entropy() -> pl.DataFrame:
+    return pl.DataFrame(schema=_ENTROPY_SCHEMA)
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,9 @@ class CountData:
       empty for open tasks).
     - ``conditions``: {condition_key: the condition's JSON} (``Condition.to_dict()``).
     - ``stale_runs``: how many of the selected runs are stale (``runs.stale``).
+    - ``token_entropy``: ``unit, position, bits, tokens, estimate``: the units' token
+      entropy sums by generated position (docs/metrics.md, section 13); no rows for units
+      without them (imports, exact mode).
     """
 
     mode: str
@@ -70,6 +80,7 @@ class CountData:
     tasks: pl.DataFrame
     conditions: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     stale_runs: int = 0
+    token_entropy: pl.DataFrame = field(default_factory=_no_entropy)
 
 
 def read_counts(
@@ -113,7 +124,8 @@ def read_counts(
             engine, _select_sql(engine, "v_counts", ["run_id", "option", "count"], filters)
         )
         counts = (
-            counts.lazy()
+            _typed(counts, {"run_id": pl.Int64, "option": pl.String, "count": pl.Int64})
+            .lazy()
             .filter(pl.col("count") > 0)
             .join(run_to_unit.lazy().select("run_id", "unit"), on="run_id")
             .select("unit", "option", pl.col("count").cast(pl.Int64).alias("value"))
@@ -126,18 +138,53 @@ def read_counts(
             engine,
             _select_sql(engine, "v_distributions", [*keys, "option", "probability"], filters),
         )
+        exact = _typed(exact, {**dict.fromkeys(keys, pl.String), "step": pl.Int64,
+                               "prompt_id": pl.Int64, "option": pl.String,
+                               "probability": pl.Float64})
         counts = (
-            exact.with_columns(pl.col("prompt_id", "step").cast(pl.Int64))
+            exact
             .filter(pl.col("probability") > 0)
             .join(units.select(*keys, "unit"), on=keys, nulls_equal=True)
             .select("unit", "option", pl.col("probability").cast(pl.Float64).alias("value"))
         )
     task_names = units["task"].unique().sort().to_list()
     keys = units["condition_key"].unique().sort().to_list()
+    entropy = read_token_entropy(engine, run_to_unit) if mode == "sampled" else None
     return CountData(
         mode, units, counts, read_task_info(engine, task_names),
         conditions=read_conditions(engine, keys), stale_runs=int(runs["stale"].sum()),
+        token_entropy=_no_entropy() if entropy is None else entropy,
     )
+
+
+_ID_BATCH = 5_000
+
+
+def read_token_entropy(engine: Engine, run_to_unit: pl.DataFrame) -> pl.DataFrame:
+    """The runs' token entropy sums (``runs.token_entropy``), pooled per unit and position:
+    ``unit, position`` (1-based), ``bits``, ``tokens``, ``estimate`` (null: exact)."""
+    ids = run_to_unit["run_id"].to_list()
+    unit_of = dict(zip(ids, run_to_unit["unit"].to_list()))
+    rows = []
+    with engine.connect() as conn:
+        for start in range(0, len(ids), _ID_BATCH):
+            query = select(Run.id, Run.token_entropy).where(
+                Run.id.in_(ids[start : start + _ID_BATCH]), Run.token_entropy.is_not(None)
+            )
+            for run_id, entropy in conn.execute(query):
+                for t, (bits, tokens) in enumerate(zip(entropy["bits"], entropy["tokens"])):
+                    rows.append((unit_of[run_id], t + 1, float(bits), int(tokens),
+                                 entropy.get("estimate")))
+    frame = pl.DataFrame(rows, schema=_ENTROPY_SCHEMA, orient="row")
+    return frame.group_by("unit", "position").agg(
+        pl.col("bits").sum(), pl.col("tokens").sum(), pl.col("estimate").drop_nulls().first()
+    ).sort("unit", "position")
+
+
+def _typed(frame: pl.DataFrame, types: Mapping[str, pl.DataType]) -> pl.DataFrame:
+    """``frame`` with these column types: an empty result (a selection whose answers are all
+    invalid has no count rows) comes back with untyped (null) columns, which joins refuse."""
+    return frame.with_columns(pl.col(name).cast(dtype) for name, dtype in types.items())
 
 
 def read_conditions(engine: Engine, keys: Sequence[str]) -> dict[str, dict[str, Any]]:

@@ -23,6 +23,11 @@ import numpy as np
 
 # Seed-support tolerance of the contract: 0.8 + 0.1 counts as reaching 0.9.
 SUPPORT_TOLERANCE = 1e-9
+# Two option probabilities closer than this are equal (ties go to option text order): a mean
+# of N probabilities carries a rounding error of about N * 2^-52, far below this for any
+# realistic N, and count data this close are exact ties.
+PROBABILITY_TIE_TOLERANCE = 1e-12
+_EPS = float(np.finfo(float).eps)
 
 
 def entropy(p: np.ndarray) -> np.ndarray:
@@ -240,17 +245,36 @@ def distinct_argmax(p: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.sum(np.any(hit, axis=-2), axis=-1)
 
 
+def mse_tie_tolerance(errors: np.ndarray, n_prompts: int, n_options: int) -> np.ndarray:
+    """How far two MSE values near ``errors`` may lie apart from rounding alone.
+
+    The distributions compared carry a rounding error of at most ``d = (N + 2) * 2^-52`` per
+    entry (a mean over N prompts, then a difference), so ``mean_o (P(o) - Q(o))^2`` is off by
+    at most ``4 d sqrt(MSE) + 4 d^2`` plus ``K * 2^-52 * MSE`` for its own sum. Twice that
+    bound: values closer than it are the same value (docs/metrics.md, "Ties").
+    """
+    d = (n_prompts + 2) * _EPS
+    errors = np.maximum(np.asarray(errors, dtype=float), 0.0)
+    return 2.0 * (4.0 * d * np.sqrt(errors) + 4.0 * d * d + n_options * _EPS * errors)
+
+
 def choose_seed(base: np.ndarray, base_mask: np.ndarray, target: np.ndarray) -> np.ndarray:
     """``p* = argmin over usable base prompts p of MSE(P[base, p], target)``.
 
     ``base`` is (..., N, K) in prompt-id order, ``target`` (..., K). Ties go to the lower
-    prompt id (argmin returns the first minimum). -1 where no prompt is usable or the
-    target is undefined.
+    prompt id: every prompt whose MSE is within the rounding tolerance
+    (:func:`mse_tie_tolerance`) of the minimum is tied with it, and the first of them wins.
+    -1 where no prompt is usable or the target is undefined.
     """
+    base = np.asarray(base, dtype=float)
     errors = mse(base, np.asarray(target)[..., None, :])
     usable = np.broadcast_to(np.asarray(base_mask, dtype=bool), errors.shape) & ~np.isnan(errors)
     errors = np.where(usable, errors, np.inf)
-    seed = np.argmin(errors, axis=-1)
+    least = np.min(errors, axis=-1, keepdims=True)
+    tolerance = mse_tie_tolerance(np.where(usable, errors, 0.0), *base.shape[-2:])
+    with np.errstate(invalid="ignore"):  # inf - inf where no prompt is usable
+        tied = usable & (errors - least <= tolerance)
+    seed = np.argmax(tied, axis=-1)
     return np.where(usable.any(axis=-1), seed, -1)
 
 
@@ -278,18 +302,35 @@ def seed_support(seed: np.ndarray, tau: float) -> np.ndarray:
     """Boolean mask of the seed support ``Sigma`` over the options (last axis).
 
     The smallest set of options, taken in decreasing order of ``S(o)`` (ties: option text
-    order, which is the axis order), whose mass reaches ``tau`` within 1e-9. An option is
-    in the set exactly when the mass of the options before it is still short of ``tau``.
-    All False where the seed is undefined (NaN).
+    order, which is the axis order; probabilities within ``PROBABILITY_TIE_TOLERANCE`` are
+    tied), whose mass reaches ``tau`` within 1e-9. An option is in the set exactly when the
+    mass of the options before it is still short of ``tau``. All False where the seed is
+    undefined (NaN).
     """
     seed = np.asarray(seed, dtype=float)
-    order = np.argsort(-seed, axis=-1, kind="stable")
+    order = tie_aware_order(seed)
     ranked = np.take_along_axis(seed, order, axis=-1)
     mass_before = np.cumsum(ranked, axis=-1) - ranked
     in_sorted = mass_before < tau - SUPPORT_TOLERANCE
     support = np.zeros(seed.shape, dtype=bool)
     np.put_along_axis(support, order, in_sorted, axis=-1)
     return support & ~np.isnan(seed).any(axis=-1, keepdims=True)
+
+
+def tie_aware_order(values: np.ndarray) -> np.ndarray:
+    """Indices of the last axis by decreasing value, values within
+    ``PROBABILITY_TIE_TOLERANCE`` of each other in axis (option text) order.
+
+    An option's place is the number of options that come before it: clearly larger ones,
+    and tied ones earlier on the axis (K is small: a (..., K, K) comparison).
+    """
+    values = np.asarray(values, dtype=float)
+    mine, other = values[..., :, None], values[..., None, :]
+    index = np.arange(values.shape[-1])
+    tied = np.abs(other - mine) <= PROBABILITY_TIE_TOLERANCE
+    before = (other > mine + PROBABILITY_TIE_TOLERANCE) | (tied & (index[None, :] < index[:, None]))
+    place = before.sum(axis=-1)
+    return np.argsort(place, axis=-1, kind="stable")
 
 
 def probmass(distribution: np.ndarray, support: np.ndarray) -> np.ndarray:
@@ -302,16 +343,21 @@ def seed_rank(
 ) -> np.ndarray:
     """Rank (1 = best) of prompt ``seed`` among the usable ``candidates`` by MSE to ``target``.
 
-    Ordering is the seed choice's: by MSE, ties by lower prompt id. NaN where undefined.
+    Ordering is the seed choice's: by MSE, values within the rounding tolerance
+    (:func:`mse_tie_tolerance`) tied, ties by lower prompt id. NaN where undefined.
     """
+    candidates = np.asarray(candidates, dtype=float)
     errors = mse(candidates, np.asarray(target)[..., None, :])
     usable = np.broadcast_to(np.asarray(mask, dtype=bool), errors.shape)
     seed = np.asarray(seed)
     reference = np.take_along_axis(errors, np.maximum(seed, 0)[..., None], axis=-1)
-    index = np.arange(errors.shape[-1])
-    ahead = usable & (
-        (errors < reference) | ((errors == reference) & (index < seed[..., None]))
+    tolerance = mse_tie_tolerance(
+        np.fmax(np.nan_to_num(errors, nan=0.0), np.nan_to_num(reference, nan=0.0)),
+        *candidates.shape[-2:],
     )
+    index = np.arange(errors.shape[-1])
+    tied = np.abs(errors - reference) <= tolerance
+    ahead = usable & ((errors < reference - tolerance) | (tied & (index < seed[..., None])))
     rank = 1.0 + ahead.sum(axis=-1)
     defined = (seed >= 0) & ~np.isnan(reference[..., 0])
     return np.where(defined, rank, np.nan)

@@ -19,7 +19,8 @@ class AnalysisOptions:
     ``reference_temperature``: the temperature whose seed support the temperature sweep
     measures every temperature's ProbMass against (docs/metrics.md, section 11).
     ``trajectories``: compute checkpoint trajectories (section 12); None: when any stage of
-    the selection has more than one checkpoint.
+    the selection has more than one checkpoint. ``verdict_support``: with a bootstrap, a
+    verdict that holds in fewer than this share of the replicates reads "uncertain".
     """
 
     tau: float = 0.9
@@ -32,10 +33,15 @@ class AnalysisOptions:
     seed: int = 0
     reference_temperature: float = 1.0
     trajectories: bool | None = None
+    verdict_support: float = 0.95
 
     def validate(self, mode: str) -> None:
         if not 0 < self.tau <= 1:
             raise InvalidInput(f"tau must be in (0, 1], got {self.tau}")
+        if not 0 < self.verdict_support <= 1:
+            raise InvalidInput(
+                f"verdict_support must be in (0, 1], got {self.verdict_support}"
+            )
         if self.min_samples < 1:
             raise InvalidInput(f"min_samples must be at least 1, got {self.min_samples}")
         if self.bootstrap < 0:

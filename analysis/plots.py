@@ -273,9 +273,27 @@ def stage_distributions_figure(groups: Sequence[GroupResult], colors: dict[str, 
         (h for h in (ax.get_legend_handles_labels() for ax in axes.flat) if h[0]), ([], [])
     )
     if handles:
-        figure.legend(handles, labels, loc="upper left", ncols=3, frameon=False,
-                      bbox_to_anchor=(margins.left / figure.get_size_inches()[0], 1.0))
+        legend = figure.legend(handles, labels, loc="upper left", ncols=3, frameon=False,
+                               bbox_to_anchor=(margins.left / figure.get_size_inches()[0], 1.0))
+        _widen_for(figure, legend, margins)
     return figure
+
+
+def _widen_for(figure: Figure, legend: Any, margins: Margins, pad: float = 0.1) -> None:
+    """Widen the figure (panels keep their size) until the legend, anchored at the left
+    margin, ends inside it: a one-row legend over few narrow panels overran the right edge."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    width, height = figure.get_size_inches()
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    legend_inches = legend.get_window_extent(renderer).width / figure.dpi
+    needed = margins.left + legend_inches + pad
+    if needed <= width:
+        return
+    panels = width - margins.left - margins.right
+    figure.set_size_inches(needed, height)
+    figure.subplots_adjust(left=margins.left / needed, right=(margins.left + panels) / needed)
+    legend.set_bbox_to_anchor((margins.left / needed, 1.0), transform=figure.transFigure)
 
 
 # ----- metric trajectories ---------------------------------------------------------------

@@ -23,6 +23,7 @@ from analysis.results import (
     condition_label,
     cross_dict,
     group_dict,
+    verdict_word,
 )
 from analysis.sweeps import TemperatureSweep
 from catalog.enums import RESULT_FORMATS
@@ -87,6 +88,10 @@ def to_table(result: CrystallizationResult) -> str:
         lines.append("")
     if t.get("trajectories"):
         lines += _trajectory_block(result)
+    shown = {"cross_family_not_compared"}  # listed under their cross-family table
+    others = [p for p in result.extra_problems if p.kind not in shown]
+    if others:
+        lines += ["", "problems:"] + [f"  {p.task}: {p.message}" for p in others]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -96,7 +101,8 @@ def _group_block(g: GroupResult, bootstrapped: bool) -> list[str]:
     lines = [header]
     if g.stages:
         headers = ["stage", "order", "prompts", "valid", "H prompt", "H pooled", "2^H",
-                   "liquidity", "argmax", "MSE to seed", "ProbMass", "proxy PM", "TV to sft"]
+                   "liquidity", "argmax", "MSE to seed", "ProbMass", "proxy PM", "TV to sft",
+                   "BF"]
         rows = []
         for i, stage in enumerate(g.stages):
 
@@ -117,6 +123,7 @@ def _group_block(g: GroupResult, bootstrapped: bool) -> list[str]:
                 cell("probmass"),
                 cell("probmass_proxy"),
                 cell("tv_to_sft"),
+                _branching(d["branching_factor"][stage]),
             ])
         lines += ["  " + line for line in _columns(headers, rows)]
     if d["seed_prompt"] is not None:
@@ -133,13 +140,19 @@ def _group_block(g: GroupResult, bootstrapped: bool) -> list[str]:
             f"{h['seed_prompt_b'] or '-'} ({same}); NR on odd half = "
             f"{_number(h['nucleation_ratio'], 4)}"
         )
-    v = d["verdict"]
-    settled = ", ".join(f"{s} {_yes(x)}" for s, x in v["settled"].items()) or "-"
+    v, support = d["verdict"], d["verdict_support"] or {}
+
+    def said(name: str, stage: str | None = None) -> str:
+        value = v[name] if stage is None else v[name][stage]
+        share = support.get(name) if stage is None else support.get(name, {}).get(stage)
+        return _yes(value) + ("" if share is None else f" ({share:.0%} of replicates)")
+
+    settled = ", ".join(f"{s} {said('settled', s)}" for s in v["settled"]) or "-"
     lines.append(
-        f"  verdict: liquid at base {_yes(v['liquid'])}; nucleated at sft {_yes(v['nucleated'])}; "
+        f"  verdict: liquid at base {said('liquid')}; nucleated at sft {said('nucleated')}; "
         f"settled {settled}"
     )
-    lines += [f"  problem: {p}" for p in g.problems]
+    lines += [f"  problem: {p.message}" for p in g.problems]
     return lines
 
 
@@ -200,6 +213,13 @@ def _trajectory_block(result: CrystallizationResult) -> list[str]:
     return lines
 
 
+def _branching(bf: dict[str, Any] | None) -> str:
+    """The stage's branching factor (``~`` where estimated from top-k logprobs)."""
+    if bf is None or bf["branching_factor"] is None:
+        return "-"
+    return ("~" if bf["estimate"] else "") + f"{bf['branching_factor']:.2f}"
+
+
 def _cell(g: GroupResult, name: str, i: int, digits: int, bootstrapped: bool) -> str:
     if name not in g.values:
         return "-"
@@ -228,8 +248,8 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
 
-def _yes(value: bool | None) -> str:
-    return {True: "yes", False: "no", None: "undefined"}[value]
+def _yes(value: bool | str | None) -> str:
+    return verdict_word(value)
 
 
 def _columns(headers: Sequence[str], rows: list[list[str]]) -> list[str]:

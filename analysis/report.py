@@ -39,6 +39,7 @@ from analysis.results import (
     GroupResult,
     condition_label,
     json_number,
+    verdict_word,
 )
 from analysis.sensitivity import sensitivity
 from analysis.sweeps import TemperatureSweep
@@ -215,6 +216,8 @@ def _draw(result: CrystallizationResult, groups: list[GroupResult], output_dir: 
         sweeps=sweeps,
         sections=sections,
         single_family=len(families) < 2,
+        bootstrapped=bool(thresholds.get("bootstrap")),
+        verdict_support=thresholds.get("verdict_support"),
     )
     path = output_dir / REPORT_FILE
     path.write_text(html, encoding="utf-8")
@@ -278,9 +281,12 @@ def _task_section(
                  "Order parameters across checkpoints", _CHECKPOINT_CAPTION)
         )
         readings = [(t.family, [s.reading() for s in t.series]) for t in series]
+    others = [p.message for p in result.extra_problems
+              if p.task == task and p.condition_key == task_groups[0].condition_key]
     return {
         "task": task,
         "condition": condition if several else None,
+        "problems": others,
         "anchor": f"task-{slug}",
         "kind": task_groups[0].kind,
         "n_options": len(task_groups[0].options),
@@ -305,13 +311,14 @@ def _summary_row(g: GroupResult, slug: str, condition: str) -> dict[str, Any]:
 
     ci = g.ci or {}
     nr_interval = ci.get("nucleation_ratio")
+    reading, support = g.verdict_reading(), g.verdict_support or {}
     return {
         "family": g.family,
         "task": g.task,
         "condition": condition,
         "anchor": f"task-{slug}",
         "status": g.status,
-        "problems": list(g.problems),
+        "problems": [p.message for p in g.problems],
         "seed_prompt": g.prompt_key(g.seed_index),
         "seed_support": list(g.seed_support),
         "seed_stability": g.seed_stability,
@@ -319,14 +326,21 @@ def _summary_row(g: GroupResult, slug: str, condition: str) -> dict[str, Any]:
         "nucleation_ratio_ci": None
         if nr_interval is None
         else (json_number(nr_interval[0]), json_number(nr_interval[1])),
+        "nucleation_ratio_outside": _outside(g.values.get("nucleation_ratio"), nr_interval),
         "liquidity_base": at("liquidity", g.roles.base),
         "liquidity_sft": at("liquidity", g.roles.sft),
         "probmass_sft": at("probmass", g.roles.sft),
         "base_stage": None if g.roles.base is None else g.stages[g.roles.base],
         "sft_stage": None if g.roles.sft is None else g.stages[g.roles.sft],
-        "liquid": g.verdict["liquid"],
-        "nucleated": g.verdict["nucleated"],
-        "settled": list(g.verdict["settled"].items()),
+        "liquid": reading["liquid"],
+        "nucleated": reading["nucleated"],
+        "settled": list(reading["settled"].items()),
+        "branching": [(stage, None if bf is None else bf.branching_factor,
+                       None if bf is None else bf.estimate)
+                      for stage, bf in g.branching.items()],
+        "liquid_support": support.get("liquid"),
+        "nucleated_support": support.get("nucleated"),
+        "settled_support": support.get("settled", {}),
     }
 
 
@@ -344,6 +358,14 @@ def _cross_row(c: CrossResult) -> dict[str, Any]:
         "predictive_ratio": json_number(c.values.get("predictive_ratio")),
         "same_seed_prompt": c.same_seed_prompt,
     }
+
+
+def _outside(value: Any, interval: tuple | None) -> bool:
+    """Whether a defined interval misses its own defined point estimate."""
+    if value is None or interval is None:
+        return False
+    point, low, high = json_number(value), json_number(interval[0]), json_number(interval[1])
+    return None not in (point, low, high) and not low <= point <= high
 
 
 def _sweep_row(sweep: TemperatureSweep) -> dict[str, Any]:
@@ -371,6 +393,8 @@ _THRESHOLD_LABELS = (
     ("reference_temperature", "reference temperature",
      "temperature sweeps: ProbMass on the seed support chosen at this temperature"),
     ("trajectories", "trajectories", "checkpoint trajectories and change points computed"),
+    ("verdict_support", "verdict support",
+     "with a bootstrap, a verdict holding in fewer replicates than this share is uncertain"),
 )
 
 
@@ -408,6 +432,7 @@ def _render(**context: Any) -> str:
     environment.filters["num"] = _number
     environment.filters["verdict"] = _verdict
     environment.filters["percent"] = _percent
+    environment.filters["setting"] = _setting
     return environment.get_template("report.html.j2").render(**context)
 
 
@@ -428,8 +453,17 @@ def _percent(value: float | None) -> str:
     return "—" if value is None else f"{value:.0%}"
 
 
-def _verdict(value: bool | None) -> str:
-    return {True: "yes", False: "no", None: "undefined"}[value]
+def _setting(value: Any) -> str:
+    """A threshold table value: yes/no for a switch, — when unset (never Python's False)."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def _verdict(value: bool | str | None) -> str:
+    return verdict_word(value)
 
 
 # ----- captions (how to read each figure) ---------------------------------------------------
@@ -457,7 +491,14 @@ _TRAJECTORY_CAPTION = (
     "seed's support (solid) and on the support of the proxy seed P̄[sft] (dashed, usable where "
     "no base model was sampled); it stays high through settling stages."
 )
-_CI_NOTE = " Vertical bars are bootstrap 95% intervals."
+_CI_NOTE = (
+    " Vertical bars are bootstrap 95% intervals: plain percentile intervals of the "
+    "replicates. A replicate adds a second round of the data's own sampling noise, so a "
+    "statistic that noise biases is shifted the same way again: the interval of liquidity "
+    "between nearly identical prompts or of an MSE near 0 can lie entirely above its point, "
+    "that of the entropy of sparse counts below it. Read such a bar as the size of the "
+    "sampling spread, not as bounds around the true value."
+)
 _AVERAGED_CAPTION = (
     "The same metrics as in each task's trajectory figure, averaged over the {n} tasks at "
     "each registered stage order (a stage missing for a task is left out of that average). "

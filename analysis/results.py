@@ -72,7 +72,11 @@ _STAGE_SCHEMA = {
     "n_excluded": pl.Int64,
     "validity": pl.Float64,
     **{name: pl.Float64 for name in STAGE_METRICS},
+    "mean_token_entropy": pl.Float64,
+    "branching_factor": pl.Float64,
     "settled": pl.Boolean,
+    "settled_support": pl.Float64,
+    "settled_verdict": pl.String,
 }
 _TASK_SCHEMA = {
     "family": pl.String,
@@ -93,6 +97,10 @@ _TASK_SCHEMA = {
     "heldout_nucleation_ratio": pl.Float64,
     "liquid": pl.Boolean,
     "nucleated": pl.Boolean,
+    "liquid_support": pl.Float64,
+    "nucleated_support": pl.Float64,
+    "liquid_verdict": pl.String,
+    "nucleated_verdict": pl.String,
     "seed_stability": pl.Float64,
 }
 _CROSS_SCHEMA = {
@@ -132,6 +140,43 @@ def _condition_columns(key: str | None, condition: Mapping[str, Any]) -> dict[st
     }
 
 
+@dataclass(frozen=True)
+class Problem:
+    """Something the analysis left out, could not compute or could not find, named where it
+    happened: one entry of the JSON contract's ``problems`` list.
+
+    ``kind`` is a stable word (docs/metrics.md, "Problems"); ``message`` says it in one line
+    for people. The other fields say where, and are null where they do not apply.
+    """
+
+    kind: str
+    message: str
+    family: str | None = None
+    task: str | None = None
+    condition_key: str | None = None
+    stage: str | None = None
+    step: int | None = None
+    role: str | None = None
+    metric: str | None = None
+    prompts: tuple[str, ...] | list[str] | None = None
+    family_b: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "family": self.family,
+            "family_b": self.family_b,
+            "task": self.task,
+            "condition_key": self.condition_key,
+            "stage": self.stage,
+            "step": None if self.step is None else int(self.step),
+            "role": self.role,
+            "metric": self.metric,
+            "prompts": None if self.prompts is None else list(self.prompts),
+            "message": self.message,
+        }
+
+
 @dataclass
 class GroupResult:
     """The analysis of one (family, task, condition); arrays run over ``stages`` unless
@@ -150,7 +195,7 @@ class GroupResult:
     stage_orders: list[int]
     roles: StageRoles
     status: str
-    problems: list[str]
+    problems: list[Problem]
     prompt_keys: list[str]
     prompt_ids: np.ndarray
     n_prompts: np.ndarray
@@ -161,6 +206,12 @@ class GroupResult:
     verdict: dict[str, Any]
     ci: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
     seed_stability: float | None = None
+    # With a bootstrap: the share of replicates in which each verdict holds (the shape of
+    # ``verdict``), and the share below which a verdict reads "uncertain".
+    verdict_support: dict[str, Any] | None = None
+    support_threshold: float | None = None
+    # {stage: analysis.branching.StageBranching, None without token entropies}
+    branching: dict[str, Any] = field(default_factory=dict)
     # The arrays behind the numbers: pooled counts (or probabilities) on O_t, (S, N, K);
     # distributions P[s, p], (S, N, K); sampled and usable (stage, prompt) cells, (S, N).
     counts: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0)), repr=False)
@@ -185,6 +236,25 @@ class GroupResult:
     @property
     def seed_index(self) -> int:
         return int(self.values.get("seed", -1))
+
+    def verdict_reading(self) -> dict[str, Any]:
+        """The verdicts as reported: ``verdict`` with "uncertain" where the bootstrap
+        support of a defined verdict is below the threshold (without a bootstrap: as is)."""
+        support, threshold = self.verdict_support, self.support_threshold
+
+        def read(value: bool | None, share: float | None) -> bool | str | None:
+            if value is None or share is None or threshold is None or share >= threshold:
+                return value
+            return "uncertain"
+
+        if support is None:
+            return {**self.verdict, "settled": dict(self.verdict["settled"])}
+        return {
+            "liquid": read(self.verdict["liquid"], support["liquid"]),
+            "nucleated": read(self.verdict["nucleated"], support["nucleated"]),
+            "settled": {s: read(x, support["settled"].get(s))
+                        for s, x in self.verdict["settled"].items()},
+        }
 
 
 @dataclass
@@ -232,6 +302,8 @@ class CrystallizationResult:
     ``warnings``: lines about the selection that do not stop the analysis (stale runs, low
     valid rates, mixed normalizer versions). ``validity``: per model, the valid rate and
     the rate of each invalid reason (:mod:`analysis.validity`).
+    ``problems``: every problem of the analysis (those of the groups first, then those of
+    cross-family pairs and trajectories, then any added by other steps).
     """
 
     thresholds: dict[str, Any]
@@ -241,10 +313,16 @@ class CrystallizationResult:
     sweeps: list[TemperatureSweep] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     validity: list[dict[str, Any]] = field(default_factory=list)
+    extra_problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[Problem]:
+        return [p for g in self.groups for p in g.problems] + list(self.extra_problems)
 
     def to_dict(self) -> dict[str, Any]:
         document = {
             "thresholds": dict(self.thresholds),
+            "problems": [p.to_dict() for p in self.problems],
             "tasks": [group_dict(g) for g in self.groups],
             "cross_family": [cross_dict(c) for c in self.cross],
         }
@@ -269,6 +347,7 @@ class CrystallizationResult:
         """One row per (family, task, stage): every per-stage metric (and CI bounds)."""
         rows = []
         for g in self.groups:
+            reading = g.verdict_reading()
             for i, stage in enumerate(g.stages):
                 row: dict[str, Any] = {
                     "family": g.family,
@@ -284,7 +363,14 @@ class CrystallizationResult:
                 }
                 for name in STAGE_METRICS:
                     row[name] = json_number(g.values[name][i]) if name in g.values else None
+                bf = g.branching.get(stage)
+                row["mean_token_entropy"] = None if bf is None else bf.mean_token_entropy
+                row["branching_factor"] = None if bf is None else bf.branching_factor
                 row["settled"] = g.verdict["settled"].get(stage)
+                row["settled_support"] = (g.verdict_support or {}).get("settled", {}).get(stage)
+                row["settled_verdict"] = (
+                    verdict_word(reading["settled"][stage]) if stage in reading["settled"] else None
+                )
                 if g.ci is not None:
                     for name in STAGE_METRICS:
                         low, high = g.ci.get(name, (None, None))
@@ -299,6 +385,7 @@ class CrystallizationResult:
         rows = []
         for g in self.groups:
             d = group_dict(g)
+            support, reading = g.verdict_support or {}, g.verdict_reading()
             heldout = {
                 f"heldout_{k}": v
                 for k, v in d["heldout"].items()
@@ -310,7 +397,7 @@ class CrystallizationResult:
                 **_condition_columns(g.condition_key, g.condition),
                 "kind": g.kind,
                 "status": g.status,
-                "problems": list(g.problems),
+                "problems": [p.message for p in g.problems],
                 "stages": list(g.stages),
                 "n_options": len(g.options),
                 "seed_prompt": d["seed_prompt"],
@@ -319,6 +406,9 @@ class CrystallizationResult:
                 **heldout,
                 "liquid": g.verdict["liquid"],
                 "nucleated": g.verdict["nucleated"],
+                **{f"{name}_support": support.get(name) for name in ("liquid", "nucleated")},
+                **{f"{name}_verdict": verdict_word(reading[name])
+                   for name in ("liquid", "nucleated")},
                 "seed_stability": g.seed_stability,
             }
             if g.ci is not None:
@@ -352,6 +442,14 @@ def _frame(rows: list[dict[str, Any]], schema: dict[str, pl.DataType]) -> pl.Dat
     return pl.DataFrame(rows, schema=columns)
 
 
+def verdict_word(value: bool | str | None) -> str:
+    """A verdict as a word: "yes", "no", "uncertain" (bootstrap support below the
+    threshold) or "undefined"."""
+    if isinstance(value, str):
+        return value
+    return {True: "yes", False: "no", None: "undefined"}[value]
+
+
 def json_number(value: Any) -> float | None:
     """A JSON-safe number: NaN and infinities become None, NumPy scalars Python floats."""
     if value is None:
@@ -382,7 +480,7 @@ def group_dict(g: GroupResult) -> dict[str, Any]:
         "condition": condition_dict(g.condition_key, g.condition),
         "kind": g.kind,
         "status": g.status,
-        "problems": list(g.problems),
+        "problems": [p.message for p in g.problems],
         "stages": list(g.stages),
         "stage_orders": {s: int(o) for s, o in zip(g.stages, g.stage_orders)},
         "steps": dict(zip(g.stages, g.steps)),
@@ -417,10 +515,17 @@ def group_dict(g: GroupResult) -> dict[str, Any]:
     d["distinct_argmax"] = {
         s: None if x is None else int(x) for s, x in d["distinct_argmax"].items()
     }
-    d["verdict"] = {
+    d["verdict"] = g.verdict_reading()
+    d["verdict_point"] = {
         "liquid": g.verdict["liquid"],
         "nucleated": g.verdict["nucleated"],
         "settled": dict(g.verdict["settled"]),
+    }
+    d["verdict_support"] = None if g.verdict_support is None else {
+        **g.verdict_support, "settled": dict(g.verdict_support["settled"])
+    }
+    d["branching_factor"] = {
+        s: None if g.branching.get(s) is None else g.branching[s].to_dict() for s in g.stages
     }
     d["validity"] = {s: json_number(x) for s, x in zip(g.stages, g.validity)}
     d["ci"] = None if g.ci is None else _ci_dict(g)

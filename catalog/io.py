@@ -16,10 +16,17 @@ re-derives them like ingested runs.
 Optional columns of both: ``stage_order`` (else base=0, sft=1, dpo=2, rl/rlvr/instruct=3),
 ``step`` (the model is that checkpoint of its stage), ``prompt_text`` (stored with a new
 prompt; without a ``prompt`` key the task's prompt of that text is used, else a key made
-from the text) and the sampling condition, ``temperature, top_p, top_k, max_new_tokens,
+from the text), ``prompt_position`` (the prompt id of a new prompt key, see below) and the
+sampling condition, ``temperature, top_p, top_k, max_new_tokens,
 scaffold`` (unknown fields stay null; a record with none of them has the "imported"
 condition, see :mod:`catalog.conditions`); import-counts also ``n_invalid`` (samples whose
 answer was not an option; one value per run).
+
+Prompt ids (``prompts.position``, which the analysis uses, e.g. for its even/odd held-out
+split) do not depend on the order of the file's rows: the prompt keys an import adds to a
+task take the positions given in ``prompt_position``, and those without one take the
+smallest free positions in key order (code point order). A stored key keeps its position
+(a different ``prompt_position`` for it is refused), so bundled tasks keep their file order.
 
 A run is one (model, task, prompt, condition); its unit key is a hash of those and
 "import", so importing a file again replaces its runs instead of adding to them (imports
@@ -41,13 +48,14 @@ import concurrent.futures
 import contextlib
 import hashlib
 import io
+import itertools
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
-from sqlalchemy import Connection, Engine, delete, func, select, tuple_
+from sqlalchemy import Connection, Engine, bindparam, delete, func, select, tuple_
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.schema import AddConstraint, DropConstraint
@@ -66,6 +74,7 @@ from catalog.schema import (
     Family,
     Model,
     OptionCount,
+    Prompt,
     Run,
     Task,
     utcnow,
@@ -74,10 +83,12 @@ from catalog.views import read_view
 
 CONDITION_COLUMNS = ("temperature", "top_p", "top_k", "max_new_tokens", "scaffold")
 REQUIRED_COLUMNS = ("family", "stage", "model", "task", "prompt", "option", "count")
-OPTIONAL_COLUMNS = ("stage_order", "step", "prompt_text", "n_invalid", *CONDITION_COLUMNS)
+OPTIONAL_COLUMNS = ("stage_order", "step", "prompt_text", "prompt_position", "n_invalid",
+                    *CONDITION_COLUMNS)
 COMPLETION_REQUIRED = ("family", "stage", "model", "task", "prompt")
 COMPLETION_TEXTS = ("completion", "completions")  # one of them
-COMPLETION_OPTIONAL = ("count", "stage_order", "step", "prompt_text", *CONDITION_COLUMNS)
+COMPLETION_OPTIONAL = ("count", "stage_order", "step", "prompt_text", "prompt_position",
+                       *CONDITION_COLUMNS)
 EXPORT_COLUMNS = (
     "family", "stage", "stage_order", "step", "model", "task", "prompt", "prompt_text",
     "option", "count", "n_invalid", *CONDITION_COLUMNS,
@@ -350,6 +361,10 @@ class _Import:
             **dict.fromkeys(_RUN_KEYS, pl.String), "run_id": pl.Int64, "n_valid": pl.Int64,
             "n_invalid": pl.Int64, "spanning": pl.Boolean,
         })
+        # Positions the file gives its prompt keys; the prompts this import created.
+        self.positions = pl.DataFrame(schema={"task": pl.String, "prompt": pl.String,
+                                              "prompt_position": pl.Int64})
+        self.created_prompts: dict[str, set[str]] = {}
         self.rows = 0
         self.replaced = 0
         self.created = {"new_models": 0, "new_tasks": 0, "new_prompts": 0}
@@ -407,6 +422,7 @@ class _Import:
         frame = frame.with_columns(
             parsed_integer(source, frame, "stage_order", stored_in="models.stage_order"),
             parsed_integer(source, frame, "step", stored_in="models.step"),
+            parsed_integer(source, frame, "prompt_position", stored_in="prompts.position"),
             parsed_integer(source, frame, "top_k", stored_in="runs.top_k"),
             parsed_integer(source, frame, "max_new_tokens", least=1,
                            stored_in="runs.max_new_tokens"),
@@ -546,6 +562,7 @@ class _Import:
         meaning = (("prompt_text", "one prompt key has one text"),)
         self._consistent(frame, self.prompts, ["task", "prompt"], meaning)
         self._consistent(frame, texts, ["task", "prompt"], meaning)
+        self._collect_positions(frame)
         # New keys, and stored keys whose text this chunk gives first.
         todo = (
             frame.unique(["task", "prompt"], keep="first", maintain_order=True)
@@ -566,6 +583,72 @@ class _Import:
         return (
             frame.join(self.prompts.select("task", "prompt", "prompt_id"), on=["task", "prompt"])
             .join(task_ids, on="task")
+        )
+
+    def _collect_positions(self, frame: pl.DataFrame) -> None:
+        """Remember the ``prompt_position`` of each key (one key, one position)."""
+        given = frame.filter(pl.col("prompt_position").is_not_null())
+        if not given.height:
+            return
+        meaning = (("prompt_position", "one prompt key has one position"),)
+        self._consistent(given, self.positions, ["task", "prompt"], meaning)
+        firsts = given.unique(["task", "prompt"], keep="first", maintain_order=True)
+        self._consistent(given, firsts.select(self.positions.columns), ["task", "prompt"],
+                         meaning)
+        self.positions = pl.concat([self.positions, firsts.select(self.positions.columns)]
+                                   ).unique(["task", "prompt"], keep="first", maintain_order=True)
+
+    def _number_new_prompts(self) -> None:
+        """Give the prompts this import created positions that the data alone determine:
+        their ``prompt_position``, else the smallest free positions in key order."""
+        given = {(t, k): p for t, k, p in self.positions.iter_rows()}
+        table = Prompt.__table__
+        moves = []
+        for name, created in self.created_prompts.items():
+            task_id = self.tasks[name].id
+            stored = dict(self.conn.execute(
+                select(table.c.key, table.c.position).where(table.c.task_id == task_id)
+            ).all())
+            ids = dict(self.conn.execute(
+                select(table.c.key, table.c.id).where(table.c.task_id == task_id)
+            ).all())
+            kept = {key: pos for key, pos in stored.items() if key not in created}
+            for key, pos in kept.items():
+                if given.get((name, key), pos) != pos:
+                    raise InvalidInput(
+                        f"{self.source.path}: prompt {key!r} of task {name!r} is stored at "
+                        f"position {pos}, not {given[name, key]} (prompt_position)"
+                    )
+            owners = {pos: key for key, pos in kept.items()}
+            final = {}
+            for key in sorted(created):
+                pos = given.get((name, key))
+                if pos is None:
+                    continue
+                if pos in owners:
+                    raise InvalidInput(
+                        f"{self.source.path}: prompt_position {pos} of task {name!r} is given "
+                        f"to {key!r} but taken by prompt {owners[pos]!r}"
+                    )
+                owners[pos] = final[key] = pos
+            free = (pos for pos in itertools.count() if pos not in owners)
+            final.update((key, next(free)) for key in sorted(created) if key not in final)
+            moves += [(ids[key], stored[key], pos) for key, pos in final.items()
+                      if stored[key] != pos]
+        if not moves:
+            return
+        # Two passes past every position in use, so the unique (task, position) holds after
+        # each statement.
+        above = 1 + max(max(old, new) for _, old, new in moves) + len(moves)
+        self.conn.execute(
+            table.update().where(table.c.id == bindparam("prompt_id")).values(
+                position=bindparam("new_position")),
+            [{"prompt_id": i, "new_position": above + n} for n, (i, _, _) in enumerate(moves)],
+        )
+        self.conn.execute(
+            table.update().where(table.c.id == bindparam("prompt_id")).values(
+                position=bindparam("new_position")),
+            [{"prompt_id": i, "new_position": new} for i, _, new in moves],
         )
 
     def _task(self, name: str) -> _TaskInfo:
@@ -613,6 +696,7 @@ class _Import:
             except InvalidInput as exc:
                 raise InvalidInput(f"{self.source.path}: {exc}") from None
             self.created["new_prompts"] += len(prompts.keys() - stored)
+            self.created_prompts.setdefault(name, set()).update(prompts.keys() - stored)
             self.session.expire(task, ["prompts"])
             stored_now = pl.DataFrame(
                 [(name, key, p.id, p.template) for key, p in prompts.items()],
@@ -753,6 +837,7 @@ class _Import:
         if not self.rows:
             raise InvalidInput(f"{self.source.path}: no rows to import")
         self.finish_rows()
+        self._number_new_prompts()
         runs = self.runs.with_columns(pl.col("n_invalid").fill_null(0))
         _update_runs(self.conn, runs.filter("spanning"))
         self._foreign_keys.close()

@@ -232,6 +232,9 @@ class Run(Base):
     n_ambiguous: Mapped[int | None] = mapped_column(Integer)
     n_off_category: Mapped[int | None] = mapped_column(Integer)
     n_out_of_range: Mapped[int | None] = mapped_column(Integer)
+    # Sampled runs of the tree sampler: per generated position, the count-weighted sum of
+    # next-token entropies (bits) and the tokens drawn (docs/metrics.md, section 13).
+    token_entropy: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     covered_mass: Mapped[float | None] = mapped_column(Float)
 
     # Work-queue bookkeeping.

@@ -133,6 +133,35 @@ class ExactDistribution(NamedTuple):
     covered_mass: float
 
 
+@dataclass(frozen=True)
+class TokenEntropy:
+    """The next-token entropies behind one sampling, by generated position (docs/metrics.md,
+    section 13): ``bits[t]`` is the sum over the prefixes the samples passed through at
+    depth t of (samples that drew a token there) x (entropy in bits of the distribution
+    drawn from), ``tokens[t]`` the number of those samples. ``estimate``: None when the
+    entropies are exact, else how they were estimated (e.g. from top-k logprobs)."""
+
+    bits: tuple[float, ...]
+    tokens: tuple[int, ...]
+    estimate: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"bits": list(self.bits), "tokens": list(self.tokens), "estimate": self.estimate}
+
+
+class Completions(dict):
+    """``{completion text: count}`` as :meth:`Backend.sample` returns it, with the token
+    entropies of the sampling where the backend knows them (``token_entropy``, else None)."""
+
+    token_entropy: TokenEntropy | None = None
+
+    @classmethod
+    def of(cls, counts: Mapping[str, int], token_entropy: TokenEntropy | None) -> Completions:
+        completions = cls(counts)
+        completions.token_entropy = token_entropy
+        return completions
+
+
 class SampleRequest(NamedTuple):
     """One unit's sampling: a rendered prompt, its parameters and its seed (see
     :meth:`Backend.sample_many`)."""
@@ -208,7 +237,9 @@ class Backend(ABC):
       result with the run.
     - :meth:`sample` draws ``params.n`` independent completions of a rendered prompt and
       returns ``{completion text: count}`` with counts summing to exactly ``params.n``
-      (distinct texts only; equal texts are merged). The same ``seed`` gives the same counts
+      (distinct texts only; equal texts are merged), as a :class:`Completions` with the
+      sampling's token entropies where the backend knows them (a plain dict otherwise).
+      The same ``seed`` gives the same counts
       on the same hardware, library versions and batch size. ``seed`` is an integer in
       ``[0, 2**63)``.
     - :meth:`sample_many` does the same for several units at once and returns their counts

@@ -35,7 +35,7 @@ from typing import Any
 
 from catalog import prompting
 from catalog.errors import InvalidInput, ModelLoadError
-from ingest.backends import Backend, ExactDistribution, ModelSpec, SamplingParams
+from ingest.backends import Backend, Completions, ExactDistribution, ModelSpec, SamplingParams
 from ingest.exact import option_probabilities
 from ingest.sampling import TreeSampler
 
@@ -357,8 +357,9 @@ class TransformersBackend(Backend):
         return render_prompt(self.loaded.tokenizer, self.spec, prompt_text, prompt_format,
                              scaffold)
 
-    def sample(self, rendered: str, params: SamplingParams, seed: int) -> dict[str, int]:
-        return self.sampler.sample(rendered, params, seed).counts
+    def sample(self, rendered: str, params: SamplingParams, seed: int) -> Completions:
+        tree = self.sampler.sample(rendered, params, seed)
+        return Completions.of(tree.counts, tree.token_entropy())
 
     def option_probabilities(
         self, rendered: str, options: Mapping[str, Sequence[str]]

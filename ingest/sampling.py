@@ -34,6 +34,11 @@ How it runs (:class:`TreeSampler`):
   EOS token; a completion that contains a stop string is cut before its first occurrence;
   equal texts are merged.
 
+- Token entropy: at every depth the sampler holds each open branch's next-token distribution,
+  so it records, per generated position, the count-weighted sum of their entropies (bits)
+  and the number of tokens drawn (:meth:`TreeSample.token_entropy`): exact given the sampled
+  paths, at the cost of one pass over the vocabulary per branch (no forward pass).
+
 The prompt's token ids come from :func:`encode_prompt`.
 """
 
@@ -41,13 +46,14 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from catalog.errors import ModelLoadError
-from ingest.backends import SamplingParams
+from ingest.backends import SamplingParams, TokenEntropy
 
 AUTO_BATCH_START = 1024
 
@@ -147,6 +153,13 @@ class TreeSample:
     forward_rows: int = 0
     forward_calls: int = 0
     widths: list[int] = field(default_factory=list)
+    # Per depth t: sum over the open branches of (their count) x (entropy in bits of the
+    # distribution they drew from), and the sum of their counts (docs/metrics.md, 13).
+    entropy_bits: list[float] = field(default_factory=list)
+    entropy_tokens: list[int] = field(default_factory=list)
+
+    def token_entropy(self) -> TokenEntropy:
+        return TokenEntropy(tuple(self.entropy_bits), tuple(self.entropy_tokens))
 
 
 @dataclass
@@ -208,6 +221,12 @@ class TreeSampler:
             result.widths.append(len(sequences))
             input_ids = torch.cat([prompt.expand(len(sequences), -1), sequences.to(device)], dim=1)
             probs = torch.softmax(processors(input_ids, logits), dim=-1)
+            # The distributions every branch draws from are here already: their entropies
+            # cost one pass over the vocabulary (one temporary the size of probs, summed in
+            # float64), no forward pass.
+            entropies = torch.special.entr(probs).sum(dim=-1, dtype=torch.float64) / math.log(2)
+            result.entropy_bits.append(float((entropies * counts.double()).sum()))
+            result.entropy_tokens.append(int(counts.sum()))
             parents, tokens, child_counts = (
                 t.cpu() for t in split_counts(probs, counts, generator)
             )

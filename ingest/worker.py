@@ -38,7 +38,14 @@ from catalog.prompting import get_scaffold
 from catalog.registry import get_model
 from catalog.schema import Completion, ExactProb, Model, OptionCount, Task, storable_text
 from catalog.tasks import TaskSpec
-from ingest.backends import Backend, SampleRequest, SamplingParams, load_backend, render_with
+from ingest.backends import (
+    Backend,
+    SampleRequest,
+    SamplingParams,
+    TokenEntropy,
+    load_backend,
+    render_with,
+)
 from ingest.exact import default_surface_forms
 from ingest.planning import Unit, model_spec, task_spec, unit_seed
 from ingest.queue import Claim, Scope, new_worker_id, open_queue
@@ -166,6 +173,7 @@ class UnitResult:
     probabilities: dict[str, float] | None = None  # exact mode
     covered_mass: float | None = None
     seconds: float = 0.0
+    token_entropy: TokenEntropy | None = None  # sampled mode, where the backend knows it
 
 
 def open_backend(model: Model, options: WorkerOptions) -> Backend:
@@ -196,7 +204,8 @@ def sample_units(backend: Backend, units: Sequence[Unit]) -> list[UnitResult]:
         for unit in units
     ])
     seconds = (time.perf_counter() - t0) / len(units)
-    return [UnitResult(completions=c, seconds=seconds) for c in counts]
+    return [UnitResult(completions=c, seconds=seconds,
+                       token_entropy=getattr(c, "token_entropy", None)) for c in counts]
 
 
 def score_unit(backend: Backend, unit: Unit) -> UnitResult:
@@ -232,6 +241,8 @@ def result_rows(unit: Unit, result: UnitResult, provenance: dict) -> tuple[dict,
         })
         row["count"] += count
     values.update(n_invalid=counts.n_invalid, **counts.reason_columns())
+    if result.token_entropy is not None:
+        values["token_entropy"] = result.token_entropy.to_json()
     option_rows = [{"run_id": unit.run_id, "option": o, "count": c}
                    for o, c in counts.options.items()]
     return values, [(Completion, list(stored.values())), (OptionCount, option_rows)]

@@ -78,6 +78,10 @@ _ANALYSIS_OPTIONS = (
     click.option("--settle-tolerance", "settle_tolerance", type=types.FiniteFloat(),
                  default=_ANALYSIS["settle_tolerance"], show_default=True,
                  help="Settled when ProbMass[s] >= ProbMass[sft] - this."),
+    click.option("--verdict-support", "verdict_support", type=float,
+                 default=_ANALYSIS["verdict_support"], show_default=True,
+                 help="With --bootstrap: a verdict holding in fewer replicates than this "
+                      "share reads 'uncertain'."),
     click.option("--min-samples", "min_samples", type=click.IntRange(min=1),
                  default=_ANALYSIS["min_samples"], show_default=True,
                  help="Exclude (and report) prompts with fewer valid samples."),

@@ -82,7 +82,8 @@ def import_counts_command(path: Path, maps, sets, db_url: str | None) -> None:
     """Import option counts sampled elsewhere from a CSV or Parquet file.
 
     Columns: family, stage, model, task, prompt, option, count (required); stage_order,
-    step, prompt_text, n_invalid and the condition: temperature, top_p, top_k,
+    step, prompt_text, prompt_position (a new prompt key's id; else new keys are numbered
+    in key order), n_invalid and the condition: temperature, top_p, top_k,
     max_new_tokens, scaffold (optional). Unknown tasks become open tasks, unknown models
     are registered. Importing a file again replaces its counts; a bad row stores nothing.
 
@@ -107,7 +108,8 @@ def import_completions_command(path: Path, preset, maps, sets, db_url: str | Non
 
     One record per generation (completion, optional count) or per prompt (completions: a
     list of texts). Also required: family, stage, model, task, prompt (or prompt_text);
-    optional: stage_order, step and the condition columns, as import-counts. Importing a
+    optional: stage_order, step, prompt_position and the condition columns, as
+    import-counts. Importing a
     file again replaces its runs; a bad record stores nothing.
 
     Example: catalog import-completions vllm_out.jsonl --preset vllm --set family=olmo

@@ -101,7 +101,7 @@ def test_json_contract_keys_and_no_nan(planted):
     frame, _ = planted
     result = analyze_data(counts_from_frame(frame), AnalysisOptions(bootstrap=20))
     document = json.loads(result.to_json())  # to_json refuses NaN and infinity
-    assert set(document) == {"thresholds", "tasks", "cross_family"}
+    assert set(document) == {"thresholds", "problems", "tasks", "cross_family"}
     assert document["thresholds"]["tau"] == 0.9 and document["thresholds"]["bootstrap"] == 20
     for task in document["tasks"]:
         assert TASK_KEYS <= set(task)

@@ -212,7 +212,7 @@ def test_a_store_without_checkpoints_has_no_trajectories_unless_asked(engine, tm
                                          ("rl", None)], weights=[0, 1, 1, 1])
     store(engine, tmp_path, frame)
     document = analyze(engine).to_dict()
-    assert set(document) == {"thresholds", "tasks", "cross_family", "validity"}
+    assert set(document) == {"thresholds", "problems", "tasks", "cross_family", "validity"}
     assert document["thresholds"]["trajectories"] is False
     asked = analyze(engine, options=AnalysisOptions(trajectories=True)).to_dict()
     liquidity = by_metric(asked)["liquidity"]

@@ -39,7 +39,7 @@ def test_json_output_has_the_contract_keys(stored):
     result = run("--db", stored, "--format", "json", "--bootstrap", "20", "--seed", "5")
     assert result.exit_code == 0, result.output
     document = json.loads(result.output)
-    assert set(document) == {"thresholds", "tasks", "cross_family", "validity"}
+    assert set(document) == {"thresholds", "problems", "tasks", "cross_family", "validity"}
     # imported counts: valid rates known, the reasons of invalid samples not
     assert all(0 < row["valid_rate"] <= 1 and row["no_answer_rate"] is None
                for row in document["validity"])
@@ -117,5 +117,37 @@ def test_bad_options_are_clear_errors(stored):
     assert result.exit_code == 2 and "--tau': must be <= 1, got 1.5" in result.output
     result = run("--db", stored, "--mode", "exact", "--bootstrap", "10")
     assert result.exit_code == 1 and "exact probabilities have no sampling noise" in result.output
+    for share in ("0", "1.5", "nan"):
+        result = run("--db", stored, "--verdict-support", share)
+        assert result.exit_code == 1, share
+        assert f"Error: verdict_support must be in (0, 1], got {float(share)}" in result.output
+        assert "Traceback" not in result.output
+    result = run("--db", stored, "--verdict-support", "some")
+    assert result.exit_code == 2  # not a number: a usage error, from click
     result = run("--db", stored, "--format", "yaml")
     assert result.exit_code == 2  # a usage error, from click
+
+
+def test_a_store_without_a_valid_answer_analyzes_to_problems(db_url, tmp_path):
+    """Every answer a space (as a tiny plain model with --max-new-tokens 1 gives): no option
+    counts at all; the JSON names the problems instead of failing."""
+    from catalog.io import import_completions
+
+    records = [{"family": "tiny", "stage": stage, "model": f"tiny-{stage}", "task": "digit",
+                "prompt": prompt, "completions": [" "] * 4}
+               for stage in ("base", "sft") for prompt in ("plain", "terse", "polite")]
+    path = tmp_path / "blank.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    engine = open_catalog(db_url)
+    import_completions(engine, path)
+    engine.dispose()
+    result = run("--db", db_url, "--format", "json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.output)
+    (task,) = document["tasks"]
+    assert task["status"] == "too_few_samples" and task["n_options"] == 10
+    no_valid = [p for p in document["problems"] if p["kind"] == "no_valid_samples"]
+    assert {(p["stage"], tuple(p["prompts"])) for p in no_valid} == {
+        ("base", ("plain", "terse", "polite")), ("sft", ("plain", "terse", "polite"))}  # id order
+    table = run("--db", db_url)
+    assert table.exit_code == 0 and "excluded for having no valid sample" in table.output
