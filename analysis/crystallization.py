@@ -69,7 +69,7 @@ from analysis.results import (
     Problem,
 )
 from analysis.sweeps import temperature_sweeps
-from analysis.validity import validity_records, validity_table, validity_warnings
+from analysis.validity import validity_problems, validity_records, validity_table
 
 # Bootstrap chunks hold about this many floats in the pairwise-JSD step (bounds memory).
 _CHUNK_FLOATS = 4_000_000
@@ -97,7 +97,9 @@ def analyze(
         table = validity_table(engine, families=families, tasks=tasks,
                                condition_keys=data.units["condition_key"].unique().to_list())
         result.validity = validity_records(table)
-        result.warnings.extend(validity_warnings(table))
+        problems = validity_problems(table)
+        result.extra_problems.extend(problems)
+        result.warnings.extend(problem.message for problem in problems)
     return result
 
 

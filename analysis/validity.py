@@ -4,13 +4,14 @@ Every invalid sample carries a reason (docs/normalization.md): ``no_answer``, ``
 ``off_category``, ``out_of_range``. :func:`validity_table` adds them up per (family, task,
 condition, model) from ``v_runs``; :func:`validity_warnings` names the models whose valid
 rate is low (their distributions rest on few answers) and the selections whose runs were
-normalized by different normalizer versions (`catalog renormalize` brings them to one).
+normalized by different normalizer versions (`catalog renormalize` brings them to one), as
+problems of the analysis (and warnings).
 
 Example::
 
     table = validity_table(engine, families=["toy"], tasks=["digit"])
-    for line in validity_warnings(table):
-        print(line)
+    for problem in validity_problems(table):
+        print(problem.message)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import polars as pl
 from sqlalchemy import Engine
 
 from analysis.frames import _select_sql
+from analysis.results import Problem
 from catalog.enums import INVALID_REASONS
 from catalog.views import read_sql
 
@@ -66,34 +68,40 @@ def validity_table(
     ).sort("family", "task", "condition_key", "stage_order", "step", nulls_last=True)
 
 
-def validity_warnings(table: pl.DataFrame, low: float = LOW_VALID_RATE) -> list[str]:
-    """Lines for models whose valid rate is below ``low`` and for (family, task) selections
-    whose runs were normalized by different normalizer versions."""
+def validity_problems(table: pl.DataFrame, low: float = LOW_VALID_RATE) -> list[Problem]:
+    """Problems (``low_validity``, ``mixed_normalizer_versions``) for models whose valid rate
+    is below ``low`` and for (family, task) selections whose runs were normalized by
+    different normalizer versions."""
     if "valid_rate" not in table.columns:
         return []
-    lines = []
+    problems = []
     for row in table.filter(pl.col("valid_rate") < low).iter_rows(named=True):
         reasons = ", ".join(
             f"{reason.replace('_', ' ')} {row[f'{reason}_rate']:.0%}"
             for reason in INVALID_REASONS if row[f"{reason}_rate"]
         )
-        lines.append(
+        problems.append(Problem(
+            "low_validity",
             f"{row['family']}/{row['task']}: {row['model']} ({row['stage']}) gave a valid answer "
             f"in {row['valid_rate']:.0%} of {row['n_samples']:,} samples"
             + (f" ({reasons})" if reasons else "")
-            + "; its distributions rest on few answers (docs/normalization.md)"
-        )
+            + "; its distributions rest on few answers (docs/normalization.md)",
+            family=row["family"], task=row["task"], condition_key=row["condition_key"],
+            stage=row["stage"], step=row["step"], metric="validity",
+        ))
     mixed = table.group_by("family", "task", maintain_order=True).agg(
         pl.col("normalizer_versions").list.explode(keep_nulls=False, empty_as_null=False).unique().sort()
     ).filter(pl.col("normalizer_versions").list.len() > 1)
     for row in mixed.iter_rows(named=True):
         versions = ", ".join(row["normalizer_versions"])
-        lines.append(
+        problems.append(Problem(
+            "mixed_normalizer_versions",
             f"{row['family']}/{row['task']}: runs were normalized by different normalizer "
             f"versions ({versions}); bring them to one with `catalog renormalize --task "
-            f"{row['task']}`"
-        )
-    return lines
+            f"{row['task']}`",
+            family=row["family"], task=row["task"],
+        ))
+    return problems
 
 
 def validity_records(table: pl.DataFrame) -> list[dict]:
