@@ -308,23 +308,19 @@ class OpenAIBackend(Backend):
         rendered = self.render("Name a color.", "chat" if chat else "plain")
         request = SampleRequest(rendered, SamplingParams(n=2, max_new_tokens=4), PROBE_SEED)
         self.probe = {"extra_params": True}
-        args = self._request(request, 2 if self.max_n > 1 else 1, PROBE_SEED)
-        if not chat:
-            args["logprobs"] = 1
-        else:
-            args["logprobs"] = True
-        try:
-            first, second = self._run([args, args], sequential=True)
-        except EndpointError as exc:
-            if exc.status not in (400, 422):
-                raise ModelLoadError(str(exc)) from None
-            # a server without vLLM's extra parameters (OpenAI's API): ask without them
-            args.pop("extra_body")
-            self.probe = {"extra_params": False}
+        args = {**self._request(request, 2 if self.max_n > 1 else 1, PROBE_SEED),
+                "logprobs": True if chat else 1}
+        # A server that refuses a parameter (400/422) is asked again without it: first
+        # without vLLM's extra parameters (OpenAI's API), then without logprobs.
+        for refusable in ("extra_body", "logprobs", None):
             try:
                 first, second = self._run([args, args], sequential=True)
+                break
             except EndpointError as exc:
-                raise ModelLoadError(str(exc)) from None
+                if exc.status not in (400, 422) or refusable is None:
+                    raise ModelLoadError(str(exc)) from None
+                args.pop(refusable, None)
+                self.probe = {"extra_params": "extra_body" in args}
         if self.max_n > 1 and len(first.choices) != 2:
             raise ModelLoadError(
                 f"the server at {self.base_url} ignores n (asked for 2 completions, got "
@@ -334,10 +330,10 @@ class OpenAIBackend(Backend):
         texts = [sorted(self._choice_text(c) for c in answer.choices)
                  for answer in (first, second)]
         return {
-            "extra_params": self.probe["extra_params"],
+            "extra_params": "extra_body" in args,
             "n_honoured": len(first.choices) == args["n"],
             "seed_reproducible": texts[0] == texts[1],
-            "logprobs": first.choices[0].logprobs is not None,
+            "logprobs": "logprobs" in args and first.choices[0].logprobs is not None,
             "served_model": first.model,
             "system_fingerprint": getattr(first, "system_fingerprint", None),
         }

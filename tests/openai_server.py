@@ -11,7 +11,8 @@ equal requests get equal answers. Tests script its faults:
 - ``key``: requests must carry ``Authorization: Bearer KEY``; a wrong key gets 401 with a
   message that quotes it, as OpenAI's API does (the backend must never show it);
 - ``honour_n=False``: one choice whatever ``n`` asks (servers that ignore ``n``);
-- ``extra_params=False``: 400 for vLLM's extra sampling parameters (OpenAI's API).
+- ``extra_params=False``: 400 for vLLM's extra sampling parameters (OpenAI's API);
+- ``logprobs=False``: 400 for a request that asks for logprobs.
 
 Every request body it received is kept in ``requests`` (path, body).
 """
@@ -31,10 +32,12 @@ EXTRA_PARAMS = ("top_k", "min_p", "repetition_penalty", "stop_token_ids", "ignor
 
 class CompatibleServer:
     def __init__(self, *, model: str = "served-model", key: str | None = None,
-                 honour_n: bool = True, extra_params: bool = True, poison: str | None = None,
+                 honour_n: bool = True, extra_params: bool = True, logprobs: bool = True,
+                 poison: str | None = None,
                  distribution: dict[str, float] | None = None) -> None:
         self.model, self.key = model, key
         self.honour_n, self.extra_params, self.poison = honour_n, extra_params, poison
+        self.logprobs = logprobs
         self.distribution = distribution or DISTRIBUTION
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self._failures: list[int] = []
@@ -88,6 +91,8 @@ class CompatibleServer:
             return 404, _error(f"The model `{body.get('model')}` does not exist.", "NotFoundError")
         if not self.extra_params and any(name in body for name in EXTRA_PARAMS):
             return 400, _error("Unrecognized request argument supplied: top_k", "invalid")
+        if not self.logprobs and body.get("logprobs") is not None:
+            return 400, _error("logprobs are not supported with this model", "invalid")
         if self.poison and self.poison in json.dumps(body.get("prompt", body.get("messages"))):
             return 500, _error("the model crashed on this prompt", "server_error")
         return 200, self._completion(path, body)

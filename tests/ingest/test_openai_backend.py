@@ -218,6 +218,19 @@ def test_a_server_without_extra_parameters_samples_without_them_and_refuses_top_
         assert "top_k" not in server.sampling_requests()[-1]
 
 
+def test_a_server_without_logprobs_or_extra_parameters_is_probed_without_them():
+    with CompatibleServer(model=MODEL, extra_params=False, logprobs=False) as server:
+        with load_backend(spec(server.url, "chat")) as backend:
+            probe = backend.backend_record()["probe"]
+            counts = backend.sample(backend.render("Pick a random digit."),
+                                    SamplingParams(n=20, max_new_tokens=6), seed=1)
+    assert (probe["extra_params"], probe["logprobs"], probe["n_honoured"]) == (False, False, True)
+    assert sum(counts.values()) == 20
+    # the probe: one refused request with both, one without the extra parameters, the
+    # answered pair without logprobs; then the unit's one request
+    assert len(server.sampling_requests()) == 1 + 1 + 2 + 1
+
+
 def test_a_wrong_key_is_one_line_that_never_shows_the_key(monkeypatch):
     monkeypatch.setenv(KEY_VARIABLE, SECRET)
     with CompatibleServer(model=MODEL, key="the-right-key") as server:
