@@ -12,7 +12,8 @@ equal requests get equal answers. Tests script its faults:
   message that quotes it, as OpenAI's API does (the backend must never show it);
 - ``honour_n=False``: one choice whatever ``n`` asks (servers that ignore ``n``);
 - ``extra_params=False``: 400 for vLLM's extra sampling parameters (OpenAI's API);
-- ``logprobs=False``: 400 for a request that asks for logprobs.
+- ``logprobs=False``: 400 for a request that asks for logprobs;
+- ``delay``: seconds to wait before each answer (a server too slow for the timeout).
 
 Every request body it received is kept in ``requests`` (path, body).
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -33,11 +35,11 @@ EXTRA_PARAMS = ("top_k", "min_p", "repetition_penalty", "stop_token_ids", "ignor
 class CompatibleServer:
     def __init__(self, *, model: str = "served-model", key: str | None = None,
                  honour_n: bool = True, extra_params: bool = True, logprobs: bool = True,
-                 poison: str | None = None,
+                 poison: str | None = None, delay: float = 0.0,
                  distribution: dict[str, float] | None = None) -> None:
         self.model, self.key = model, key
         self.honour_n, self.extra_params, self.poison = honour_n, extra_params, poison
-        self.logprobs = logprobs
+        self.logprobs, self.delay = logprobs, delay
         self.distribution = distribution or DISTRIBUTION
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self._failures: list[int] = []
@@ -95,6 +97,7 @@ class CompatibleServer:
             return 400, _error("logprobs are not supported with this model", "invalid")
         if self.poison and self.poison in json.dumps(body.get("prompt", body.get("messages"))):
             return 500, _error("the model crashed on this prompt", "server_error")
+        time.sleep(self.delay)
         return 200, self._completion(path, body)
 
     def _completion(self, path: str, body: dict) -> dict:

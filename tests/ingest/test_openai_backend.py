@@ -266,6 +266,19 @@ def test_a_dead_server_is_one_line_naming_the_url():
     assert "check base_url and that the server is running" in str(error.value)
 
 
+def test_a_server_slower_than_the_timeout_is_one_line():
+    with CompatibleServer(model=MODEL) as server:
+        with load_backend(spec(server.url, timeout=2, max_retries=0)) as backend:
+            server.delay = 3.0
+            with pytest.raises(EndpointError) as error:
+                backend.sample(backend.render("Pick a random digit."),
+                               SamplingParams(n=5, max_new_tokens=6), seed=1)
+            server.delay = 0.0
+    assert one_line_error(error) == (
+        f"the server at {server.url} did not answer within 2 s; raise --backend-arg "
+        "timeout=SECONDS or lower concurrency")
+
+
 def test_a_wrong_url_path_and_an_unknown_model_are_one_line_each(server):
     wrong = server.url.removesuffix("/v1") + "/api"
     with pytest.raises(ModelLoadError) as error:
