@@ -169,7 +169,7 @@ class OpenAIBackend(Backend):
         self.max_retries = options.get("max_retries", DEFAULT_MAX_RETRIES)
         self._api_key = _api_key(self.key_variable)
         self._openai = _import_openai()
-        self.renderer_ = EndpointRenderer.for_spec(spec)
+        self.prompts = EndpointRenderer.for_spec(spec)
         self.records: list[dict[str, Any]] = []
         self.probe = self._probe()
 
@@ -183,7 +183,7 @@ class OpenAIBackend(Backend):
 
     def render(self, prompt_text: str, prompt_format: str | None = None, *,
                scaffold: str | None = None) -> str:
-        return self.renderer_.render(prompt_text, prompt_format, scaffold=scaffold)
+        return self.prompts.render(prompt_text, prompt_format, scaffold=scaffold)
 
     # ---------------------------------------------------------------- sampling
 
@@ -235,13 +235,13 @@ class OpenAIBackend(Backend):
             "presence_penalty": 0.0, "frequency_penalty": 0.0,
         }
         extra = {"top_k": params.top_k or -1, "min_p": 0.0, "repetition_penalty": 1.0}
-        if self.renderer_.server_renders(request.rendered):
+        if self.prompts.server_renders(request.rendered):
             args["messages"] = json.loads(request.rendered)["messages"]
         else:
-            args["prompt"] = self.renderer_.prompt(request.rendered)
-            if self.renderer_.eos_ids:
+            args["prompt"] = self.prompts.prompt(request.rendered)
+            if self.prompts.eos_ids:
                 # the catalog's EOS ids end completions, as in every local backend
-                extra.update(stop_token_ids=self.renderer_.eos_ids, ignore_eos=True)
+                extra.update(stop_token_ids=self.prompts.eos_ids, ignore_eos=True)
         if self.probe.get("extra_params", True):
             args["extra_body"] = extra
         return args
@@ -264,7 +264,7 @@ class OpenAIBackend(Backend):
         from ingest.exact import continuation_ids
         from ingest.sampling import encode_prompt
 
-        tokenizer = self.renderer_.tokenizer
+        tokenizer = self.prompts.tokenizer
         if tokenizer is None:
             raise InvalidInput(
                 f"exact mode through a server needs the model's tokenizer: register "
@@ -275,7 +275,7 @@ class OpenAIBackend(Backend):
         for option, forms in check_surface_forms(options).items():
             for form in forms:
                 ids = continuation_ids(tokenizer, rendered, prompt_ids, form)
-                scored += [(option, ids + [eos]) for eos in self.renderer_.eos_ids]
+                scored += [(option, ids + [eos]) for eos in self.prompts.eos_ids]
                 if self.spec.prompt_format == "plain":
                     newline = continuation_ids(tokenizer, rendered, prompt_ids, form + "\n")
                     scored.append((option, newline))
@@ -304,7 +304,7 @@ class OpenAIBackend(Backend):
 
     def _probe(self) -> dict[str, Any]:
         """Ask the server a tiny question twice; refuse what cannot be sampled honestly."""
-        chat = self.spec.prompt_format == "chat" and self.renderer_.tokenizer is None
+        chat = self.spec.prompt_format == "chat" and self.prompts.tokenizer is None
         rendered = self.render("Name a color.", "chat" if chat else "plain")
         request = SampleRequest(rendered, SamplingParams(n=2, max_new_tokens=4), PROBE_SEED)
         self.probe = {"extra_params": True}
@@ -429,7 +429,7 @@ class OpenAIBackend(Backend):
 
     def provenance(self) -> dict[str, Any]:
         versions = {"openai": importlib.metadata.version("openai")}
-        if self.renderer_.tokenizer is not None:
+        if self.prompts.tokenizer is not None:
             from ingest.models import library_versions
 
             versions.update(library_versions())
@@ -437,7 +437,7 @@ class OpenAIBackend(Backend):
             "model_revision": None,  # what the server loaded is not ours to know
             "dtype": None,
             "device": f"server {urlsplit(self.base_url).netloc}",
-            "chat_template_hash": self.renderer_.chat_template_hash(),
+            "chat_template_hash": self.prompts.chat_template_hash(),
             "library_versions": versions,
         }
 
@@ -446,12 +446,12 @@ class OpenAIBackend(Backend):
             **super().backend_record(),
             "endpoint": "chat/completions" if self._server_renders_chat() else "completions",
             "prompt_rendering": "server" if self._server_renders_chat() else "catalog",
-            "tokenizer_revision": self.renderer_.revision,
+            "tokenizer_revision": self.prompts.revision,
             "probe": self.probe,
         }
 
     def _server_renders_chat(self) -> bool:
-        return self.spec.prompt_format == "chat" and self.renderer_.tokenizer is None
+        return self.spec.prompt_format == "chat" and self.prompts.tokenizer is None
 
 
 @dataclass
