@@ -49,7 +49,7 @@ def lm_eval_records(path: Path) -> Iterator[dict[str, Any]]:
                 continue
             seen.add(key)
             arguments = sample.get("arguments")
-            request = (arguments or {}).get("gen_args_0") if isinstance(arguments, Mapping) else None
+            request = arguments.get("gen_args_0") if isinstance(arguments, Mapping) else None
             if not isinstance(request, Mapping) or not isinstance(request.get("arg_0"), str):
                 raise InvalidInput(f"{where}: no arguments.gen_args_0.arg_0 (the prompt); is "
                                    "this an lm-eval --log_samples file?")

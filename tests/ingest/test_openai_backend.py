@@ -369,8 +369,8 @@ def test_models_add_refuses_bad_openai_args_in_one_line(db_url):
                  "base_url=gpu-node-3:8000")
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
-        "Error: model 'served': backend option base_url='gpu-node-3:8000' is invalid: use text that is an http(s) "
-        "URL without user or password (keys go in api_key_env)"]
+        "Error: model 'served': backend option base_url='gpu-node-3:8000' is invalid: use "
+        "text that is an http(s) URL without user or password (keys go in api_key_env)"]
     assert "served" not in cli("--db", db_url, "models", "list").output
 
 
