@@ -57,6 +57,7 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -517,27 +518,28 @@ class EndpointRenderer:
 
 def _tokenizer_files(spec: ModelSpec):
     """The tokenizer's files: the ``tokenizer`` option (which must load), else the source
-    when it is a local directory or a hub id that resolves to a tokenizer, else None."""
-    from ingest.models import load_model_files, local_directory, looks_like_path
+    when it is a local directory or a hub id that resolves to a tokenizer, else None (a
+    served name such as an API model's, or a path on the server's machine)."""
+    from ingest.models import load_model_files, looks_like_path
 
     named = spec.backend_options.get("tokenizer")
-    source = named or spec.source
-    tokenizer_spec = ModelSpec(source, revision=spec.revision if not named else None,
+    tokenizer_spec = ModelSpec(named or spec.source,
+                               revision=spec.revision if not named else None,
                                trust_remote_code=spec.trust_remote_code,
                                prompt_format=spec.prompt_format)
-    if named is None:
-        if looks_like_path(source) and local_directory(source) is None:
-            return None
-        if "/" not in source and local_directory(source) is None:
-            return None  # an API model's name, not a hub id
+    if named is not None:
         try:
             return load_model_files(tokenizer_spec, weights=False)
-        except ModelLoadError:
-            return None  # the server renders the chat
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"backend option tokenizer={named!r}: {exc}") from None
+    source = spec.source
+    hub_id = "/" in source and not looks_like_path(source)
+    if not (Path(source).expanduser().is_dir() or hub_id):
+        return None
     try:
         return load_model_files(tokenizer_spec, weights=False)
-    except ModelLoadError as exc:
-        raise ModelLoadError(f"backend option tokenizer={named!r}: {exc}") from None
+    except ModelLoadError:
+        return None  # the server renders the chat
 
 
 def request_splits(n: int, seed: int, max_n: int) -> list[tuple[int, int]]:

@@ -142,6 +142,21 @@ def test_a_chat_stage_without_a_tokenizer_goes_to_chat_completions(server):
     assert record["endpoint"] == "chat/completions" and record["prompt_rendering"] == "server"
 
 
+def test_a_served_name_that_is_a_path_on_the_server_s_machine_is_rendered_by_the_server():
+    """vLLM serves a model under its path unless told a name: not a directory here."""
+    with CompatibleServer(model="/models/olmo-sft") as server:
+        with load_backend(spec(server.url, "chat", source="/models/olmo-sft")) as backend:
+            assert backend.backend_record()["prompt_rendering"] == "server"
+            assert sum(backend.sample(backend.render("Pick a random digit."),
+                                      SamplingParams(n=5, max_new_tokens=6), 1).values()) == 5
+
+
+def test_a_tokenizer_option_that_does_not_load_is_one_line(server, tmp_path):
+    with pytest.raises(ModelLoadError) as error:
+        load_backend(spec(server.url, "chat", tokenizer=str(tmp_path / "missing")))
+    assert one_line_error(error).startswith(f"backend option tokenizer='{tmp_path}/missing': ")
+
+
 def test_a_chat_stage_with_the_tokenizer_is_rendered_as_a_local_backend_renders_it(
     server, tmp_path_factory
 ):
