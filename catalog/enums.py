@@ -30,7 +30,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 # Files of counts (catalog import-counts / catalog export).
 COUNT_FILE_FORMATS = ("csv", "parquet")
 # Field maps of other tools' generation files (catalog import-completions --preset).
-IMPORT_PRESETS = ("vllm",)
+IMPORT_PRESETS = ("vllm", "lm-eval", "inspect")
 # Text renderings of an analysis result (catalog analyze --format).
 RESULT_FORMATS = ("table", "json", "csv")
 # Renderings of the work queue's progress (catalog status --format).

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import hashlib
 import io
 import itertools
@@ -60,7 +61,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.schema import AddConstraint, DropConstraint
 
-from catalog import __version__, registry
+from catalog import __version__, presets, registry
 from catalog.conditions import Condition
 from catalog.db import session_scope
 from catalog.enums import COUNT_FILE_FORMATS, INVALID_REASONS
@@ -177,11 +178,15 @@ def import_completions(
 ) -> ImportSummary:
     """Normalize and store raw generations (CSV, Parquet or JSON Lines) in one transaction.
 
-    ``preset`` names a field map of another tool's output (:data:`PRESETS`); ``fields``
-    adds to it.
+    ``preset`` names a field map of another tool's output (:data:`PRESETS`), or a log
+    format that :mod:`catalog.presets` reads (``lm-eval``, ``inspect``); ``fields`` adds
+    to it.
     """
+    if preset in presets.READERS:  # another tool's log format: read as completion records
+        return _import_converted(engine, path, fields, preset)
     if preset is not None and preset not in PRESETS:
-        raise InvalidInput(f"unknown preset {preset!r}; the presets are: {', '.join(PRESETS)}")
+        raise InvalidInput(f"unknown preset {preset!r}; the presets are: "
+                           f"{', '.join([*PRESETS, *presets.READERS])}")
     if preset is not None:
         fields = PRESETS[preset].merged(fields or FieldMap())
     source = RecordFile(
@@ -194,6 +199,19 @@ def import_completions(
     _check_header(source, COMPLETION_REQUIRED, (*COMPLETION_TEXTS, *COMPLETION_OPTIONAL),
                   one_of=COMPLETION_TEXTS)
     return _import(engine, source, _CompletionsImport)
+
+
+def _import_converted(engine: Engine, path: str | Path, fields: FieldMap | None,
+                      preset: str) -> ImportSummary:
+    """Import a file that lm-eval or inspect wrote, as its completion records
+    (:mod:`catalog.presets`); errors name the file and the record."""
+    with presets.converted(preset, path) as flat:
+        try:
+            summary = import_completions(engine, flat, fields=fields)
+        except InvalidInput as exc:
+            message = str(exc).replace(f"{flat}: line ", f"{path}: {preset} record ")
+            raise InvalidInput(message.replace(str(flat), str(path))) from None
+    return dataclasses.replace(summary, path=str(path))
 
 
 def _check_header(source: RecordFile, required, optional, one_of=()) -> None:

@@ -15,7 +15,9 @@ A :class:`Backend` wraps one loaded model. The job layer (work units, database w
 Backends are registered by name (:func:`registered_backends`, :func:`register_backend`) in
 the style of lm-evaluation-harness, and a model spec's ``backend`` selects one:
 ``transformers`` (:class:`ingest.models.TransformersBackend`, the default: the tree sampler),
-``vllm`` (:class:`ingest.vllm_backend.VLLMBackend`, the ``catalog[vllm]`` extra) and
+``vllm`` (:class:`ingest.vllm_backend.VLLMBackend`, the ``catalog[vllm]`` extra),
+``openai`` (:class:`ingest.openai_backend.OpenAIBackend`: any OpenAI-compatible server, the
+``catalog[openai]`` extra) and
 ``table`` (:class:`TableBackend`: a fixed answer distribution given as data, no torch, for
 fast tests of the job layer). Other packages add backends through the ``catalog.backends``
 entry point group (``name = "package.module:BackendClass"``). A backend declares the options
@@ -253,7 +255,8 @@ class Backend(ABC):
     - :meth:`provenance` returns the run columns that describe the setup: ``model_revision``,
       ``dtype``, ``device``, ``chat_template_hash`` and ``library_versions`` (a dict);
       :meth:`backend_record` the backend's name, options and its own choices (stored with
-      every run as ``library_versions["backend"]``).
+      every run as ``library_versions["backend"]``); :meth:`call_records`, optionally, what
+      the last :meth:`sample_many` call measured per unit (added to that record).
     - :meth:`close` frees the model (memory, GPU); the backend is unusable afterwards.
     - ``renderer(spec)``, an optional classmethod, returns an object whose ``render`` equals
       a loaded backend's without loading the weights (what ``catalog plan`` renders with,
@@ -301,6 +304,11 @@ class Backend(ABC):
         """The backend's name and options as used (stored with every run it samples)."""
         return {"name": self.name, "options": dict(self.spec.backend_options)}
 
+    def call_records(self) -> list[dict[str, Any]]:
+        """Facts of the last :meth:`sample_many` call, one dict per request in order (e.g. a
+        server's token usage), stored with each unit's run; none by default."""
+        return []
+
     def close(self) -> None:
         """Release the model's memory. The default has nothing to release."""
 
@@ -317,6 +325,7 @@ BACKENDS: dict[str, str | type[Backend]] = {
     "transformers": "ingest.models:TransformersBackend",
     "vllm": "ingest.vllm_backend:VLLMBackend",
     "table": "ingest.backends:TableBackend",
+    "openai": "ingest.openai_backend:OpenAIBackend",
 }
 
 

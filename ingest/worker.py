@@ -174,6 +174,7 @@ class UnitResult:
     covered_mass: float | None = None
     seconds: float = 0.0
     token_entropy: TokenEntropy | None = None  # sampled mode, where the backend knows it
+    record: dict = field(default_factory=dict)  # the backend's facts of this unit (usage)
 
 
 def open_backend(model: Model, options: WorkerOptions) -> Backend:
@@ -204,8 +205,10 @@ def sample_units(backend: Backend, units: Sequence[Unit]) -> list[UnitResult]:
         for unit in units
     ])
     seconds = (time.perf_counter() - t0) / len(units)
-    return [UnitResult(completions=c, seconds=seconds,
-                       token_entropy=getattr(c, "token_entropy", None)) for c in counts]
+    records = backend.call_records() or [{}] * len(units)
+    return [UnitResult(completions=c, seconds=seconds, record=r,
+                       token_entropy=getattr(c, "token_entropy", None))
+            for c, r in zip(counts, records, strict=True)]
 
 
 def score_unit(backend: Backend, unit: Unit) -> UnitResult:
@@ -221,6 +224,8 @@ def result_rows(unit: Unit, result: UnitResult, provenance: dict) -> tuple[dict,
     """The run's columns and the rows (completions, option counts or exact probabilities)
     that store a unit's result."""
     normalizer = get_normalizer(unit.task.normalizer)
+    if result.record:
+        provenance = with_backend_record(provenance, **result.record)
     values = {**provenance, "wall_seconds": result.seconds,
               "normalizer_version": normalizer.version}
     if result.completions is None:

@@ -25,7 +25,7 @@ from catalog import db as catalog_db
 # The vLLM tests run in the vLLM venv (scripts/test-vllm; CI runs them after the main suite):
 # vLLM pins its own torch and transformers, so the main venv has no vLLM and never imports it.
 if importlib.util.find_spec("vllm") is None:
-    collect_ignore = ["ingest/test_vllm_backend.py"]
+    collect_ignore = ["ingest/test_vllm_backend.py", "ingest/test_openai_vllm_server.py"]
 
 BACKENDS = ("sqlite", "postgresql")
 ADMIN_URL = os.environ.get(

@@ -65,8 +65,9 @@ def models_group() -> None:
 @click.option("--trust-remote-code", is_flag=True,
               help="Run the repository's own model code (needs --revision pinned to a commit).")
 @click.option("--backend", default=_SPEC["backend"], show_default=True, metavar="NAME",
-              help="Sampling backend: transformers (the tree sampler), vllm, table, or one "
-              "registered through the catalog.backends entry point group.")
+              help="Sampling backend: transformers (the tree sampler), vllm, openai (an "
+              "OpenAI-compatible server or API), table, or one registered through the "
+              "catalog.backends entry point group.")
 @click.option("--backend-arg", "backend_options", multiple=True, metavar="KEY=VALUE",
               callback=_backend_args,
               help="A backend option, stored with the model (repeatable), e.g. "

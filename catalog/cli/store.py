@@ -100,7 +100,9 @@ def import_counts_command(path: Path, maps, sets, db_url: str | None) -> None:
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--preset", type=click.Choice(IMPORT_PRESETS), default=None,
               help='Fields of another tool\'s output: vllm = {"prompt": ..., "outputs": [...]} '
-              "lines (--map prompt=prompt_text --map outputs=completions).")
+              "lines (--map prompt=prompt_text --map outputs=completions); lm-eval = "
+              "lm-evaluation-harness --log_samples JSONL (generate_until tasks); inspect = "
+              "an inspect_ai eval log (.eval or .json).")
 @field_options
 @db_option
 def import_completions_command(path: Path, preset, maps, sets, db_url: str | None) -> None:
@@ -114,6 +116,9 @@ def import_completions_command(path: Path, preset, maps, sets, db_url: str | Non
 
     Example: catalog import-completions vllm_out.jsonl --preset vllm --set family=olmo
     --set stage=base --set model=olmo-base --set task=digit
+
+    Example: catalog import-completions samples_digit_2026-01-05.jsonl --preset lm-eval
+    --set family=olmo --set stage=sft --set model=olmo-sft --set task=digit
     """
     from catalog.io import import_completions
 

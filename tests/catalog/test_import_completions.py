@@ -16,6 +16,7 @@ from polars.testing import assert_frame_equal
 from sqlalchemy import func, select, text
 
 from catalog import io as catalog_io
+from catalog import presets
 from catalog.conditions import Condition
 from catalog.db import session_scope
 from catalog.enums import IMPORT_PRESETS
@@ -174,9 +175,9 @@ def test_a_vllm_output_file_with_the_preset(engine, tmp_path):
     assert runs["prompt"][0] == "plain"
     assert runs["prompt"][1].startswith("text-") and runs["prompt_text"][1] == "Any digit, 0-9?"
     assert sorted(read_view(engine, "v_counts")["option"].to_list()) == ["3", "7", "9"]
-    with pytest.raises(InvalidInput, match="unknown preset 'sglang'; the presets are: vllm"):
+    with pytest.raises(InvalidInput, match="unknown preset 'sglang'; the presets are: vllm, lm-eval, inspect"):
         import_completions(engine, tmp_path / "vllm.jsonl", preset="sglang")
-    assert set(catalog_io.PRESETS) == set(IMPORT_PRESETS)
+    assert set(catalog_io.PRESETS) | set(presets.READERS) == set(IMPORT_PRESETS)
 
 
 # The bad file's first record; its second is the bad one.

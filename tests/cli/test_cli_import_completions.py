@@ -83,7 +83,8 @@ def test_a_bad_record_is_one_error_line_and_stores_nothing(db_url, tmp_path):
     result = run("import-completions", bad, "--map", "outputs", "--db", db_url)
     assert result.exit_code == 2 and "--map 'outputs': expected FIELD=COLUMN" in result.output
     result = run("import-completions", bad, "--preset", "sglang", "--db", db_url)
-    assert result.exit_code == 2 and "'sglang' is not 'vllm'" in result.output
+    assert result.exit_code == 2
+    assert "'sglang' is not one of 'vllm', 'lm-eval', 'inspect'" in result.output
 
 
 def test_import_counts_with_columns_given_on_the_command_line(db_url, engine, tmp_path):

@@ -57,7 +57,7 @@ def test_models_add_defaults_to_the_transformers_backend(db_url):
 def test_an_unknown_backend_or_a_bad_option_leaves_the_store_as_it_was(db_url):
     assert_one_error_line(
         add(db_url, "m-sft", "--backend", "hub"),
-        "model 'm-sft': unknown backend 'hub'; registered backends: table, transformers, vllm",
+        "model 'm-sft': unknown backend 'hub'; registered backends: openai, table, transformers, vllm",
     )
     assert_one_error_line(
         add(db_url, "m-sft", "--backend", "vllm", "--backend-arg", "tensor_parallel_size=0"),

@@ -99,7 +99,7 @@ def test_an_unknown_backend_is_one_error_never_the_hub_loader():
         load_backend(ModelSpec("org/some-model", backend="hub"))
     message = str(error.value)
     assert message.startswith(
-        "unknown backend 'hub'; registered backends: table, transformers, vllm"
+        "unknown backend 'hub'; registered backends: openai, table, transformers, vllm"
     )
     assert "'catalog.backends' entry point group" in message and "\n" not in message
     with pytest.raises(InvalidInput, match="unknown backend 'Table'"):
