@@ -143,9 +143,12 @@ def test_a_store_without_a_valid_answer_analyzes_to_problems(db_url, tmp_path):
     engine.dispose()
     result = run("--db", db_url, "--format", "json")
     assert result.exit_code == 0, result.output
-    document = json.loads(result.output)
+    document = json.loads(result.stdout)  # the warnings go to standard error
+    assert "Warning: tiny/digit: tiny-base (base) gave a valid answer in 0%" in result.stderr
     (task,) = document["tasks"]
     assert task["status"] == "too_few_samples" and task["n_options"] == 10
+    low = {p["stage"] for p in document["problems"] if p["kind"] == "low_validity"}
+    assert low == {"base", "sft"}
     no_valid = [p for p in document["problems"] if p["kind"] == "no_valid_samples"]
     assert {(p["stage"], tuple(p["prompts"])) for p in no_valid} == {
         ("base", ("plain", "terse", "polite")), ("sft", ("plain", "terse", "polite"))}  # id order
