@@ -76,8 +76,9 @@ class OwnCluster:
         self.admin(f"CREATE ROLE {WORKER_ROLE} LOGIN")
         self.admin(f"CREATE DATABASE {DATABASE} OWNER {WORKER_ROLE}")
 
-    def url(self, user: str = WORKER_ROLE, port: int | None = None) -> str:
-        return f"postgresql+psycopg://{user}@127.0.0.1:{port or self.port}/{DATABASE}"
+    def url(self, user: str = WORKER_ROLE, port: int | None = None,
+            database: str = DATABASE) -> str:
+        return f"postgresql+psycopg://{user}@127.0.0.1:{port or self.port}/{database}"
 
     def admin(self, sql: str) -> str:
         return as_postgres([str(PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(self.port),

@@ -9,6 +9,7 @@ that cannot reach its database for ``--db-patience`` seconds exits 1 with one li
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -128,6 +129,27 @@ def test_through_pgbouncer_in_transaction_pooling_with_a_restart(
     output = run_with_a_restart(cluster, engine, cluster.url(port=bouncer.port), tmp_path)
     assert "remaining connection slots" not in output and "too many clients" not in output
     assert_each_unit_done_once(engine, reference)
+    # The other commands through PgBouncer: export, then into a new catalog (its schema
+    # created through PgBouncer too) import, status, analysis, export again: the same file.
+    cluster.admin("DROP DATABASE IF EXISTS copy WITH (FORCE)")
+    cluster.admin("CREATE DATABASE copy OWNER worker")
+    source = cluster.url(port=bouncer.port)
+    copy = cluster.url(port=bouncer.port, database="copy")
+    catalog_cli("export", str(tmp_path / "counts.csv"), "--db", source)
+    catalog_cli("import-counts", str(tmp_path / "counts.csv"), "--db", copy)
+    catalog_cli("status", "--db", copy)
+    analysis = json.loads(catalog_cli("analyze", "--format", "json", "--bootstrap", "20",
+                                      "--db", copy))
+    assert analysis
+    catalog_cli("export", str(tmp_path / "again.csv"), "--db", copy)
+    assert (tmp_path / "again.csv").read_text() == (tmp_path / "counts.csv").read_text()
+
+
+def catalog_cli(*args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "catalog.cli", *args], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, (args, out)
+    return out.stdout
 
 
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
