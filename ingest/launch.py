@@ -94,6 +94,8 @@ class Launched:
         lines = [
             f"launched {len(self.job_ids)} catalog worker(s) ({self.executor}) on "
             f"{self.database}: job id(s) {', '.join(self.job_ids)}",
+            f"database connections: {len(self.job_ids)} (one per worker, its heartbeat "
+            "included; behind PgBouncer, its pool's size on the server)",
             f"logs: {self.log_dir}/",
             f"progress: catalog status --db {self.database}",
         ]
