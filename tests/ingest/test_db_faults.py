@@ -145,6 +145,26 @@ def test_through_pgbouncer_in_transaction_pooling_with_a_restart(
     assert (tmp_path / "again.csv").read_text() == (tmp_path / "counts.csv").read_text()
 
 
+def test_slurm_workers_through_pgbouncer_with_a_restart(
+    cluster, bouncer, reference, table_dir, tmp_path
+):
+    """`catalog launch --executor slurm`: a job array of 4 workers on the one-node cluster
+    of scripts/slurm-up, through PgBouncer, the server restarted mid-run."""
+    engine = fresh_catalog(cluster, table_dir)
+    url = cluster.url(port=bouncer.port)
+    launch = subprocess.Popen(
+        [sys.executable, "-m", "catalog.cli", "launch", "--executor", "slurm", "--workers", "4",
+         "--wait", "--time", "0:20:00", "--log-dir", str(tmp_path / "logs"), "--db", url,
+         "--", "--lease-seconds", "60", "--db-patience", "120"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: statuses(engine).get("done", 0) >= 16, timeout=300)
+    cluster.restart()
+    out, err = launch.communicate(timeout=600)
+    assert launch.returncode == 0, (out, err)
+    assert "launched 4 catalog worker(s) (slurm)" in out and "Traceback" not in err
+    assert_each_unit_done_once(engine, reference)
+
+
 def catalog_cli(*args: str) -> str:
     out = subprocess.run([sys.executable, "-m", "catalog.cli", *args], capture_output=True,
                          text=True, timeout=300)
