@@ -60,7 +60,10 @@ def make_engine(url: str | URL | None = None, *, create: bool = True) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 60})
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
-        engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+        # No server-side prepared statements (psycopg prepares a query run 5 times): they
+        # belong to one server connection, which PgBouncer's transaction pooling swaps.
+        engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5,
+                               connect_args={"prepare_threshold": None})
     return engine
 
 
@@ -201,13 +204,10 @@ def _connect(engine: Engine):
 def _upgrade_lock(engine: Engine) -> Iterator[None]:
     """Serialize schema changes between processes (advisory lock / lock file)."""
     if engine.dialect.name == "postgresql":
-        with _connect(engine) as conn:
-            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_UPGRADE_LOCK})
-            try:
-                yield
-            finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_UPGRADE_LOCK})
-                conn.commit()
+        # held by a transaction, not a session: the same through PgBouncer's transaction pooling
+        with _connect(engine) as conn, conn.begin():
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_UPGRADE_LOCK})
+            yield
     elif engine.url.database and engine.url.database != ":memory:":
         with FileLock(str(Path(engine.url.database).expanduser()) + ".lock", timeout=300):
             yield

@@ -45,7 +45,7 @@ from sqlalchemy import (
     Connection, Engine, column, create_engine, literal_column, select, table, text,
 )
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from catalog.errors import InvalidInput
@@ -395,10 +395,26 @@ def _read_only_connection(engine: Engine) -> Iterator[Connection]:
     elif engine.dialect.name == "postgresql":
         read_only = create_engine(_read_only_url(engine.url), poolclass=NullPool)
         try:
-            with read_only.connect() as conn:
-                yield conn
+            try:
+                conn = read_only.connect()
+            except OperationalError as exc:
+                if "unsupported startup parameter" not in str(exc):
+                    raise
+                conn = None  # PgBouncer passes no startup options: see below
+            if conn is not None:
+                with conn:
+                    yield conn
+                return
         finally:
             read_only.dispose()
+        # Through PgBouncer: this transaction alone is read-only (a pooled server connection
+        # must not keep a session setting), then rolled back.
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+            try:
+                yield conn
+            finally:
+                conn.rollback()
     else:
         raise InvalidInput(f"queries need SQLite or PostgreSQL, not {engine.dialect.name}")
 

@@ -14,6 +14,7 @@ another worker takes over when the lease expires.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import re
@@ -94,6 +95,8 @@ class Launched:
         lines = [
             f"launched {len(self.job_ids)} catalog worker(s) ({self.executor}) on "
             f"{self.database}: job id(s) {', '.join(self.job_ids)}",
+            f"database connections: {len(self.job_ids)} (one per worker, its heartbeat "
+            "included; behind PgBouncer, its pool's size on the server)",
             f"logs: {self.log_dir}/",
             f"progress: catalog status --db {self.database}",
         ]
@@ -267,10 +270,29 @@ def _submit(executor, command: WorkerCommand, options: LaunchOptions) -> list:
 
 def _wait(jobs: list) -> list[str]:
     failed = []
-    for job in jobs:
-        try:
-            job.result()
-        except Exception as exc:  # noqa: BLE001 - submitit re-raises the job's own error
-            reason = str(exc).strip().splitlines()
-            failed.append(f"job {job.job_id}: {reason[-1] if reason else type(exc).__name__}")
+    with _quiet_sacct():
+        for job in jobs:
+            try:
+                job.result()
+            except Exception as exc:  # noqa: BLE001 - submitit re-raises the job's own error
+                reason = str(exc).strip().splitlines()
+                failed.append(
+                    f"job {job.job_id}: {reason[-1] if reason else type(exc).__name__}")
     return failed
+
+
+def _drop_sacct_bypass(record: logging.LogRecord) -> bool:
+    return "Bypassing sacct error" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_sacct() -> Iterator[None]:
+    """Where Slurm's accounting is off, submitit's status polls through ``sacct`` fail and
+    it warns on every poll; waiting does not need them (each job's result file tells when
+    it ended), so those warnings are dropped while waiting."""
+    logger = logging.getLogger("submitit")
+    logger.addFilter(_drop_sacct_bypass)
+    try:
+        yield
+    finally:
+        logger.removeFilter(_drop_sacct_bypass)

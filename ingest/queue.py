@@ -14,15 +14,25 @@ PostgreSQL claims with ``FOR UPDATE SKIP LOCKED`` (workers never wait for each o
 uses the server's clock for leases (workers on many hosts agree on it); SQLite takes the
 file's write lock up front (``BEGIN IMMEDIATE``, with WAL and the busy timeout of
 :func:`catalog.db.make_engine`) so that concurrent writers queue instead of failing with
-"database is locked". :func:`open_queue` picks the implementation. Each thread using a
-queue keeps one connection (``close()`` gives it back), and the statements every unit runs
-are built once, with bind parameters.
+"database is locked". :func:`open_queue` picks the implementation.
+
+A queue holds **one connection**, shared by the threads that use it (the worker's loop and
+its heartbeat take turns on it), so a worker costs the server one connection; ``close()``
+gives it back. No state outlives a transaction (no session ``SET``), so the queue works
+through PgBouncer in transaction pooling mode. A database fault (the connection cannot be
+opened or is lost: too many clients, a server restart, a network blip) is the worker's, not
+the unit's: the operation is retried with exponential backoff and jitter on a new connection
+for up to ``patience`` seconds, then :class:`DatabaseLost` is raised. A retried claim first
+gives back what the lost attempt may have claimed, and a retried completion that finds its
+own earlier attempt committed counts as written. The statements every unit runs are built
+once, with bind parameters.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
 import threading
 import time
@@ -38,8 +48,10 @@ from sqlalchemy import (
     select, update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from catalog.db import make_engine, open_catalog
+from catalog.errors import DatabaseUnreachable
 from catalog.schema import Run, UTCDateTime, utcnow
 
 # Test hook (the crash tests): with this set to a directory, a worker creates
@@ -47,6 +59,63 @@ from catalog.schema import Run, UTCDateTime, utcnow
 # waits for as long as that file exists, so that a test can kill it there.
 PAUSE_BEFORE_COMMIT_ENV = "CATALOG_TEST_PAUSE_BEFORE_COMMIT"
 ERROR_LENGTH = 2000
+# How long a worker keeps trying to reach its database before it gives up (--db-patience).
+DB_PATIENCE_SECONDS = 300.0
+# Backoff between tries: the first wait is up to BACKOFF_FIRST seconds, doubling up to
+# BACKOFF_MAX; each wait is drawn uniformly below that bound ("full jitter"), so that
+# hundreds of workers cut off together do not come back in one wave.
+BACKOFF_FIRST, BACKOFF_MAX = 0.2, 10.0
+
+
+class DatabaseLost(DatabaseUnreachable):
+    """The database stayed unreachable for the queue's whole patience."""
+
+
+def is_connection_fault(exc: BaseException) -> bool:
+    """A fault of the connection or the server (worth retrying), not of a statement."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, (OperationalError, InterfaceError))
+
+
+def fault_reason(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return (text.splitlines() or [type(exc).__name__])[0][:300]
+
+
+def retry_on_faults(operation, *, patience: float, on_fault=None, what: str = "the database"):
+    """``operation()``, tried again after connection faults (backoff with full jitter)
+    until it succeeds or ``patience`` seconds have passed since the first fault; then
+    :class:`DatabaseLost`. ``on_fault(reason, wait)`` is told of each retry."""
+    first_fault = None
+    bound = BACKOFF_FIRST
+    while True:
+        try:
+            return operation()
+        except (DBAPIError, DatabaseUnreachable) as exc:
+            if isinstance(exc, DBAPIError) and not is_connection_fault(exc):
+                raise
+            if isinstance(exc, DatabaseLost):
+                raise
+            reason = fault_reason(exc)
+        now = time.monotonic()
+        first_fault = first_fault or now
+        left = patience - (now - first_fault)
+        if left <= 0:
+            raise DatabaseLost(
+                f"cannot reach {what} for {patience:g}s (--db-patience): {reason}") from None
+        wait = min(random.uniform(0, bound), left)
+        bound = min(bound * 2, BACKOFF_MAX)
+        if on_fault is not None:
+            on_fault(reason, wait)
+        time.sleep(wait)
+
+
+def open_catalog_patiently(url, *, patience: float = DB_PATIENCE_SECONDS, on_fault=None):
+    """:func:`catalog.db.open_catalog`, waiting out connection faults (a worker starting
+    while the server is full or restarting). A URL that cannot work fails at once."""
+    make_engine(url).dispose()  # an unsupported or malformed URL: no point in waiting
+    return retry_on_faults(lambda: open_catalog(url), patience=patience, on_fault=on_fault)
 
 
 @dataclass(frozen=True)
@@ -115,21 +184,24 @@ def claimant_is_dead(claimed_by: str | None) -> bool:
 class WorkQueue:
     """The queue over one catalog database (see the module docstring for the semantics)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, patience: float = DB_PATIENCE_SECONDS,
+                 on_fault=None) -> None:
         self.engine = engine
-        self._local = threading.local()  # each thread keeps one connection (close() ends it)
+        self.patience, self.on_fault = patience, on_fault
+        # The queue's one connection, and the lock the threads take turns on it with.
+        self._conn: Connection | None = None
+        self._lock = threading.RLock()
         # The statements of every unit are built once (building them costs more than running
         # them); their varying parts are bind parameters.
         self._statements: dict[tuple, Any] = {}
 
     def close(self) -> None:
-        """Give back this thread's connection."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            self._local.conn = None
-            with contextlib.suppress(DBAPIError), conn.begin():
-                self._session_settings(conn, queue=False)
-            conn.close()
+        """Give back the queue's connection."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                with contextlib.suppress(DBAPIError):
+                    conn.close()
 
     def __enter__(self) -> WorkQueue:
         return self
@@ -139,7 +211,7 @@ class WorkQueue:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:
-        """A write transaction on this thread's connection, committed on success; a
+        """A write transaction on the queue's connection, committed on success; a
         connection that failed is dropped (the next transaction opens a new one)."""
         with self._read() as conn:
             self._begin_write(conn)
@@ -147,26 +219,34 @@ class WorkQueue:
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Connection]:
-        conn = getattr(self._local, "conn", None)
-        if conn is None or conn.closed or conn.invalidated:
-            conn = self._local.conn = self.engine.connect()
-            with conn.begin():
-                self._session_settings(conn, queue=True)
-        try:
-            with conn.begin():
-                yield conn
-        except DBAPIError:
-            self.close()
-            raise
+        with self._lock:
+            try:
+                conn = self._conn
+                if conn is None or conn.closed or conn.invalidated:
+                    conn = self._conn = self.engine.connect()
+                with conn.begin():
+                    yield conn
+            except DBAPIError:
+                self.close()
+                raise
+
+    def patiently(self, operation):
+        """``operation()`` (one or more of this queue's transactions), retried after
+        connection faults for up to the queue's patience (see :func:`retry_on_faults`)."""
+        return retry_on_faults(operation, patience=self.patience, on_fault=self.on_fault)
+
+    def read(self, reader):
+        """``reader(connection)`` in a transaction of the queue's connection, patiently
+        (what a worker reads besides its claims goes over the same one connection)."""
+        def attempt():
+            with self._read() as conn:
+                return reader(conn)
+        return self.patiently(attempt)
 
     # -------------------------------------------------------------- what differs by dialect
 
     def _begin_write(self, conn: Connection) -> None:
         """Statements that open a write transaction."""
-
-    def _session_settings(self, conn: Connection, *, queue: bool) -> None:
-        """Settings of the queue's connection (``queue=False``: the defaults again, before
-        the connection goes back to the pool)."""
 
     def now(self) -> Any:
         """The clock leases are measured on, as a value or SQL expression."""
@@ -196,19 +276,25 @@ class WorkQueue:
         Returns how many were new."""
         if not rows:
             return 0
-        with self.transaction() as conn:
-            statement = self._insert().on_conflict_do_nothing(index_elements=["unit_key"])
-            return len(conn.execute(statement.returning(Run.id), list(rows)).all())
+        statement = self._insert().on_conflict_do_nothing(index_elements=["unit_key"])
+
+        def attempt():  # a retried insert skips what a lost attempt may have stored
+            with self.transaction() as conn:
+                return len(conn.execute(statement.returning(Run.id), list(rows)).all())
+        return self.patiently(attempt)
 
     def requeue_failed(self, run_ids: Sequence[int]) -> int:
         """Give failed units a fresh set of attempts (planning them again retries them)."""
         if not run_ids:
             return 0
-        with self.transaction() as conn:
-            return conn.execute(
-                update(Run).where(Run.id.in_(list(run_ids)), Run.status == "failed")
-                .values(status="pending", attempts=0, claim_token=None, lease_expires_at=None)
-            ).rowcount
+        def attempt():
+            with self.transaction() as conn:
+                return conn.execute(
+                    update(Run).where(Run.id.in_(list(run_ids)), Run.status == "failed")
+                    .values(status="pending", attempts=0, claim_token=None,
+                            lease_expires_at=None)
+                ).rowcount
+        return self.patiently(attempt)
 
     # -------------------------------------------------------------- worker side
 
@@ -238,9 +324,17 @@ class WorkQueue:
         params = {**self._clock_params(lease_seconds), "c_worker": worker,
                   "c_token": uuid.uuid4().hex, "c_host": socket.gethostname(),
                   "c_max_attempts": max_attempts, "c_prefer": prefer_model}
-        with self.transaction() as conn:
-            rows = conn.execute(self._claim_statement(scope, prefer_model is not None, count),
-                                params).all()
+        statement = self._claim_statement(scope, prefer_model is not None, count)
+        tries = 0
+
+        def attempt():
+            nonlocal tries
+            tries += 1
+            with self.transaction() as conn:
+                if tries > 1:  # the lost attempt may have committed: give its units back
+                    conn.execute(self._unclaim_statement(), {"h_token": params["c_token"]})
+                return conn.execute(statement, params).all()
+        rows = self.patiently(attempt)
         # The units share the statement's token: a claim is its (run id, token) pair, and a
         # unit claimed again later gets a new token, so each unit is still fenced on its own.
         return [
@@ -272,6 +366,16 @@ class WorkQueue:
             )
         return self._statements[key]
 
+    def _unclaim_statement(self):
+        if "unclaim" not in self._statements:
+            self._statements["unclaim"] = (
+                update(Run).where(Run.claim_token == bindparam("h_token"),
+                                  Run.status == "running")
+                .values(status="pending", attempts=Run.attempts - 1, claim_token=None,
+                        lease_expires_at=None)
+            )
+        return self._statements["unclaim"]
+
     def fail_exhausted(self, max_attempts: int, scope: Scope = ANY_UNIT) -> int:
         """Units running under an expired lease whose attempts reached ``max_attempts`` (their
         workers died or froze that often) become ``failed``. Returns how many."""
@@ -279,49 +383,48 @@ class WorkQueue:
             Run.status == "running", Run.lease_expires_at < self.now(),
             Run.attempts >= max_attempts, *scope.conditions(),
         )
-        with self.transaction() as conn:
-            return conn.execute(
-                update(Run).where(Run.id.in_(self._lock_candidates(exhausted)))
-                .values(
-                    status="failed", claim_token=None, lease_expires_at=None,
-                    error=literal("its worker stopped renewing the lease (it died or froze) on "
-                                  "attempt ") + cast(Run.attempts, Text)
-                    + literal("; the error before: ") + func.coalesce(Run.error, literal("none")),
-                ),
-            ).rowcount
+        failed_error = (literal("its worker stopped renewing the lease (it died or froze) on "
+                                "attempt ") + cast(Run.attempts, Text)
+                        + literal("; the error before: ")
+                        + func.coalesce(Run.error, literal("none")))
+
+        def attempt():
+            with self.transaction() as conn:
+                return conn.execute(
+                    update(Run).where(Run.id.in_(self._lock_candidates(exhausted)))
+                    .values(status="failed", claim_token=None, lease_expires_at=None,
+                            error=failed_error)
+                ).rowcount
+        return self.patiently(attempt)
 
     def has_claimable(self, max_attempts: int, scope: Scope = ANY_UNIT) -> bool:
         """Is any unit claimable? (A claim can come back empty while one is: another worker
         held it locked for an instant.)"""
-        with self._read() as conn:
-            query = select(Run.id).where(_claimable(self.now(), max_attempts),
-                                         *scope.conditions())
-            return conn.execute(query.limit(1)).first() is not None
+        query = select(Run.id).where(_claimable(self.now(), max_attempts), *scope.conditions())
+        return self.read(lambda conn: conn.execute(query.limit(1)).first() is not None)
 
     def expire_dead_local_claims(self, scope: Scope = ANY_UNIT) -> int:
         """End the leases of units whose claimant was a process on this host that is gone
         (killed, crashed), so they are claimable at once. Returns how many."""
         host = socket.gethostname()
-        with self._read() as conn:
-            held = conn.execute(
-                select(Run.id, Run.claimed_by, Run.claim_token).where(
-                    Run.status == "running", Run.claimed_by.like(f"{host}:%"),
-                    *scope.conditions(),
-                )
-            ).all()
+        held = self.read(lambda conn: conn.execute(
+            select(Run.id, Run.claimed_by, Run.claim_token).where(
+                Run.status == "running", Run.claimed_by.like(f"{host}:%"), *scope.conditions(),
+            )
+        ).all())
         dead = [(row.id, row.claim_token) for row in held if claimant_is_dead(row.claimed_by)]
-        expired = 0
-        for run_id, token in dead:
+        def expire(run_id, token):
             with self.transaction() as conn:
-                expired += conn.execute(
+                return conn.execute(
                     update(Run).where(Run.id == run_id, Run.claim_token == token,
                                       Run.status == "running")
                     .values(lease_expires_at=self._lease_until(-1))
                 ).rowcount
-        return expired
+        return sum(self.patiently(lambda: expire(*row)) for row in dead)
 
     def heartbeat(self, claim: Claim, lease_seconds: float) -> bool:
-        """Renew the claim's lease; False if the unit is no longer this claim's."""
+        """Renew the claim's lease; False if the unit is no longer this claim's. Tried
+        once: a missed renewal only shortens the lease, and the next one comes soon."""
         if "heartbeat" not in self._statements:
             now, until = self._clock_sql()
             self._statements["heartbeat"] = (
@@ -334,27 +437,31 @@ class WorkQueue:
     def complete(self, claim: Claim, values: dict, children: Sequence[tuple[Any, list]]) -> bool:
         """Write a unit's result and make it ``done``, in one transaction, only while the
         claim holds; False (nothing written) if another worker has claimed it since.
+        Retried after connection faults; the claim's fence still decides.
 
         ``values``: run columns to set; ``children``: ``(table, rows)`` to insert.
         """
-        try:
+        statement = self._complete_statement(tuple(sorted(values)))
+        params = {**{f"v_{k}": v for k, v in values.items()}, "v_finished_at": utcnow(),
+                  **_held_params(claim)}
+
+        def attempt() -> bool:
             with self.transaction() as conn:
                 # The fenced update comes first: it locks the row (PostgreSQL) and proves
                 # the claim.
-                updated = conn.execute(
-                    self._complete_statement(tuple(sorted(values))),
-                    {**{f"v_{k}": v for k, v in values.items()}, "v_finished_at": utcnow(),
-                     **_held_params(claim)},
-                ).rowcount
-                if updated != 1:
-                    raise _ClaimLost
+                if conn.execute(statement, params).rowcount != 1:
+                    # done under this very claim: an earlier attempt committed, its
+                    # acknowledgement was lost with the connection
+                    return conn.execute(
+                        select(Run.status).where(Run.id == claim.run_id,
+                                                 Run.claim_token == claim.token)
+                    ).scalar() == "done"
                 for table, rows in children:
                     if rows:
                         conn.execute(insert(table), rows)
                 _pause_before_commit(claim.run_id)
-        except _ClaimLost:
-            return False
-        return True
+                return True
+        return self.patiently(attempt)
 
     def _complete_statement(self, columns: tuple[str, ...]):
         key = ("complete", columns)
@@ -370,23 +477,28 @@ class WorkQueue:
         """Record a failed attempt: back to ``pending``, or ``failed`` at ``max_attempts``.
         Returns the new status (None if the claim was lost)."""
         new_status = case((Run.attempts >= max_attempts, "failed"), else_="pending")
-        with self.transaction() as conn:
-            row = conn.execute(
-                update(Run).where(*_held(claim))
-                .values(status=new_status, error=error[:ERROR_LENGTH], claim_token=None,
-                        lease_expires_at=None, finished_at=utcnow())
-                .returning(Run.status)
-            ).first()
+
+        def attempt():
+            with self.transaction() as conn:
+                return conn.execute(
+                    update(Run).where(*_held(claim))
+                    .values(status=new_status, error=error[:ERROR_LENGTH], claim_token=None,
+                            lease_expires_at=None, finished_at=utcnow())
+                    .returning(Run.status)
+                ).first()
+        row = self.patiently(attempt)
         return None if row is None else row.status
 
     def release(self, claim: Claim) -> bool:
         """Give a unit back untried (the worker is stopping): ``pending``, attempt not counted."""
-        with self.transaction() as conn:
-            return conn.execute(
-                update(Run).where(*_held(claim))
-                .values(status="pending", attempts=Run.attempts - 1, claim_token=None,
-                        lease_expires_at=None)
-            ).rowcount == 1
+        def attempt():
+            with self.transaction() as conn:
+                return conn.execute(
+                    update(Run).where(*_held(claim))
+                    .values(status="pending", attempts=Run.attempts - 1, claim_token=None,
+                            lease_expires_at=None)
+                ).rowcount == 1
+        return self.patiently(attempt)
 
     def clock(self) -> datetime:
         """The queue's current time (the database server's on PostgreSQL)."""
@@ -396,16 +508,15 @@ class WorkQueue:
 class PostgresQueue(WorkQueue):
     """PostgreSQL: ``FOR UPDATE SKIP LOCKED`` claims, the server's clock, asynchronous commits.
 
-    The queue's transactions do not wait for their WAL flush (``synchronous_commit`` off,
-    on the queue's connections only): a server crash can undo the last fraction of a second
+    The queue's write transactions do not wait for their WAL flush (``SET LOCAL
+    synchronous_commit``: this transaction only, so nothing is left on a pooled connection): a server crash can undo the last fraction of a second
     of claims and completions, each whole (never half a unit), and the units undone are
     claimed and sampled again with the same seeds, so the counts stored are the same. It
     takes the disk's flush latency out of every unit.
     """
 
-    def _session_settings(self, conn: Connection, *, queue: bool) -> None:
-        conn.exec_driver_sql("SET synchronous_commit TO OFF" if queue
-                             else "RESET synchronous_commit")
+    def _begin_write(self, conn: Connection) -> None:
+        conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
 
     def now(self):
         return func.now()
@@ -426,8 +537,7 @@ class PostgresQueue(WorkQueue):
         return postgresql.insert(Run)
 
     def clock(self) -> datetime:
-        with self._read() as conn:
-            return conn.execute(select(func.now())).scalar_one()
+        return self.read(lambda conn: conn.execute(select(func.now())).scalar_one())
 
 
 class SqliteQueue(WorkQueue):
@@ -443,15 +553,11 @@ class SqliteQueue(WorkQueue):
         return sqlite.insert(Run)
 
 
-class _ClaimLost(Exception):
-    """Rolls back a completion whose claim was taken over."""
-
-
-def open_queue(engine: Engine) -> WorkQueue:
-    """The queue implementation for the engine's database."""
+def open_queue(engine: Engine, **options) -> WorkQueue:
+    """The queue implementation for the engine's database (``options``: patience, on_fault)."""
     if engine.dialect.name == "postgresql":
-        return PostgresQueue(engine)
-    return SqliteQueue(engine)
+        return PostgresQueue(engine, **options)
+    return SqliteQueue(engine, **options)
 
 
 def _claimable(now, max_attempts):

@@ -10,6 +10,12 @@ failing unit is retried up to ``max_attempts`` times (a batch that fails is samp
 unit by unit, so one bad unit fails alone), and a stop request (SIGTERM, SIGINT) releases
 the units being sampled and ends the loop.
 
+A worker opens one database connection, shared by its loop and its heartbeat, and holds it
+while it runs. Database faults are the worker's, not the unit's: every queue operation is
+retried (backoff with jitter) until the database is back or ``db_patience`` runs out, when
+the worker stops with :class:`ingest.queue.DatabaseLost`; only a unit's own errors count
+against its attempts.
+
 How a worker runs (device, dtype, batch size, lease, attempts...) is :class:`WorkerOptions`;
 what it samples is in the queue.
 """
@@ -28,11 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
 import catalog
 from catalog.db import session_scope
 from catalog.enums import DEVICES, DTYPES
-from catalog.errors import CatalogError, InvalidInput
+from catalog.errors import CatalogError, DatabaseUnreachable, InvalidInput
 from catalog.normalize import get_normalizer, read_counts
 from catalog.prompting import get_scaffold
 from catalog.registry import get_model
@@ -48,7 +56,7 @@ from ingest.backends import (
 )
 from ingest.exact import default_surface_forms
 from ingest.planning import Unit, model_spec, task_spec, unit_seed
-from ingest.queue import Claim, Scope, new_worker_id, open_queue
+from ingest.queue import DB_PATIENCE_SECONDS, Claim, Scope, new_worker_id, open_queue
 
 # How often an idle worker looks for new units or expired leases.
 POLL_SECONDS = 0.5
@@ -62,7 +70,8 @@ class WorkerOptions:
     every third of it; ``max_attempts``: a unit failing this many times becomes ``failed``;
     ``idle_exit``: with nothing claimable, wait this long for new units or expiring leases
     before exiting (0: exit at once); ``max_units``: exit after this many units (None: no
-    limit); ``models``: only units of these registered models (empty: any).
+    limit); ``models``: only units of these registered models (empty: any); ``db_patience``:
+    how long the database may stay unreachable before the worker gives up.
     """
 
     device: str = "auto"
@@ -74,6 +83,7 @@ class WorkerOptions:
     idle_exit: float = 0.0
     max_units: int | None = None
     models: Sequence[str] = ()
+    db_patience: float = DB_PATIENCE_SECONDS
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -86,6 +96,8 @@ class WorkerOptions:
             raise InvalidInput(f"max attempts must be at least 1, got {self.max_attempts}")
         if self.idle_exit < 0:
             raise InvalidInput(f"idle exit must be >= 0 seconds, got {self.idle_exit}")
+        if not self.db_patience >= 0:
+            raise InvalidInput(f"db patience must be >= 0 seconds, got {self.db_patience}")
         if self.max_units is not None and self.max_units < 1:
             raise InvalidInput(f"max units must be at least 1, got {self.max_units}")
 
@@ -318,7 +330,6 @@ class Heartbeat:
                     self.queue.heartbeat(claim, self.lease_seconds)
                 except Exception:  # noqa: BLE001 - a missed renewal only shortens the lease
                     pass
-        self.queue.close()  # this thread's connection
 
 
 class Worker:
@@ -326,7 +337,8 @@ class Worker:
 
     ``progress(event, info)`` is called with ``"load"`` (model), ``"unit"`` (unit, model,
     samples, seconds), ``"failed"`` (unit, model, error, final), ``"lost"`` and
-    ``"released"`` (unit, model).
+    ``"released"`` (unit, model), ``"db_fault"`` (error, wait: the seconds before the next
+    try).
     """
 
     def __init__(
@@ -335,8 +347,8 @@ class Worker:
         worker_id: str | None = None,
     ) -> None:
         self.engine, self.options = engine, options
-        self.queue = open_queue(engine)
         self.progress = progress or (lambda event, info: None)
+        self.queue = open_queue(engine, patience=options.db_patience, on_fault=self._db_fault)
         self.stop = stop or StopFlag()
         self.summary = WorkerSummary(worker=worker_id or new_worker_id())
         self.model_ids = _model_ids(engine, options.models)
@@ -351,6 +363,9 @@ class Worker:
     @property
     def id(self) -> str:
         return self.summary.worker
+
+    def _db_fault(self, error: str, wait: float) -> None:
+        self.progress("db_fault", {"error": error, "wait": wait})
 
     def use_backend(self, model: Model, backend: Backend) -> None:
         """Sample ``model``'s units with a backend the caller loaded (and closes)."""
@@ -433,6 +448,7 @@ class Worker:
                 self._release([(claim, None, info)])
                 return 1
             except Exception as exc:  # noqa: BLE001 - recorded with the unit, then go on
+                _reraise_database_faults(exc)
                 self._fail(claim, info, exc)
                 return 1
             batch = [(claim, unit, info)]
@@ -494,6 +510,7 @@ class Worker:
                 info["unit"] = unit.label
                 check_rendered(backend, unit)
             except Exception as exc:  # noqa: BLE001 - that unit alone fails
+                _reraise_database_faults(exc)
                 self._fail(claim, info, exc)
                 continue
             more.append((claim, unit, info))
@@ -558,12 +575,22 @@ class Worker:
     def _read_references(self, model_id: int, task_id: int, prompt_id: int) -> None:
         if model_id in self._models and task_id in self._specs and prompt_id in self._prompts:
             return
-        with session_scope(self.engine) as session:
-            if model_id not in self._models:
-                self._models[model_id] = session.get(Model, model_id)
-            task = session.get(Task, task_id)
-            self._specs[task_id] = task_spec(task)
-            self._prompts.update((p.id, (p.key, p.template)) for p in task.prompts)
+
+        def read(conn) -> None:  # on the queue's connection: a worker holds only that one
+            with Session(bind=conn, expire_on_commit=False) as session:
+                if model_id not in self._models:
+                    self._models[model_id] = session.get(Model, model_id)
+                task = session.get(Task, task_id)
+                self._specs[task_id] = task_spec(task)
+                self._prompts.update((p.id, (p.key, p.template)) for p in task.prompts)
+                session.expunge_all()
+        self.queue.read(read)
+
+
+def _reraise_database_faults(exc: Exception) -> None:
+    """A database error while reading a unit is the worker's, never the unit's."""
+    if isinstance(exc, (DBAPIError, DatabaseUnreachable)):
+        raise exc
 
 
 def _scaffold(condition: dict | None) -> str:

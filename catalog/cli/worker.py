@@ -5,8 +5,9 @@ from __future__ import annotations
 import click
 
 from catalog.cli import types
-from catalog.cli.common import catalog_engine, dataclass_defaults, db_option
+from catalog.cli.common import dataclass_defaults, db_option
 from catalog.cli.ingest import backend_options, split_names
+from ingest.queue import open_catalog_patiently
 from ingest.worker import WorkerOptions, run_worker, stop_on_signals
 
 _WORKER = dataclass_defaults(WorkerOptions)
@@ -27,20 +28,31 @@ _WORKER = dataclass_defaults(WorkerOptions)
               help="Exit after this many units.")
 @click.option("--model", "models", multiple=True, metavar="NAME",
               help="Only units of this model (repeatable).")
+@click.option("--db-patience", type=types.NON_NEGATIVE, default=_WORKER["db_patience"],
+              show_default=True, metavar="SECONDS",
+              help="Keep retrying an unreachable database (full, restarting, failing over) "
+              "this long before exiting 1; a unit never fails for it.")
 @backend_options
 @db_option
 def worker_command(models, db_url, **options) -> None:
     """Claim the next planned unit, sample it, store it; repeat until none is left.
 
-    Any number of workers may run at once against one database (see `catalog plan`).
-    Units of the model already loaded come first. SIGTERM (or Ctrl-C) releases the unit
-    being sampled and exits 0. Failures are recorded with the units: `catalog status`.
+    Any number of workers may run at once against one database (see `catalog plan`), one
+    connection each. Units of the model already loaded come first. SIGTERM (or Ctrl-C)
+    releases the unit being sampled and exits 0. Failures are recorded with the units:
+    `catalog status`. Database faults are retried with backoff for --db-patience seconds.
 
     Example: catalog worker --db postgresql://worker@db-host/catalog --device cuda --idle-exit 300
     """
     options = WorkerOptions(models=split_names(models), **options)
-    with catalog_engine(db_url) as engine, stop_on_signals() as stop:
-        summary = run_worker(engine, options, progress=_log, stop=stop)
+    engine = open_catalog_patiently(db_url, patience=options.db_patience,
+                                    on_fault=lambda error, wait: _log("db_fault", {
+                                        "error": error, "wait": wait}))
+    try:
+        with stop_on_signals() as stop:
+            summary = run_worker(engine, options, progress=_log, stop=stop)
+    finally:
+        engine.dispose()
     click.echo(summary.line())
 
 
@@ -55,6 +67,8 @@ def _log(event: str, info: dict) -> None:
         "lost": f"{where}: another worker claimed it after this one's lease ran out; "
                 "result discarded",
         "released": f"{where}: released (stopping)",
+        "db_fault": f"database unreachable ({info.get('error')}); "
+                    f"trying again in {info.get('wait', 0):.1f}s",
     }
     if event in lines:
         click.echo(lines[event], err=True)

@@ -50,7 +50,8 @@ def test_two_local_workers_complete_a_plan_and_never_show_the_password(db_url, b
     assert lines[0].startswith("launched 2 catalog worker(s) (local) on ")
     job_ids = lines[0].split("job id(s) ")[1].split(", ")
     assert len(job_ids) == 2 and all(job_id.isdigit() for job_id in job_ids)
-    assert lines[1:] == [f"logs: {logs}/", f"progress: catalog status --db {catalog_db.masked(url)}"]
+    assert lines[1].startswith("database connections: 2 (one per worker")
+    assert lines[2:] == [f"logs: {logs}/", f"progress: catalog status --db {catalog_db.masked(url)}"]
     engine = catalog_db.open_catalog(db_url)
     try:
         assert statuses(engine) == {"done": units}
