@@ -35,7 +35,15 @@ from typing import Any
 
 from catalog import prompting
 from catalog.errors import InvalidInput, ModelLoadError
-from ingest.backends import Backend, Completions, ExactDistribution, ModelSpec, SamplingParams
+from ingest.backends import (
+    Backend,
+    BackendOption,
+    Completions,
+    ExactDistribution,
+    ModelSpec,
+    SampleRequest,
+    SamplingParams,
+)
 from ingest.exact import option_probabilities
 from ingest.sampling import TreeSampler
 
@@ -323,12 +331,27 @@ def library_versions(gguf: bool = False) -> dict[str, str]:
     return versions
 
 
+DEFAULT_UNITS_PER_CALL = 128
+
+
 class TransformersBackend(Backend):
     """A transformers causal LM: the tree sampler (:mod:`ingest.sampling`) and exact mode
-    (:mod:`ingest.exact`) over one model loaded by :func:`load_model`. It takes no backend
-    options, and samples one prompt per tree (the inherited :meth:`sample_many` loops)."""
+    (:mod:`ingest.exact`) over one model loaded by :func:`load_model`.
+
+    :meth:`sample_many` grows the trees of up to ``units_per_call`` units in one forest (one
+    forward pass per depth for all their branches); each unit draws from its own seeded
+    generator, so its counts do not depend on what it was batched with beyond the floating
+    point of a batched forward pass (docs/ingest.md). A unit whose logits are not finite
+    fails alone: the call raises its error and the job layer samples the others again alone.
+    """
 
     name = "transformers"
+    OPTIONS = {
+        "units_per_call": BackendOption(
+            int, f"most units sampled in one forest (default {DEFAULT_UNITS_PER_CALL})",
+            lambda n: n >= 1, ">= 1",
+        ),
+    }
 
     def __init__(
         self,
@@ -340,6 +363,7 @@ class TransformersBackend(Backend):
         batch_size: int | str = "auto",
     ) -> None:
         super().__init__(spec)
+        self.units_per_call = spec.backend_options.get("units_per_call", DEFAULT_UNITS_PER_CALL)
         self.loaded = load_model(spec, device=device, dtype=dtype, allow_pickle=allow_pickle)
         self.sampler = TreeSampler(
             self.loaded.model,
@@ -360,6 +384,13 @@ class TransformersBackend(Backend):
     def sample(self, rendered: str, params: SamplingParams, seed: int) -> Completions:
         tree = self.sampler.sample(rendered, params, seed)
         return Completions.of(tree.counts, tree.token_entropy())
+
+    def sample_many(self, requests: Sequence[SampleRequest]) -> list[Completions]:
+        results = self.sampler.sample_forest(requests)
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return [Completions.of(tree.counts, tree.token_entropy()) for tree in results]
 
     def option_probabilities(
         self, rendered: str, options: Mapping[str, Sequence[str]]
