@@ -376,8 +376,8 @@ def load_backend(
     """Load the model ``spec`` names with its backend, once; sample all its prompts through it.
 
     ``device``: auto|cpu|cuda (auto = cuda if available); ``dtype``: auto|float32|bfloat16|
-    float16 (auto = bfloat16 on a CUDA device that supports it, else float16 on CUDA, float32
-    on CPU); ``allow_pickle``: accept pickle (``.bin``) checkpoints, which can run code when
+    float16 (auto = bfloat16 on a GPU that computes it natively, else float32; never
+    float16); ``allow_pickle``: accept pickle (``.bin``) checkpoints, which can run code when
     loaded; ``batch_size``: most rows per forward pass ("auto": start large, halve on
     out-of-memory). An unknown backend or a bad backend option is :class:`InvalidInput`; a
     model that cannot be loaded :class:`ModelLoadError`, each with a one-line message.

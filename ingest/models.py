@@ -14,7 +14,8 @@ Loading rules (every refusal is a :class:`ModelLoadError` with a one-line messag
 - ``gguf_file`` loads a GGUF file in ``source`` through transformers (dequantized), which
   needs the ``gguf`` extra (``pip install 'catalog[gguf]'``).
 - ``device``: auto|cpu|cuda (auto = cuda if available). ``dtype``: auto|float32|bfloat16|
-  float16 (auto = bfloat16 on CUDA if the GPU supports it, else float16; float32 on CPU).
+  float16 (auto = bfloat16 on a GPU that computes it natively, else float32; never float16,
+  which a bfloat16-trained model can overflow: :func:`auto_dtype`).
 
 torch and transformers are imported inside functions, never at module import.
 """
@@ -276,10 +277,17 @@ def resolve_dtype(dtype: str, device: str):
     import torch
 
     if dtype == "auto":
-        if device == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
+        native_bf16 = device == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+        return getattr(torch, auto_dtype(device, native_bf16))
     return getattr(torch, dtype)
+
+
+def auto_dtype(device: str, native_bf16: bool) -> str:
+    """What ``--dtype auto`` loads: bfloat16 on a GPU that computes it natively (Ampere and
+    later), else float32. Never float16: a model trained in bfloat16 can overflow float16's
+    range (65504) and give NaN logits; emulated bfloat16 (V100, T4) is slow and vLLM refuses
+    it."""
+    return "bfloat16" if device == "cuda" and native_bf16 else "float32"
 
 
 def describe_device(device) -> str:

@@ -341,8 +341,8 @@ class TreeSampler:
             if units[u].error is None:
                 units[u].error = NonFiniteLogits(
                     f"the model's next-token logits are not finite (NaN or infinity) in "
-                    f"{self.dtype}; nothing was stored: sample this model in a wider dtype "
-                    "(float32, or bfloat16 on a GPU that supports it)"
+                    f"{self.dtype}, so its counts would be wrong; sample this model in a "
+                    "wider dtype (float32, or bfloat16 on a GPU that supports it)"
                 )
         failed_units = torch.tensor([unit.error is not None for unit in units])
         return failed_units[row_unit]
