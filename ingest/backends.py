@@ -44,6 +44,21 @@ from catalog.enums import DEVICES, DTYPES, PROMPT_FORMATS
 from catalog.errors import InvalidInput, ModelLoadError
 
 
+class DeviceLost(ModelLoadError):
+    """The accelerator hit an error that leaves its context unusable (a device-side assert,
+    an illegal memory access): every later call in this process would fail too."""
+
+
+def is_sticky_device_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a CUDA error after which the process's CUDA context is dead.
+    Every CUDA error but out-of-memory is (torch reports them as ``CUDA error: ...``, an
+    AcceleratorError or RuntimeError); retrying the unit in this process cannot help."""
+    if type(exc).__name__ == "OutOfMemoryError":
+        return False
+    message = str(exc)
+    return "CUDA error" in message and "out of memory" not in message
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Where a model comes from and how prompts reach it (one row of the model registry).

@@ -143,12 +143,21 @@ def load_model_files(
 
 
 def load_model(
-    spec: ModelSpec, *, device: str = "auto", dtype: str = "auto", allow_pickle: bool = False
+    spec: ModelSpec, *, device: str = "auto", dtype: str = "auto", allow_pickle: bool = False,
+    max_memory: Mapping[int | str, str] | None = None,
 ) -> LoadedModel:
-    """Load ``spec`` by the rules of this module; return the model in eval mode."""
+    """Load ``spec`` by the rules of this module; return the model in eval mode.
+
+    ``max_memory`` (device -> size, e.g. ``{0: "70GiB", "cpu": "120GiB"}``) spreads the model
+    over those devices with accelerate's ``device_map="auto"`` (a model larger than one GPU,
+    or a GPU shared with other work); without it the model sits whole on ``device``."""
     files = load_model_files(spec, allow_pickle=allow_pickle)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
+    placement = (
+        {"device_map": "auto", "max_memory": dict(max_memory)} if max_memory
+        else {"device_map": torch_device}
+    )
 
     from transformers import AutoModelForCausalLM
 
@@ -157,13 +166,18 @@ def load_model(
             files.location,
             config=files.config,
             dtype=torch_dtype,
-            device_map=torch_device,
+            **placement,
             # gguf_file is its own format; otherwise pickles only when explicitly allowed
             use_safetensors=None if (allow_pickle or spec.gguf_file) else True,
             **files.options,
         )
     except Exception as exc:  # noqa: BLE001 - any failure inside transformers means "cannot load"
         raise ModelLoadError(_load_failure(spec, files.local, exc, allow_pickle)) from None
+    if "disk" in (getattr(model, "hf_device_map", None) or {}).values():
+        raise ModelLoadError(
+            f"model {spec.source!r} does not fit in max_memory {dict(max_memory or {})} "
+            "(part of it would run from disk); allow more memory or more devices"
+        )
     model.eval()
     return LoadedModel(
         model,
@@ -340,6 +354,19 @@ def library_versions(gguf: bool = False) -> dict[str, str]:
 
 
 DEFAULT_UNITS_PER_CALL = 128
+MEMORY_SIZE = re.compile(r"\d+(\.\d+)?(GiB|GB|MiB|MB)")
+
+
+def parse_max_memory(text: str) -> dict[int | str, str] | None:
+    """``"0=70GiB,cpu=100GiB"`` as accelerate's ``max_memory`` (``{0: "70GiB", "cpu":
+    "100GiB"}``); ``{}`` for empty text, None when it is not of that form."""
+    limits: dict[int | str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        device, _, size = (piece.strip() for piece in item.partition("="))
+        if not MEMORY_SIZE.fullmatch(size) or not (device.isdigit() or device == "cpu"):
+            return None
+        limits[int(device) if device.isdigit() else device] = size
+    return limits
 
 
 class TransformersBackend(Backend):
@@ -359,6 +386,12 @@ class TransformersBackend(Backend):
             int, f"most units sampled in one forest (default {DEFAULT_UNITS_PER_CALL})",
             lambda n: n >= 1, ">= 1",
         ),
+        "max_memory": BackendOption(
+            str, "spread the model over devices (device_map=auto), at most this much on each: "
+            "DEVICE=SIZE,... e.g. 0=70GiB,1=70GiB,cpu=100GiB",
+            lambda text: parse_max_memory(text) is not None,
+            "like 0=70GiB,cpu=100GiB (GPU index or cpu = a size in GiB, GB, MiB or MB)",
+        ),
     }
 
     def __init__(
@@ -372,7 +405,10 @@ class TransformersBackend(Backend):
     ) -> None:
         super().__init__(spec)
         self.units_per_call = spec.backend_options.get("units_per_call", DEFAULT_UNITS_PER_CALL)
-        self.loaded = load_model(spec, device=device, dtype=dtype, allow_pickle=allow_pickle)
+        self.loaded = load_model(
+            spec, device=device, dtype=dtype, allow_pickle=allow_pickle,
+            max_memory=parse_max_memory(spec.backend_options.get("max_memory", "")),
+        )
         self.sampler = TreeSampler(
             self.loaded.model,
             self.loaded.tokenizer,
