@@ -448,22 +448,27 @@ class TreeSampler:
         """One depth: run ``tokens`` on their parents' caches, in batches; return the new
         frontier's batches and its next-token logits (float32, one row per branch).
 
-        Every batch's rows are gathered first and the parents' caches released before any
-        forward pass, so a depth holds the parents only while gathering. A batch that runs
-        out of memory (or over ``memory_budget``) is split in two and retried from its
-        gathered rows (``auto`` batch size); the forward pass extends a shallow copy of the
-        gathered cache, so a failed pass leaves it intact.
+        Batches are gathered one at a time, just before their forward pass, and a parent
+        batch is released as soon as no later batch needs its rows (rows are sorted by
+        parent), so the parents' and the children's caches overlap by about one batch, not
+        by a whole depth (docs/ingest.md, memory). A batch that runs out of memory (or over
+        ``memory_budget``) is split in two and retried from its gathered rows (``auto``
+        batch size); the forward pass extends a shallow copy of the gathered cache, so a
+        failed pass leaves it intact.
         """
         import torch
 
         device = self.model.device
-        pending = []
-        for start in range(0, len(parents), self.batch_size):
-            size = min(self.batch_size, len(parents) - start)
-            pending.append(_Batch(start, size, select_rows(batches, parents[start:start + size])))
-        batches.clear()  # the parents' rows are all gathered: free them
-        new_batches, logits, out_of_memory = [], [], False
-        while pending:
+        new_batches, logits, pending, out_of_memory = [], [], [], False
+        start = 0
+        while start < len(parents) or pending:
+            if not pending:
+                size = min(self.batch_size, len(parents) - start)
+                pending.append(_Batch(start, size, select_rows(batches, parents[start:start + size])))
+                start += size
+                needed = int(parents[start]) if start < len(parents) else math.inf
+                while batches and batches[0].start + batches[0].size <= needed:
+                    del batches[0]  # the caller's list too: these parents are freed now
             batch = pending.pop(0)
             if out_of_memory:
                 _empty_device_cache(device)  # the failed pass's tensors are gone by now
@@ -483,6 +488,7 @@ class TreeSampler:
                 out_of_memory = True
                 continue
             new_batches.append(_Batch(batch.start, batch.size, cache))
+            del batch, cache  # the gathered rows: extended into the new batch
         calls = len(new_batches)
         rows = torch.bincount(row_unit, minlength=len(units)).tolist()
         for unit, unit_rows in zip(units, rows):
