@@ -104,7 +104,8 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         results[label] = (tree, sampler, peak_rss() - base, seconds)
     tree, sampler, rise, seconds = results["now"]
-    print(f"batch size {args.batch_size}; chatty unit: N={n}, {tokens} tokens, widest depth {max(tree.widths)} rows, "
+    print(f"batch size {args.batch_size}; chatty unit: N={n}, {tokens} tokens, "
+          f"widest depth {max(tree.widths)} rows, "
           f"{len(tree.counts)} distinct completions, {seconds:.1f} s")
     print(f"(a) peak RSS rise {rise / 2**20:.0f} MiB; frontier's own KV at its largest "
           f"{sampler.frontier_kv / 2**20:.0f} MiB; ratio {rise / sampler.frontier_kv:.2f}x")

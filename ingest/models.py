@@ -158,6 +158,11 @@ def load_model(
         {"device_map": "auto", "max_memory": dict(max_memory)} if max_memory
         else {"device_map": torch_device}
     )
+    if max_memory and importlib.util.find_spec("accelerate") is None:
+        raise ModelLoadError(
+            "max_memory spreads the model with accelerate, which is not installed: "
+            "pip install accelerate"
+        )
 
     from transformers import AutoModelForCausalLM
 

@@ -464,7 +464,8 @@ class TreeSampler:
         while start < len(parents) or pending:
             if not pending:
                 size = min(self.batch_size, len(parents) - start)
-                pending.append(_Batch(start, size, select_rows(batches, parents[start:start + size])))
+                rows = parents[start:start + size]
+                pending.append(_Batch(start, size, select_rows(batches, rows)))
                 start += size
                 needed = int(parents[start]) if start < len(parents) else math.inf
                 while batches and batches[0].start + batches[0].size <= needed:
