@@ -238,6 +238,8 @@ class TreeSampler:
         or the error that failed it (:class:`NonFiniteLogits`) without failing the others."""
         import torch
 
+        if not requests:
+            return []
         with torch.inference_mode():
             units = [
                 _Unit(
