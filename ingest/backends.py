@@ -46,6 +46,21 @@ from catalog.enums import DEVICES, DTYPES, PROMPT_FORMATS
 from catalog.errors import InvalidInput, ModelLoadError
 
 
+class DeviceLost(ModelLoadError):
+    """The accelerator hit an error that leaves its context unusable (a device-side assert,
+    an illegal memory access): every later call in this process would fail too."""
+
+
+def is_sticky_device_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a CUDA error after which the process's CUDA context is dead.
+    Every CUDA error but out-of-memory is (torch reports them as ``CUDA error: ...``, an
+    AcceleratorError or RuntimeError); retrying the unit in this process cannot help."""
+    if type(exc).__name__ == "OutOfMemoryError":
+        return False
+    message = str(exc)
+    return "CUDA error" in message and "out of memory" not in message
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Where a model comes from and how prompts reach it (one row of the model registry).
@@ -385,8 +400,8 @@ def load_backend(
     """Load the model ``spec`` names with its backend, once; sample all its prompts through it.
 
     ``device``: auto|cpu|cuda (auto = cuda if available); ``dtype``: auto|float32|bfloat16|
-    float16 (auto = bfloat16 on a CUDA device that supports it, else float16 on CUDA, float32
-    on CPU); ``allow_pickle``: accept pickle (``.bin``) checkpoints, which can run code when
+    float16 (auto = bfloat16 on a GPU that computes it natively, else float32; never
+    float16); ``allow_pickle``: accept pickle (``.bin``) checkpoints, which can run code when
     loaded; ``batch_size``: most rows per forward pass ("auto": start large, halve on
     out-of-memory). An unknown backend or a bad backend option is :class:`InvalidInput`; a
     model that cannot be loaded :class:`ModelLoadError`, each with a one-line message.

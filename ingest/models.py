@@ -14,7 +14,8 @@ Loading rules (every refusal is a :class:`ModelLoadError` with a one-line messag
 - ``gguf_file`` loads a GGUF file in ``source`` through transformers (dequantized), which
   needs the ``gguf`` extra (``pip install 'catalog[gguf]'``).
 - ``device``: auto|cpu|cuda (auto = cuda if available). ``dtype``: auto|float32|bfloat16|
-  float16 (auto = bfloat16 on CUDA if the GPU supports it, else float16; float32 on CPU).
+  float16 (auto = bfloat16 on a GPU that computes it natively, else float32; never float16,
+  which a bfloat16-trained model can overflow: :func:`auto_dtype`).
 
 torch and transformers are imported inside functions, never at module import.
 """
@@ -35,7 +36,15 @@ from typing import Any
 
 from catalog import prompting
 from catalog.errors import InvalidInput, ModelLoadError
-from ingest.backends import Backend, Completions, ExactDistribution, ModelSpec, SamplingParams
+from ingest.backends import (
+    Backend,
+    BackendOption,
+    Completions,
+    ExactDistribution,
+    ModelSpec,
+    SampleRequest,
+    SamplingParams,
+)
 from ingest.exact import option_probabilities
 from ingest.sampling import TreeSampler
 
@@ -134,12 +143,26 @@ def load_model_files(
 
 
 def load_model(
-    spec: ModelSpec, *, device: str = "auto", dtype: str = "auto", allow_pickle: bool = False
+    spec: ModelSpec, *, device: str = "auto", dtype: str = "auto", allow_pickle: bool = False,
+    max_memory: Mapping[int | str, str] | None = None,
 ) -> LoadedModel:
-    """Load ``spec`` by the rules of this module; return the model in eval mode."""
+    """Load ``spec`` by the rules of this module; return the model in eval mode.
+
+    ``max_memory`` (device -> size, e.g. ``{0: "70GiB", "cpu": "120GiB"}``) spreads the model
+    over those devices with accelerate's ``device_map="auto"`` (a model larger than one GPU,
+    or a GPU shared with other work); without it the model sits whole on ``device``."""
     files = load_model_files(spec, allow_pickle=allow_pickle)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
+    placement = (
+        {"device_map": "auto", "max_memory": dict(max_memory)} if max_memory
+        else {"device_map": torch_device}
+    )
+    if max_memory and importlib.util.find_spec("accelerate") is None:
+        raise ModelLoadError(
+            "max_memory spreads the model with accelerate, which is not installed: "
+            "pip install accelerate"
+        )
 
     from transformers import AutoModelForCausalLM
 
@@ -148,13 +171,18 @@ def load_model(
             files.location,
             config=files.config,
             dtype=torch_dtype,
-            device_map=torch_device,
+            **placement,
             # gguf_file is its own format; otherwise pickles only when explicitly allowed
             use_safetensors=None if (allow_pickle or spec.gguf_file) else True,
             **files.options,
         )
     except Exception as exc:  # noqa: BLE001 - any failure inside transformers means "cannot load"
         raise ModelLoadError(_load_failure(spec, files.local, exc, allow_pickle)) from None
+    if "disk" in (getattr(model, "hf_device_map", None) or {}).values():
+        raise ModelLoadError(
+            f"model {spec.source!r} does not fit in max_memory {dict(max_memory or {})} "
+            "(part of it would run from disk); allow more memory or more devices"
+        )
     model.eval()
     return LoadedModel(
         model,
@@ -268,10 +296,17 @@ def resolve_dtype(dtype: str, device: str):
     import torch
 
     if dtype == "auto":
-        if device == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
+        native_bf16 = device == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+        return getattr(torch, auto_dtype(device, native_bf16))
     return getattr(torch, dtype)
+
+
+def auto_dtype(device: str, native_bf16: bool) -> str:
+    """What ``--dtype auto`` loads: bfloat16 on a GPU that computes it natively (Ampere and
+    later), else float32. Never float16: a model trained in bfloat16 can overflow float16's
+    range (65504) and give NaN logits; emulated bfloat16 (V100, T4) is slow and vLLM refuses
+    it."""
+    return "bfloat16" if device == "cuda" and native_bf16 else "float32"
 
 
 def describe_device(device) -> str:
@@ -323,12 +358,46 @@ def library_versions(gguf: bool = False) -> dict[str, str]:
     return versions
 
 
+DEFAULT_UNITS_PER_CALL = 128
+MEMORY_SIZE = re.compile(r"\d+(\.\d+)?(GiB|GB|MiB|MB)")
+
+
+def parse_max_memory(text: str) -> dict[int | str, str] | None:
+    """``"0=70GiB,cpu=100GiB"`` as accelerate's ``max_memory`` (``{0: "70GiB", "cpu":
+    "100GiB"}``); ``{}`` for empty text, None when it is not of that form."""
+    limits: dict[int | str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        device, _, size = (piece.strip() for piece in item.partition("="))
+        if not MEMORY_SIZE.fullmatch(size) or not (device.isdigit() or device == "cpu"):
+            return None
+        limits[int(device) if device.isdigit() else device] = size
+    return limits
+
+
 class TransformersBackend(Backend):
     """A transformers causal LM: the tree sampler (:mod:`ingest.sampling`) and exact mode
-    (:mod:`ingest.exact`) over one model loaded by :func:`load_model`. It takes no backend
-    options, and samples one prompt per tree (the inherited :meth:`sample_many` loops)."""
+    (:mod:`ingest.exact`) over one model loaded by :func:`load_model`.
+
+    :meth:`sample_many` grows the trees of up to ``units_per_call`` units in one forest (one
+    forward pass per depth for all their branches); each unit draws from its own seeded
+    generator, so its counts do not depend on what it was batched with beyond the floating
+    point of a batched forward pass (docs/ingest.md). A unit whose logits are not finite
+    fails alone: the call raises its error and the job layer samples the others again alone.
+    """
 
     name = "transformers"
+    OPTIONS = {
+        "units_per_call": BackendOption(
+            int, f"most units sampled in one forest (default {DEFAULT_UNITS_PER_CALL})",
+            lambda n: n >= 1, ">= 1",
+        ),
+        "max_memory": BackendOption(
+            str, "spread the model over devices (device_map=auto), at most this much on each: "
+            "DEVICE=SIZE,... e.g. 0=70GiB,1=70GiB,cpu=100GiB",
+            lambda text: parse_max_memory(text) is not None,
+            "like 0=70GiB,cpu=100GiB (GPU index or cpu = a size in GiB, GB, MiB or MB)",
+        ),
+    }
 
     def __init__(
         self,
@@ -340,7 +409,11 @@ class TransformersBackend(Backend):
         batch_size: int | str = "auto",
     ) -> None:
         super().__init__(spec)
-        self.loaded = load_model(spec, device=device, dtype=dtype, allow_pickle=allow_pickle)
+        self.units_per_call = spec.backend_options.get("units_per_call", DEFAULT_UNITS_PER_CALL)
+        self.loaded = load_model(
+            spec, device=device, dtype=dtype, allow_pickle=allow_pickle,
+            max_memory=parse_max_memory(spec.backend_options.get("max_memory", "")),
+        )
         self.sampler = TreeSampler(
             self.loaded.model,
             self.loaded.tokenizer,
@@ -360,6 +433,13 @@ class TransformersBackend(Backend):
     def sample(self, rendered: str, params: SamplingParams, seed: int) -> Completions:
         tree = self.sampler.sample(rendered, params, seed)
         return Completions.of(tree.counts, tree.token_entropy())
+
+    def sample_many(self, requests: Sequence[SampleRequest]) -> list[Completions]:
+        results = self.sampler.sample_forest(requests)
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return [Completions.of(tree.counts, tree.token_entropy()) for tree in results]
 
     def option_probabilities(
         self, rendered: str, options: Mapping[str, Sequence[str]]

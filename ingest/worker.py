@@ -38,6 +38,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 import catalog
+from catalog.conditions import Condition
 from catalog.db import session_scope
 from catalog.enums import DEVICES, DTYPES
 from catalog.errors import CatalogError, DatabaseUnreachable, InvalidInput
@@ -48,9 +49,11 @@ from catalog.schema import Completion, ExactProb, Model, OptionCount, Task, stor
 from catalog.tasks import TaskSpec
 from ingest.backends import (
     Backend,
+    DeviceLost,
     SampleRequest,
     SamplingParams,
     TokenEntropy,
+    is_sticky_device_error,
     load_backend,
     render_with,
 )
@@ -265,6 +268,18 @@ def result_rows(unit: Unit, result: UnitResult, provenance: dict) -> tuple[dict,
     return values, [(Completion, list(stored.values())), (OptionCount, option_rows)]
 
 
+def precision_columns(condition: dict | None, dtype: str | None) -> dict:
+    """The run's condition and key with its precision in them, when it ran below float32
+    (runs of different precision must not pool); nothing to change otherwise."""
+    if not condition:
+        return {}
+    planned = Condition.from_dict(condition)
+    stored = planned.in_precision(dtype)
+    if stored == planned:
+        return {}
+    return {"condition": stored.to_dict(), "condition_key": stored.key}
+
+
 def backend_provenance(backend: Backend) -> dict:
     """The run columns that describe a loaded backend and this software."""
     info = backend.provenance()
@@ -468,6 +483,14 @@ class Worker:
             self._release(batch)
             return
         except Exception as exc:  # noqa: BLE001 - recorded with the unit, then go on
+            if is_sticky_device_error(exc):
+                # the GPU context is dead: give the units back untried and stop this worker
+                self._release(batch)
+                first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise DeviceLost(
+                    f"the GPU failed ({first_line}); its units were released for another "
+                    "worker, and this worker stops (its CUDA context cannot recover)"
+                ) from None
             if len(batch) == 1:
                 self._fail(batch[0][0], batch[0][2], exc)
                 return
@@ -519,6 +542,7 @@ class Worker:
     def _store(self, claim: Claim, unit: Unit, result: UnitResult, provenance: dict,
                info: dict) -> None:
         values, children = result_rows(unit, result, provenance)
+        values.update(precision_columns(claim.unit.get("condition"), provenance.get("dtype")))
         if self.queue.complete(claim, values, children):
             samples = unit.params.n if unit.params else 0
             self.summary.done += 1

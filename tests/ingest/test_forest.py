@@ -1,0 +1,131 @@
+"""The tree sampler as a forest: many units in one tree pass, each with its own generator."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+from stat_checks import homogeneity_pvalue
+from tiny_models import PROMPTS, cached_tiny_model
+
+from catalog.errors import InvalidInput
+from ingest.backends import ModelSpec, SamplingParams, load_backend
+from ingest.sampling import TreeSampler
+
+SIGNIFICANCE = 0.01  # chi-square homogeneity tests: reject at the 1% level
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory):
+    path = cached_tiny_model(tmp_path_factory, train_steps=80)
+    return load_backend(ModelSpec(str(path), prompt_format="chat"), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def rendered(backend):
+    return [backend.render(prompt, "chat") for prompt in PROMPTS]
+
+
+def prompt_lengths(backend, rendered):
+    return [len(backend.loaded.tokenizer(r)["input_ids"]) for r in rendered]
+
+
+def test_a_forest_of_one_prompt_gives_each_unit_its_one_at_a_time_counts(backend, rendered):
+    """Same-length prompts need no padding and each unit draws from its own generator, so a
+    unit's counts change only if a batched forward pass rounds its logits differently
+    (~1e-6 here) AND a uniform falls that close to a cumulative boundary: with fixed seeds
+    they are exactly the same."""
+    params = SamplingParams(n=300, max_new_tokens=6, stop=("\n",))
+    requests = [(rendered[0], params, seed) for seed in range(12)]
+    forest = backend.sample_many(requests)
+    alone = [backend.sample(*request) for request in requests]
+    assert [dict(c) for c in forest] == [dict(c) for c in alone]
+    assert len({tuple(sorted(c.items())) for c in forest}) > 1  # the seeds really differ
+    for counts, single in zip(forest, alone):
+        # batched rows round differently in float32 (~1e-6): entropies equal up to that
+        assert counts.token_entropy.tokens == single.token_entropy.tokens
+        assert counts.token_entropy.bits == pytest.approx(single.token_entropy.bits, rel=1e-5)
+
+
+def test_a_units_counts_do_not_depend_on_its_companions(backend, rendered):
+    params = SamplingParams(n=500, max_new_tokens=6)
+    target = (rendered[1], params, 42)
+    first = backend.sample_many([target, (rendered[1], params, 1)])[0]
+    second = backend.sample_many([(rendered[1], params, 7), (rendered[1], params, 8), target])[2]
+    assert dict(first) == dict(second)
+
+
+def test_padded_prompts_sample_the_same_distribution_as_alone(backend, rendered):
+    """Prompts of different lengths are left-padded with a mask: in distribution (pooled over
+    units, other seeds) each prompt's completions match one-unit-at-a-time sampling."""
+    lengths = prompt_lengths(backend, rendered)
+    assert len(set(lengths)) > 1  # the forest really pads
+    params = SamplingParams(n=400, max_new_tokens=5)
+    units = [(rendered[i % 3], params, 100 + i) for i in range(15)]
+    forest = backend.sample_many(units)
+    for p in range(3):
+        pooled_forest, pooled_alone = Counter(), Counter()
+        for i in range(p, 15, 3):
+            pooled_forest.update(forest[i])
+            pooled_alone.update(backend.sample(rendered[p], params, seed=900 + i))
+        assert sum(pooled_forest.values()) == 5 * 400
+        assert homogeneity_pvalue(pooled_forest, pooled_alone) > SIGNIFICANCE
+
+
+def test_units_with_different_parameters_share_a_forest(backend, rendered):
+    """Each unit keeps its own temperature, top-k/top-p, length, stop strings and n."""
+    greedy = SamplingParams(n=50, top_k=1, max_new_tokens=4)
+    hot = SamplingParams(n=700, temperature=1.5, top_p=0.9, max_new_tokens=3, stop=("e",))
+    short = SamplingParams(n=20, max_new_tokens=1)
+    requests = [(rendered[0], greedy, 1), (rendered[2], hot, 2), (rendered[1], short, 3)]
+    forest = backend.sample_many(requests)
+    assert [sum(c.values()) for c in forest] == [50, 700, 20]
+    assert len(forest[0]) == 1  # greedy: one completion
+    assert all("e" not in text for text in forest[1])
+    for counts, request in zip(forest, requests):
+        assert dict(counts) == dict(backend.sample(*request))
+
+
+def test_a_memory_budget_splits_batches_and_keeps_the_counts(backend, rendered):
+    """The out-of-memory path on a CPU: a batch over the KV budget is split and retried
+    from its gathered rows, and the counts are those of an unlimited run."""
+    loaded = backend.loaded
+    params = SamplingParams(n=2000, max_new_tokens=6)
+    requests = [(rendered[0], params, 5), (rendered[0], params, 6)]
+    budgeted = TreeSampler(loaded.model, loaded.tokenizer, loaded.eos_token_ids,
+                           memory_budget=64 * 1024)
+    small = budgeted.sample_forest(requests)
+    assert budgeted.batch_size < 1024  # the budget really split the batches
+    assert [t.counts for t in small] == [dict(backend.sample(*r)) for r in requests]
+    assert all(t.forward_calls > 1 + len(t.widths) for t in small)
+
+
+def test_a_fixed_batch_size_over_the_budget_fails(backend, rendered):
+    loaded = backend.loaded
+    fixed = TreeSampler(loaded.model, loaded.tokenizer, loaded.eos_token_ids, batch_size=64,
+                        memory_budget=1024)
+    with pytest.raises(torch.OutOfMemoryError, match="memory budget"):
+        fixed.sample(rendered[0], SamplingParams(n=500, max_new_tokens=4), seed=1)
+
+
+def test_auto_batch_size_grows_back_on_the_next_call(backend, rendered):
+    loaded = backend.loaded
+    sampler = TreeSampler(loaded.model, loaded.tokenizer, loaded.eos_token_ids,
+                          memory_budget=64 * 1024)
+    sampler.sample(rendered[0], SamplingParams(n=2000, max_new_tokens=6), seed=1)
+    shrunk = sampler.batch_size
+    sampler.memory_budget = None
+    sampler.sample(rendered[0], SamplingParams(n=10, max_new_tokens=2), seed=1)
+    assert sampler.batch_size == 2 * shrunk
+
+
+def test_units_per_call_is_a_backend_option(tmp_path_factory):
+    path = cached_tiny_model(tmp_path_factory, train_steps=80)
+    spec = ModelSpec(str(path), backend_options={"units_per_call": "3"})
+    assert load_backend(spec, device="cpu").units_per_call == 3
+    for bad in (0, "many", True):
+        with pytest.raises(InvalidInput, match="units_per_call"):
+            load_backend(ModelSpec(str(path), backend_options={"units_per_call": bad}),
+                         device="cpu")
+
