@@ -191,6 +191,11 @@ class SampleRequest(NamedTuple):
 _TRUE_WORDS, _FALSE_WORDS = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
+def at_least_one(value: int) -> bool:
+    """A backend option's check for counts (concurrency, units per call, GPUs)."""
+    return value >= 1
+
+
 @dataclass(frozen=True)
 class BackendOption:
     """One option a backend takes: its type, what it does, and which values are allowed.

@@ -70,6 +70,7 @@ from ingest.backends import (
     ModelSpec,
     SampleRequest,
     SamplingParams,
+    at_least_one,
     check_surface_forms,
     renormalize,
 )
@@ -103,10 +104,6 @@ def _url_allowed(url: str) -> bool:
     )
 
 
-def _at_least_one(value: int) -> bool:
-    return value >= 1
-
-
 class OpenAIBackend(Backend):
     """Samples and scores a model behind an OpenAI-compatible server (module docstring)."""
 
@@ -127,14 +124,14 @@ class OpenAIBackend(Backend):
             "chat prompts (and exact mode can run)",
         ),
         "concurrency": BackendOption(
-            int, f"requests in flight (default {DEFAULT_CONCURRENCY})", _at_least_one, ">= 1"
+            int, f"requests in flight (default {DEFAULT_CONCURRENCY})", at_least_one, ">= 1"
         ),
         "max_n": BackendOption(
-            int, f"most completions per request (default {DEFAULT_MAX_N})", _at_least_one,
+            int, f"most completions per request (default {DEFAULT_MAX_N})", at_least_one,
             ">= 1",
         ),
         "units_per_call": BackendOption(
-            int, f"units per worker call (default {DEFAULT_UNITS_PER_CALL})", _at_least_one,
+            int, f"units per worker call (default {DEFAULT_UNITS_PER_CALL})", at_least_one,
             ">= 1",
         ),
         "timeout": BackendOption(

@@ -56,6 +56,7 @@ from ingest.backends import (
     ModelSpec,
     SampleRequest,
     SamplingParams,
+    at_least_one,
     check_surface_forms,
     renormalize,
 )
@@ -81,10 +82,6 @@ GPU_MEMORY_UTILIZATION = 0.7
 DEFAULT_UNITS_PER_CALL = 16
 
 
-def _at_least_one(value: int) -> bool:
-    return value >= 1
-
-
 class VLLMBackend(Backend):
     """Samples and scores one model with a vLLM engine (see the module docstring)."""
 
@@ -98,12 +95,12 @@ class VLLMBackend(Backend):
         ),
         "kv_cache_memory_bytes": BackendOption(
             int, "KV cache size in bytes (instead of gpu_memory_utilization; CPU default 2 GiB)",
-            _at_least_one, ">= 1",
+            at_least_one, ">= 1",
         ),
-        "tensor_parallel_size": BackendOption(int, "GPUs per model", _at_least_one, ">= 1"),
+        "tensor_parallel_size": BackendOption(int, "GPUs per model", at_least_one, ">= 1"),
         "enforce_eager": BackendOption(bool, "no CUDA graphs or compilation: faster start-up"),
-        "max_model_len": BackendOption(int, "longest prompt + completion", _at_least_one, ">= 1"),
-        "max_num_seqs": BackendOption(int, "most sequences per engine step", _at_least_one, ">= 1"),
+        "max_model_len": BackendOption(int, "longest prompt + completion", at_least_one, ">= 1"),
+        "max_num_seqs": BackendOption(int, "most sequences per engine step", at_least_one, ">= 1"),
         "enable_prefix_caching": BackendOption(
             bool, "share a prompt's KV cache between its N samples (default on; scoring never "
             "reads it)",
@@ -114,7 +111,7 @@ class VLLMBackend(Backend):
         ),
         "units_per_call": BackendOption(
             int, f"most units per generate call (default {DEFAULT_UNITS_PER_CALL})",
-            _at_least_one, ">= 1",
+            at_least_one, ">= 1",
         ),
     }
 
