@@ -457,8 +457,9 @@ def _scalar(url: str, sql: str):
 def test_ctrl_c_stops_catalog_sql(store, backend):
     process = _catalog("sql", SLOW_SQL[backend], "--db", store)
     if backend == "postgresql":
-        running = ("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' "
-                   "AND state = 'active'")
+        # this test's database only: another test's query may still run on the server
+        running = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                   "AND query = 'SELECT pg_sleep(60)' AND state = 'active'")
         _wait_for(lambda: _scalar(store, running) == 1, "the query to start")
     else:
         time.sleep(3)  # imports, then the query
@@ -694,8 +695,8 @@ def test_tasks_list_without_a_catalog_shows_the_bundled_tasks(tmp_path):
 def test_a_killed_sql_query_stops_on_the_server_at_its_timeout(store):
     """kill -9 sends no cancel; the statement timeout still ends the query on the server."""
     process = _catalog("sql", SLOW_SQL["postgresql"], "--timeout", "3", "--db", store)
-    running = ("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' "
-               "AND state = 'active'")
+    running = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+               "AND query = 'SELECT pg_sleep(60)' AND state = 'active'")
     _wait_for(lambda: _scalar(store, running) == 1, "the query to start")
     process.kill()
     process.communicate(timeout=30)
