@@ -105,6 +105,11 @@ def test_renormalize_errors_are_one_line(db_url):
     assert result.exit_code == 1
     assert result.output == "Error: no stored task named 'nope'; see `catalog tasks list` and " \
                             "`catalog models list`\n"
+    before = stored(db_url)
+    result = run("renormalize", "--bundled", "--task", "nope", "--db", db_url)
+    assert result.exit_code == 1 and result.output.startswith("Error: no stored task named")
+    assert result.output.count("\n") == 1 and "Traceback" not in result.output
+    assert stored(db_url) == before
 
 
 def test_renormalize_bundled_brings_a_stored_bundled_task_up_to_date(db_url, tmp_path):
