@@ -74,7 +74,8 @@ class Vocabulary:
         self.cased = cased
         self.forms: dict[str, str] = {}
         canonical = {fold(term) for term in terms if term.strip()}
-        for term in sorted(canonical):
+        # Names have no plurals: folding "This" to the name "Thi" would read a sentence as one.
+        for term in sorted(canonical) if not cased else ():
             for form in plurals(term):
                 self.forms.setdefault(form, term)
         for term in canonical:  # a term is always itself, even where it is another's plural

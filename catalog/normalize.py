@@ -103,22 +103,29 @@ _HYPOTHETICAL = re.compile(r"\b(?:if|whether|probability|chance|chances|odds)\b"
                            re.IGNORECASE)
 _LIST_LABEL = re.compile(r"[\s>*•·\-–—]*(?:\(?(?:\d{1,3}|[A-Za-z]|[ivx]{1,4})[.):]\s*)?[\s*_`\"'“‘«]*\Z")
 # Said right before a candidate, these make it the answer ("The answer is", "I'll pick").
-_DETERMINER = r"(?:(?:a|an|the|number|digit|letter|color|colour|option)\s+)?"
+_DETERMINER = r"(?:(?:a|an|the|number|digit|letter|color|colour|option)\s+){0,2}"
+# A short phrase between a verb of answering and its answer: "I drew [the queen of] clubs",
+# "How about [a nice shade of] red" (not a negation: "I'd say not 7").
+_PHRASE = r"(?:\s+(?!not\b|never\b|no\b)[A-Za-z'’-]+){0,4}?"
 _STATED = re.compile(
     r"(?:\banswer\s*(?:is|would be|will be|:|=|-)?"
-    r"|\b(?:my|the|your|our|final|random|this)\s+(?:[\w-]+\s+){0,3}?"
+    r"|\b(?:my|the|your|our|final|random|this|first)\s+(?:[\w-]+\s+){0,3}?"
     r"(?:answer|choice|pick|result|outcome|selection|guess|number|digit|letter|colou?r|"
-    r"month|day|state|suit|roll|flip|toss|throw|move|animal|fruit|name|one)\s*"
+    r"month|day|state|suit|roll|flip|toss|throw|move|animal|fruit|name|one)"
+    r"(?:\s+(?:i|i'm|i've|we|you)(?:\s+[\w'’]+){0,3}?)?\s*"  # "the number I'm thinking of is"
     r"(?:is|was|would be|will be|:|=|-)"
-    r"|\b(?:i|i'll|i will|i'd|i would|i'm going to|i am going to|let's|let me|we'll|you)\s+"
+    r"|\b(?:i|i'll|i will|i'd|i would|i'm going to|i am going to|let's|let me|we|we'll|you)\s+"
     r"(?:(?:just|would|will|randomly|also)\s+)?"
     r"(?:go with|going with|pick|picked|choose|chose|select|selected|say|said|take|get|got|"
     r"roll|rolled|flip|flipped|draw|drew|throw|threw|play|think of|thought of|see|saw|"
-    r"name|guess|call|suggest|recommend)\b"
+    r"name|guess|call|suggest|recommend|have|had)\b" + _PHRASE +
     r"|\b(?:it's|it is|it was|that's|that is|landed on|lands on|landed|comes up|came up|"
-    r"shows|showed|rolled|got|here's|here is|how about|what about)\b"
+    r"shows|showed|rolled|got|here's|here is|how about|what about|"
+    r"just kidding|i mean|no wait|make that|"  # a correction states the new answer
+    r"(?:could|might|would|should|must|will) be|returns|returned|gives|gave|generated)\b"
+    + _PHRASE +
     r"|:|\.\.\.|…"  # a colon: "Answer: 7", a JSON field '"digit": 7', a preamble's end
-    rf")[\s*_`\"'“‘«=:\-]*{_DETERMINER}[\s*_`\"'“‘«]*\Z",
+    rf")[\s*_`\"'“‘«=:,\-]*{_DETERMINER}[\s*_`\"'“‘«]*\Z",
     re.IGNORECASE,
 )
 _STATED_WINDOW = 80
@@ -127,13 +134,17 @@ _STATED_WINDOW = 80
 _CLAUSE_END = re.compile(
     r"[*_`\"'”’)\]]*[ \t]*(?:[.!?,;:\n]|[-–—][ \t]|\Z)", re.IGNORECASE)
 # A candidate followed by a colon is a label ("Heads: 50%", "here's one: 3"), not an answer.
-_LABEL_AFTER = re.compile(r"[*_`\"'”’]*[ \t]*:(?!//)[ \t]*[^\s]")
+_LABEL_AFTER = re.compile(r"[*_`\"'”’]*[ \t]*(?::(?!//)|=)[ \t]*[^\s]")
 # A reply this short ("Seven.", "Heads!") is its own answer, even in a weak form.
 _SHORT_REPLY_WORDS = 4
 # A value mentioned once deep in a long reply is a mention, not an answer: the one value of
 # a reply counts when it comes in its opening characters, or the reply is brief.
 _OPENING = 60
 _BRIEF_WORDS = 12
+# ... and only where its sentence leads up to it in at most this many words: "Tails, I
+# think" and "Okay, 7" are answers, "my phone be scissors" and "I am told that 1 is a
+# natural number" are mentions (a stated answer, R4, needs no such limit).
+_LEAD_IN_WORDS = 1
 
 
 def _is_brief(region: str) -> bool:
@@ -209,10 +220,18 @@ def decide(region: str, candidates: Sequence[Candidate],
     short = len(region.split()) <= _SHORT_REPLY_WORDS
     opening = len(region) - len(region.lstrip()) + _OPENING
     values = _distinct(c.value for c in free
-                       if (short or not c.weak) and (c.start < opening or _is_brief(region)))
+                       if (short or not c.weak) and (c.start < opening or _is_brief(region))
+                       and (short or _lead_in_words(region, c) <= _LEAD_IN_WORDS))
     if len(values) == 1:
         return to_option(values[0])
     return AMBIGUOUS if len(values) > 1 else NO_ANSWER
+
+
+def _lead_in_words(region: str, candidate: Candidate) -> int:
+    """How many words its sentence has before the candidate ("my phone be scissors": 3)."""
+    before = region[max(0, candidate.start - _STATED_WINDOW) : candidate.start]
+    sentence = _SENTENCE_BREAK.split(before)[-1]
+    return len(_WORDS_IN_GAP.findall(sentence))
 
 
 def pick_lenient(region: str, candidates: Sequence[Candidate]) -> Candidate | None:
@@ -359,7 +378,7 @@ class IntegerNormalizer(Normalizer):
     """Integers and number words; the options are the integers ``params.min``..``params.max``."""
 
     name = "integer"
-    version = "2"
+    version = "3"
     description = "an integer in [min, max] (digits or words like 'seven'); out of range is invalid"
 
     _INTEGER = re.compile(r"(?<![\w.])(?<!\d,)-?\d+(?![\w]|[.,]\d)")
@@ -466,7 +485,7 @@ class ChoiceNormalizer(Normalizer):
     """
 
     name = "choice"
-    version = "2"
+    version = "3"
     description = "an option or alias as a whole word or phrase (case-insensitive)"
 
     def check(self, task: TaskSpec) -> str | None:
@@ -497,7 +516,7 @@ class LetterNormalizer(Normalizer):
     """One letter of the alphabet, without mistaking the article "a" or the pronoun "I"."""
 
     name = "letter"
-    version = "2"
+    version = "3"
     description = "a single standalone letter (not the article 'a' or pronoun 'I' in a sentence)"
 
     # A standalone letter: not part of a word, a contraction ("I'm") or an abbreviation ("e.g.").
@@ -556,7 +575,7 @@ class OpenWordNormalizer(Normalizer):
     """
 
     name = "open_word"
-    version = "2"
+    version = "3"
     description = "a term of the task's vocabulary, or the answer phrase, case-folded"
 
     _LEAD_IN = re.compile(

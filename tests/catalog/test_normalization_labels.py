@@ -1,7 +1,8 @@
 """The normalizers against completions of real models coded by hand (tests/data/normalization,
 docs/normalization.md): agreement overall and per task, and how much of what they count
-valid carries the coded answer, on the split the rules were tuned on (dev) and on the split
-coded by others and never read while writing rules (holdout)."""
+valid carries the coded answer, on the items the rules were tuned on (``dev`` and
+``holdout``, 630) and on a second set coded afterwards by other coders and scored once, with
+the rules frozen (``second``, 300)."""
 
 from __future__ import annotations
 
@@ -16,27 +17,33 @@ from agreement import agreement, load  # noqa: E402
 from catalog.tasks import bundled_tasks  # noqa: E402
 
 ITEMS = load()
+# The rules (version 3) were tuned on dev and holdout together: one set here.
+TUNED = "tuned"
+for _item in ITEMS:
+    _item["split"] = TUNED if _item["split"] in ("dev", "holdout") else _item["split"]
 STRICT = agreement(ITEMS)
 # What the lenient (pre-v2) reading reaches on the same labels, for comparison.
 LENIENT = agreement(ITEMS, lenient=True)
-# Outcome agreement: the goal is reached overall on both splits. Of the completions counted
-# valid, 86% (dev) and 76% (holdout) carry the coded answer (the goal is 90%; the lenient
-# reading: 45%): these floors keep what was reached (README in tests/data/normalization).
-GOAL = 0.90
-VALID_CORRECT_FLOOR = {"dev": 0.85, "holdout": 0.75}
+# Floors at what was reached (README in tests/data/normalization). The goal is 90% for both
+# measures, overall and per task: reached on the tuned set (96% outcome, 90% of the counted
+# carry the coded answer); on the second set 90% and 69% (made-up first names: 55%).
+OUTCOME_FLOOR = {TUNED: 0.90, "second": 0.88}
+VALID_CORRECT_FLOOR = {TUNED: 0.89, "second": 0.65}
 
 
 def test_the_labelled_set_covers_every_bundled_task_and_both_models():
-    assert len(ITEMS) >= 600
-    assert {i["task"] for i in ITEMS} == {t.name for t in bundled_tasks()}
-    assert {i["model"] for i in ITEMS} == {"smollm2-135m-instruct", "gemma-3-270m-base"}
-    assert sum(i["split"] == "dev" for i in ITEMS) >= 400
+    assert len(ITEMS) >= 900
+    for split in (TUNED, "second"):
+        items = [i for i in ITEMS if i["split"] == split]
+        assert {i["task"] for i in items} == {t.name for t in bundled_tasks()}
+        assert {i["model"] for i in items} == {"smollm2-135m-instruct", "gemma-3-270m-base"}
+    assert sum(i["split"] == "second" for i in ITEMS) >= 300
 
 
-@pytest.mark.parametrize("split", ["dev", "holdout"])
-def test_overall_agreement_reaches_the_goal(split):
+@pytest.mark.parametrize("split", [TUNED, "second"])
+def test_overall_agreement(split):
     overall = STRICT[split]["all"]
-    assert overall["outcome"] >= GOAL, overall
+    assert overall["outcome"] >= OUTCOME_FLOOR[split], overall
     assert overall["valid_correct"] >= VALID_CORRECT_FLOOR[split], overall
     lenient = LENIENT[split]["all"]
     assert overall["outcome"] > lenient["outcome"] + 0.1
@@ -45,10 +52,11 @@ def test_overall_agreement_reaches_the_goal(split):
 
 @pytest.mark.parametrize("task", sorted(t.name for t in bundled_tasks()))
 def test_agreement_per_task(task):
-    for split in ("dev", "holdout"):
-        assert STRICT[split][task]["outcome"] >= PER_TASK_FLOOR, (split, STRICT[split][task])
+    assert STRICT[TUNED][task]["outcome"] >= 0.88, STRICT[TUNED][task]
+    floor = 0.50 if task == "first_name" else 0.78
+    assert STRICT["second"][task]["outcome"] >= floor, STRICT["second"][task]
 
 
-# Per task a split holds 28 (dev) or 14 (holdout) items: one miss is 4 or 7 points. The
-# lowest per-task agreement reached is 86% (dev) and 79% (holdout).
-PER_TASK_FLOOR = 0.78
+# Per task the tuned set holds 42 items and the second set 20: one miss is 2 or 5 points.
+# The lowest reached: 90% (tuned); 80% on the second set, but for first_name (55%): a made-up
+# name cannot be told from a capitalized word by a vocabulary.
