@@ -32,9 +32,10 @@ import hashlib
 import importlib
 import importlib.metadata
 import json
+import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple, Protocol, Self
@@ -164,6 +165,35 @@ class TokenEntropy:
 
     def to_json(self) -> dict[str, Any]:
         return {"bits": list(self.bits), "tokens": list(self.tokens), "estimate": self.estimate}
+
+
+def top_logprob_entropy(samples: Iterable[Sequence[Sequence[float]] | None],
+                        top_k: int) -> TokenEntropy | None:
+    """Token entropies estimated from the top-k logprobs a server returns with each sample:
+    ``samples[i][t]`` holds the log-probabilities (natural log) of the most likely tokens at
+    sample i's position t. The mass outside them counts as one outcome, so each position's
+    entropy is a lower bound of the true one (exact when the top k hold all the mass). None
+    when a sample came back without logprobs: no partial estimate is recorded.
+
+    >>> e = top_logprob_entropy([[[math.log(0.5), math.log(0.5)]]] * 3, top_k=2)
+    >>> e.bits, e.tokens
+    ((3.0,), (3,))
+    """
+    bits: list[float] = []
+    tokens: list[int] = []
+    for positions in samples:
+        if positions is None:
+            return None
+        for t, logprobs in enumerate(positions):
+            if t == len(bits):
+                bits.append(0.0)
+                tokens.append(0)
+            probabilities = [math.exp(value) for value in logprobs]
+            rest = max(0.0, 1.0 - math.fsum(probabilities))
+            bits[t] -= math.fsum(p * math.log2(p) for p in (*probabilities, rest) if p > 0)
+            tokens[t] += 1
+    return TokenEntropy(tuple(bits), tuple(tokens),
+                        estimate=f"top-{top_k} logprobs, the rest as one outcome (a lower bound)")
 
 
 class Completions(dict):

@@ -33,6 +33,12 @@ are in flight, over all the units of a worker's call (``units_per_call``). A uni
 usage (prompt and completion tokens, requests) is stored with its run. A unit either gets
 all its samples or fails: nothing partial is returned.
 
+**Token entropy.** Where the probe found logprobs, every request asks for the top
+``entropy_top_k`` (default 5) of each sampled token, and the run records the token entropy
+estimated from them (the rest of the mass as one outcome: a lower bound), marked as an
+estimate. They are what the server computes: vLLM's server gives the raw model's unless it
+runs with ``--logprobs-mode processed_logprobs`` (then: the distribution sampled from).
+
 **Exact mode** needs the tokenizer: each surface form (then each EOS id, and for plain
 stages a newline) is sent as prompt token ids with ``echo`` and ``logprobs=0``, and the
 continuation's prompt log-probabilities are summed (float64), as the vLLM backend does.
@@ -66,6 +72,7 @@ from catalog.errors import CatalogError, InvalidInput, ModelLoadError
 from ingest.backends import (
     Backend,
     BackendOption,
+    Completions,
     ExactDistribution,
     ModelSpec,
     SampleRequest,
@@ -73,6 +80,7 @@ from ingest.backends import (
     at_least_one,
     check_surface_forms,
     renormalize,
+    top_logprob_entropy,
 )
 
 DEFAULT_CONCURRENCY = 8
@@ -80,6 +88,9 @@ DEFAULT_MAX_N = 64
 DEFAULT_UNITS_PER_CALL = 16
 DEFAULT_TIMEOUT = 120.0
 DEFAULT_MAX_RETRIES = 5
+# Top logprobs per token for the token entropy estimate: 5 is the most OpenAI's completions
+# API returns (vLLM's server: 20).
+DEFAULT_ENTROPY_TOP_K = 5
 PROBE_SEED = 1234
 PROBE_PROMPT = "Question: Name a color.\nAnswer:"
 # Placeholder sent as the key when no api_key_env is given (servers without keys ignore it);
@@ -95,6 +106,21 @@ class EndpointError(CatalogError):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+def _top_logprobs(choice) -> list[list[float]] | None:
+    """The top log-probabilities of each token of one returned completion (None when the
+    server sent none): ``logprobs.top_logprobs`` of /v1/completions, ``logprobs.content`` of
+    /v1/chat/completions."""
+    logprobs = getattr(choice, "logprobs", None)
+    if logprobs is None:
+        return None
+    if getattr(logprobs, "content", None) is not None:  # chat
+        return [[top.logprob for top in token.top_logprobs] for token in logprobs.content]
+    tops = getattr(logprobs, "top_logprobs", None)
+    if tops is None or any(top is None for top in tops):
+        return None
+    return [list(top.values()) for top in tops]
 
 
 def _url_allowed(url: str) -> bool:
@@ -142,6 +168,10 @@ class OpenAIBackend(Backend):
             int, f"retries of a 429/5xx answer or a lost connection, with backoff (default "
             f"{DEFAULT_MAX_RETRIES})", lambda value: value >= 0, ">= 0",
         ),
+        "entropy_top_k": BackendOption(
+            int, f"top logprobs per token for the token entropy estimate (default "
+            f"{DEFAULT_ENTROPY_TOP_K}; 0: none)", lambda value: 0 <= value <= 20, "in [0, 20]",
+        ),
     }
 
     @classmethod
@@ -165,6 +195,7 @@ class OpenAIBackend(Backend):
         self.units_per_call = options.get("units_per_call", DEFAULT_UNITS_PER_CALL)
         self.timeout = options.get("timeout", DEFAULT_TIMEOUT)
         self.max_retries = options.get("max_retries", DEFAULT_MAX_RETRIES)
+        self.entropy_top_k = options.get("entropy_top_k", DEFAULT_ENTROPY_TOP_K)
         self._api_key = _api_key(self.key_variable)
         self._openai = _import_openai()
         self.prompts = EndpointRenderer.for_spec(spec)
@@ -188,8 +219,9 @@ class OpenAIBackend(Backend):
     def sample(self, rendered: str, params: SamplingParams, seed: int) -> dict[str, int]:
         return self.sample_many([SampleRequest(rendered, params, seed)])[0]
 
-    def sample_many(self, requests: Sequence[SampleRequest]) -> list[dict[str, int]]:
-        """Counts of each request; all its requests answered, or an EndpointError."""
+    def sample_many(self, requests: Sequence[SampleRequest]) -> list[Completions]:
+        """Counts of each request; all its requests answered, or an EndpointError. Where the
+        server returns logprobs, with the token entropy estimated from the top ones."""
         self.records = []
         if not requests:
             return []
@@ -200,10 +232,12 @@ class OpenAIBackend(Backend):
                 for n, seed in request_splits(request.params.n, request.seed, self.max_n)]
         answers = self._run([args for _, args in jobs])
         texts: list[list[str]] = [[] for _ in requests]
+        top_logprobs: list[list] = [[] for _ in requests]
         usage = [Counter() for _ in requests]
         fingerprints: list[set[str]] = [set() for _ in requests]
         for (unit, args), answer in zip(jobs, answers):
             texts[unit] += self._texts(answer, args["n"])
+            top_logprobs[unit] += [_top_logprobs(choice) for choice in answer.choices]
             usage[unit].update(_usage(answer))
             if getattr(answer, "system_fingerprint", None):
                 fingerprints[unit].add(answer.system_fingerprint)
@@ -211,7 +245,15 @@ class OpenAIBackend(Backend):
             {"usage": dict(used), "system_fingerprints": sorted(prints)}
             for used, prints in zip(usage, fingerprints)
         ]
-        return [dict(Counter(unit_texts)) for unit_texts in texts]
+        return [
+            Completions.of(Counter(unit_texts), top_logprob_entropy(unit_logprobs,
+                                                                    self.entropy_top_k)
+                           if self._asks_logprobs() else None)
+            for unit_texts, unit_logprobs in zip(texts, top_logprobs)
+        ]
+
+    def _asks_logprobs(self) -> bool:
+        return bool(self.entropy_top_k) and bool(self.probe.get("logprobs"))
 
     def call_records(self) -> list[dict[str, Any]]:
         return self.records
@@ -242,6 +284,11 @@ class OpenAIBackend(Backend):
                 extra.update(stop_token_ids=self.prompts.eos_ids, ignore_eos=True)
         if self.probe.get("extra_params", True):
             args["extra_body"] = extra
+        if self._asks_logprobs():
+            if "messages" in args:
+                args.update(logprobs=True, top_logprobs=self.entropy_top_k)
+            else:
+                args["logprobs"] = self.entropy_top_k
         return args
 
     def _texts(self, answer, n: int) -> list[str]:

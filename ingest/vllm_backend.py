@@ -13,6 +13,10 @@ the transformers backend sees and ends and cuts completions by the same rules:
   the tokenizer's own EOS adds nothing), at a stop string or at ``max_new_tokens``; its text
   is the catalog's decoding of the new token ids (special tokens skipped, EOS dropped, cut
   before the first stop string). The model's ``generation_config`` defaults never apply.
+- **Token entropy** (the branching factor) is estimated from the top ``entropy_top_k``
+  logprobs of every sampled token (default 20, of the distribution sampled from: the engine
+  runs with ``logprobs_mode="processed_logprobs"``), the rest of the mass as one outcome: a
+  lower bound, recorded with the run as an estimate (the tree sampler's is exact).
 - **Exact mode** scores each surface form from prompt log-probabilities: one request per
   continuation token sequence (the form then each EOS id; for plain prompts also the form
   then a newline), float64 sums. Scoring requests never read the prefix cache
@@ -52,13 +56,16 @@ from catalog.errors import InvalidInput, ModelLoadError
 from ingest.backends import (
     Backend,
     BackendOption,
+    Completions,
     ExactDistribution,
     ModelSpec,
     SampleRequest,
     SamplingParams,
+    TokenEntropy,
     at_least_one,
     check_surface_forms,
     renormalize,
+    top_logprob_entropy,
 )
 from ingest.exact import continuation_ids
 from ingest.models import (
@@ -80,6 +87,10 @@ CPU_KV_CACHE_BYTES = 2 * 1024**3
 # (16 GB) with ~40 GB of KV cache.
 GPU_MEMORY_UTILIZATION = 0.7
 DEFAULT_UNITS_PER_CALL = 16
+# The branching factor's token entropy is estimated from this many logprobs per token (of
+# the distribution sampled from: after temperature, top-k and top-p), the rest of the mass as
+# one outcome: a lower bound, recorded as an estimate.
+DEFAULT_ENTROPY_TOP_K = 20
 
 
 class VLLMBackend(Backend):
@@ -113,6 +124,10 @@ class VLLMBackend(Backend):
             int, f"most units per generate call (default {DEFAULT_UNITS_PER_CALL})",
             at_least_one, ">= 1",
         ),
+        "entropy_top_k": BackendOption(
+            int, f"logprobs per token for the token entropy estimate (default "
+            f"{DEFAULT_ENTROPY_TOP_K}; 0: none)", lambda value: 0 <= value <= 1000, "in [0, 1000]",
+        ),
     }
 
     def __init__(
@@ -128,6 +143,7 @@ class VLLMBackend(Backend):
         engine_options = dict(spec.backend_options)
         self.seeding = engine_options.pop("seeding", "engine")
         self.units_per_call = engine_options.pop("units_per_call", DEFAULT_UNITS_PER_CALL)
+        self.entropy_top_k = engine_options.pop("entropy_top_k", DEFAULT_ENTROPY_TOP_K)
         if spec.gguf_file:
             raise ModelLoadError(
                 f"the vllm backend cannot load the GGUF file {spec.gguf_file!r} (vLLM 0.32 has "
@@ -168,6 +184,9 @@ class VLLMBackend(Backend):
             # Only the user's parameters apply, never the model's sampling defaults.
             "generation_config": "vllm",
             "enable_prefix_caching": True,
+            # logprobs of the distribution sampled from, not the raw model's
+            "logprobs_mode": "processed_logprobs",
+            "max_logprobs": max(20, self.entropy_top_k),
             **engine_options,
         }
 
@@ -187,8 +206,9 @@ class VLLMBackend(Backend):
     def sample(self, rendered: str, params: SamplingParams, seed: int) -> dict[str, int]:
         return self.sample_many([SampleRequest(rendered, params, seed)])[0]
 
-    def sample_many(self, requests: Sequence[SampleRequest]) -> list[dict[str, int]]:
-        """Counts of each request, from one ``generate`` call (requests in the given order)."""
+    def sample_many(self, requests: Sequence[SampleRequest]) -> list[Completions]:
+        """Counts of each request, from one ``generate`` call (requests in the given order),
+        with the token entropy estimated from each token's top logprobs."""
         if not requests:
             return []
         prompts = [self._tokens(request.rendered) for request in requests]
@@ -197,9 +217,22 @@ class VLLMBackend(Backend):
             self.llm.collective_rpc(_seed_worker, args=(call_seed(requests),))
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         return [
-            self._counts([list(o.token_ids) for o in output.outputs], request.params.stop)
+            Completions.of(
+                self._counts([list(o.token_ids) for o in output.outputs], request.params.stop),
+                self._token_entropy(output.outputs),
+            )
             for output, request in zip(outputs, requests)
         ]
+
+    def _token_entropy(self, samples) -> TokenEntropy | None:
+        if not self.entropy_top_k:
+            return None
+        return top_logprob_entropy(
+            (None if o.logprobs is None
+             else [[lp.logprob for lp in position.values()] for position in o.logprobs]
+             for o in samples),
+            self.entropy_top_k,
+        )
 
     def _tokens(self, rendered: str) -> dict[str, list[int]]:
         return {"prompt_token_ids": encode_prompt(self.files.tokenizer, rendered)}
@@ -219,6 +252,7 @@ class VLLMBackend(Backend):
             ignore_eos=True,  # the catalog's EOS ids (above) end completions, no other
             seed=request.seed if self.seeding == "request" else None,
             skip_special_tokens=True,
+            logprobs=self.entropy_top_k or None,
         )
 
     def _counts(self, sequences: list[list[int]], stop: tuple[str, ...]) -> dict[str, int]:

@@ -21,6 +21,7 @@ Every request body it received is kept in ``requests`` (path, body).
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -108,8 +109,9 @@ class CompatibleServer:
         chat = path.endswith("chat/completions")
         choices = [
             {"index": i, "finish_reason": "stop",
-             **({"message": {"role": "assistant", "content": text}, "logprobs": None} if chat
-                else {"text": text, "logprobs": _logprobs(body, text)})}
+             **({"message": {"role": "assistant", "content": text},
+                 "logprobs": self._chat_logprobs(body, text)} if chat
+                else {"text": text, "logprobs": self._logprobs(body, text)})}
             for i, text in enumerate(drawn)
         ]
         completion_tokens = sum(len(text.split()) for text in drawn)
@@ -122,10 +124,26 @@ class CompatibleServer:
         }
 
 
-def _logprobs(body: dict, text: str) -> dict | None:
-    if body.get("logprobs") is None:
-        return None
-    return {"tokens": [text], "token_logprobs": [-1.0], "top_logprobs": None, "text_offset": [0]}
+    def _top(self, k: int) -> list[tuple[str, float]]:
+        """The k most likely completions as (text, log p): each completion is one token."""
+        ranked = sorted(self.distribution.items(), key=lambda item: -item[1])[:k]
+        return [(text, math.log(p)) for text, p in ranked]
+
+    def _logprobs(self, body: dict, text: str) -> dict | None:
+        k = body.get("logprobs")
+        if k is None:
+            return None
+        top = [dict(self._top(k))] if k else None
+        return {"tokens": [text], "token_logprobs": [math.log(self.distribution[text])],
+                "top_logprobs": top, "text_offset": [0]}
+
+    def _chat_logprobs(self, body: dict, text: str) -> dict | None:
+        if not body.get("logprobs"):
+            return None
+        top = [{"token": t, "logprob": lp, "bytes": None}
+               for t, lp in self._top(body.get("top_logprobs") or 0)]
+        return {"content": [{"token": text, "logprob": math.log(self.distribution[text]),
+                             "bytes": None, "top_logprobs": top}]}
 
 
 def _error(message: str, kind: str) -> dict:

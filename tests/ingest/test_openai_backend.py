@@ -8,6 +8,7 @@ tests/ingest/test_openai_vllm_server.py, in the vLLM venv.
 from __future__ import annotations
 
 import json
+import math
 import socket
 
 import numpy as np
@@ -140,6 +141,43 @@ def test_a_chat_stage_without_a_tokenizer_goes_to_chat_completions(server):
     path, body = server.requests[-1]
     assert path == "/v1/chat/completions" and body["messages"] == json.loads(rendered)["messages"]
     assert record["endpoint"] == "chat/completions" and record["prompt_rendering"] == "server"
+
+
+def entropy_of_top(k: int) -> float:
+    """The per-token entropy (bits) estimated from the served distribution's top k, the rest
+    as one outcome: every served completion is one token."""
+    top = sorted(DISTRIBUTION.values(), reverse=True)[:k]
+    rest = 1 - sum(top)
+    return -sum(p * math.log2(p) for p in (*top, rest) if p > 1e-12)
+
+
+@pytest.mark.parametrize(("prompt_format", "k"), [("plain", 2), ("chat", 3), ("plain", 4)])
+def test_the_token_entropy_is_estimated_from_the_top_logprobs(server, prompt_format, k):
+    with load_backend(spec(server.url, prompt_format, max_n=25, entropy_top_k=k)) as backend:
+        counts = backend.sample(backend.render("Pick a random digit."),
+                                SamplingParams(n=100, max_new_tokens=6), seed=2)
+    entropy = counts.token_entropy
+    assert entropy.tokens == (100,)
+    assert entropy.bits[0] == pytest.approx(100 * entropy_of_top(k), rel=1e-12)
+    assert entropy.estimate.startswith(f"top-{k} logprobs")
+    for body in server.sampling_requests()[2:]:
+        if prompt_format == "chat":
+            assert (body["logprobs"], body["top_logprobs"]) == (True, k)
+        else:
+            assert body["logprobs"] == k
+
+
+def test_no_token_entropy_without_logprobs_or_when_turned_off(server):
+    with load_backend(spec(server.url, entropy_top_k=0)) as backend:
+        counts = backend.sample(backend.render("Pick a random digit."),
+                                SamplingParams(n=20, max_new_tokens=6), seed=2)
+    assert counts.token_entropy is None
+    assert all("logprobs" not in body for body in server.sampling_requests()[2:])
+    with CompatibleServer(model=MODEL, logprobs=False) as no_logprobs:
+        with load_backend(spec(no_logprobs.url)) as backend:
+            counts = backend.sample(backend.render("Pick a random digit."),
+                                    SamplingParams(n=20, max_new_tokens=6), seed=2)
+    assert counts.token_entropy is None and sum(counts.values()) == 20
 
 
 def test_a_served_name_that_is_a_path_on_the_server_s_machine_is_rendered_by_the_server():
@@ -320,6 +358,8 @@ def test_a_wrong_url_path_and_an_unknown_model_are_one_line_each(server):
         ({"base_url": "http://h/v1", "max_n": "many"}, "max_n='many' is invalid"),
         ({"base_url": "http://h/v1", "timeout": "-1"}, "timeout='-1' is invalid"),
         ({"base_url": "http://h/v1", "api_key": SECRET}, "has no option api_key"),
+        ({"base_url": "http://h/v1", "entropy_top_k": "21"}, "entropy_top_k='21' is invalid"),
+        ({"base_url": "http://h/v1", "entropy_top_k": "-1"}, "entropy_top_k='-1' is invalid"),
     ],
 )
 def test_bad_backend_args_are_one_clear_error(options, message):
