@@ -111,6 +111,23 @@ def test_the_homogeneity_test_tells_the_servers_own_defaults_apart(server, tree_
     assert homogeneity_pvalue(defaults, honest) < SIGNIFICANCE
 
 
+@pytest.mark.parametrize("with_tokenizer", [True, False])
+def test_the_token_entropy_estimate_is_a_lower_bound_of_the_exact_one(
+    server, model_dir, tree_backend, with_tokenizer
+):
+    """At the first position every sample draws from the prompt's one distribution: the
+    server's top-5 logprobs, the rest as one outcome, bound the tree sampler's exact
+    entropy from below (at temperature 1 raw and sampled distributions are one)."""
+    tokenizer = {"tokenizer": str(model_dir)} if with_tokenizer else {}
+    params = SamplingParams(n=200, max_new_tokens=4)
+    with served(server, max_n=50, **tokenizer) as backend:
+        estimated = backend.sample(backend.render(PROMPT), params, seed=5).token_entropy
+    exact = tree_backend.sample(tree_backend.render(PROMPT, "chat"), params, seed=5).token_entropy
+    assert estimated.estimate.startswith("top-5 logprobs")
+    assert estimated.tokens[0] == exact.tokens[0] == 200
+    assert 0 < estimated.bits[0] / 200 <= exact.bits[0] / 200 + 1e-3
+
+
 def test_the_same_seed_gives_the_same_counts_on_this_server(server, model_dir):
     with served(server, tokenizer=str(model_dir), max_n=50) as backend:
         rendered = backend.render(PROMPT)

@@ -123,6 +123,21 @@ def test_exact_mode_agrees_with_the_transformers_backend(
         assert again.probabilities[option] == pytest.approx(probability, rel=1e-6, abs=1e-12)
 
 
+def test_the_token_entropy_comes_from_the_distribution_sampled_from(vllm_backend, tree_backend):
+    """With top_k 5 the distribution sampled from has 5 tokens, all within the top 20
+    logprobs: the estimate is then the exact entropy at the first position (every sample
+    draws from the prompt's one distribution), which the tree sampler computes. Raw
+    logprobs (before temperature and top-k) would give another value."""
+    rendered = vllm_backend.render(PROMPT, "chat")
+    params = SamplingParams(n=400, temperature=0.7, top_k=5, max_new_tokens=4)
+    estimated = vllm_backend.sample(rendered, params, seed=3).token_entropy
+    exact = tree_backend.sample(rendered, params, seed=3).token_entropy
+    assert estimated.estimate.startswith("top-20 logprobs") and exact.estimate is None
+    assert estimated.tokens[0] == exact.tokens[0] == 400
+    assert estimated.bits[0] > 0
+    assert estimated.bits[0] / 400 == pytest.approx(exact.bits[0] / 400, abs=1e-3)
+
+
 def test_same_seed_and_request_order_give_the_same_counts(vllm_backend):
     chat = vllm_backend.render(PROMPT, "chat")
     plain = vllm_backend.render("Flip a coin.", "plain")
@@ -156,6 +171,7 @@ def test_provenance_records_the_engine_version_seeding_and_options(vllm_backend)
         ({"enforce_eager": "maybe"}, "enforce_eager='maybe' is invalid: use true or false"),
         ({"swap_space": 4}, "has no option swap_space"),
         ({"seeding": "request"}, "CPU Generator does not use offset"),
+        ({"entropy_top_k": "-1"}, "entropy_top_k='-1' is invalid"),
     ],
 )
 def test_bad_backend_args_are_one_clear_error(model_dir, options, message):
