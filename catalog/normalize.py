@@ -606,11 +606,12 @@ class OpenWordNormalizer(Normalizer):
             value = task.params.get(key)
             if value is not None and (type(value) is not int or value < 1):
                 return f"params.{key}: must be a positive integer, got {value!r}"
-        terms = task.params.get("vocabulary")
-        if terms is not None and (
-            not isinstance(terms, list) or not all(isinstance(t, str) for t in terms)
-        ):
-            return "params.vocabulary: must be a vocabulary file name or a list of terms"
+        for key in ("vocabulary", "english_words", "common_words"):
+            terms = task.params.get(key)
+            if terms is not None and (
+                not isinstance(terms, list) or not all(isinstance(t, str) for t in terms)
+            ):
+                return f"params.{key}: must be a word list file name or a list of terms"
         unlisted = task.params.get("unlisted", "off_category")
         if unlisted not in self._UNLISTED:
             return f"params.unlisted: must be one of {', '.join(self._UNLISTED)}, got {unlisted!r}"
@@ -635,10 +636,12 @@ class OpenWordNormalizer(Normalizer):
                                and _FIRST_WORD.match(region)):
             return NO_ANSWER
         if task.params.get("unlisted") == "accept":
+            # A made-up name is no English word ("Call it Tiger", "Smuggler" are words).
+            words = _NOT_NAMES | _word_set(task, "english_words")
             first = _FIRST_WORD.match(region)
-            if first and first.group(1)[0].isupper() and fold(first.group(1)) not in _NOT_NAMES:
+            if first and first.group(1)[0].isupper() and fold(first.group(1)) not in words:
                 return Reading(fold(first.group(1)))  # "Hyla... please feel free"
-            if phrase and phrase not in _NOT_NAMES and self._looks_like_a_name(region, phrase):
+            if phrase and phrase not in words and self._looks_like_a_name(region, phrase):
                 return Reading(phrase)
         return OFF_CATEGORY if phrase else NO_ANSWER
 
@@ -646,7 +649,10 @@ class OpenWordNormalizer(Normalizer):
         """The vocabulary terms (and aliases) in the reply; a full name ("Emily Johnson")
         is its first word when the task keeps only that."""
         aliases = _open_alias_map(task)
-        found = [Candidate(m.start, m.end, aliases.get(m.term, m.term))
+        # A name that is also a very common word ("Will be displayed") is a weak form: it
+        # counts only where singled out, or alone in a short reply.
+        common = _word_set(task, "common_words")
+        found = [Candidate(m.start, m.end, aliases.get(m.term, m.term), weak=m.term in common)
                  for m in terms.find(region)]
         # "Wolf Puppy", "Emily Johnson": a term right after another is one compound answer
         return [c for i, c in enumerate(found)
@@ -795,6 +801,12 @@ def _open_alias_map(task: TaskSpec) -> dict[str, str]:
         for canonical, forms in task.surface_forms().items()
         for form in forms
     }
+
+
+@functools.lru_cache(maxsize=64)
+def _word_set(task: TaskSpec, key: str) -> frozenset[str]:
+    """A word list param of the task (``english_words``, ``common_words``), folded."""
+    return frozenset(fold(term) for term in task.params.get(key, ()))
 
 
 @functools.lru_cache(maxsize=64)

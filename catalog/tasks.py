@@ -133,22 +133,32 @@ def parse_task_text(text: str, *, source: str = "task file",
     return _spec_from_mapping(_with_vocabulary(data, source, folder), source)
 
 
+# Params that may name a word list file next to the task file (one term a line).
+WORD_LIST_PARAMS = ("vocabulary", "english_words", "common_words")
+
+
 def _with_vocabulary(data: Any, source: str, folder: Path | Traversable | None) -> Any:
-    """The task's data with ``params.vocabulary``, when it names a file (relative to the
-    task file, e.g. "vocabularies/animal.txt"), replaced by the file's terms."""
+    """The task's data with each word list param (``params.vocabulary``, ...) that names a
+    file (relative to the task file, e.g. "vocabularies/animal.txt") replaced by the file's
+    terms."""
     params = data.get("params") if isinstance(data, Mapping) else None
-    name = params.get("vocabulary") if isinstance(params, Mapping) else None
-    if not isinstance(name, str):
+    if not isinstance(params, Mapping):
         return data
-    if folder is None:
-        raise InvalidInput(f"{source}: params.vocabulary: a vocabulary file ({name!r}) needs "
-                           "a task file to be found next to; give the terms as a list instead")
-    try:
-        terms = read_vocabulary_text(folder.joinpath(name).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"{source}: params.vocabulary: cannot read {name!r} next to the "
-                           f"task file ({type(exc).__name__})") from None
-    return {**data, "params": {**params, "vocabulary": terms}}
+    read = {}
+    for key in WORD_LIST_PARAMS:
+        name = params.get(key)
+        if not isinstance(name, str):
+            continue
+        if folder is None:
+            raise InvalidInput(f"{source}: params.{key}: a word list file ({name!r}) needs "
+                               "a task file to be found next to; give the terms as a list "
+                               "instead")
+        try:
+            read[key] = read_vocabulary_text(folder.joinpath(name).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidInput(f"{source}: params.{key}: cannot read {name!r} next to the "
+                               f"task file ({type(exc).__name__})") from None
+    return {**data, "params": {**params, **read}} if read else data
 
 
 @functools.cache

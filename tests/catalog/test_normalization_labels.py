@@ -26,9 +26,9 @@ STRICT = agreement(ITEMS)
 LENIENT = agreement(ITEMS, lenient=True)
 # Floors at what was reached (README in tests/data/normalization). The goal is 90% for both
 # measures, overall and per task: reached on the tuned set (96% outcome, 90% of the counted
-# carry the coded answer); on the second set 90% and 69% (made-up first names: 55%).
+# carry the coded answer); on the second set 91% and 74% (made-up first names: 70%).
 OUTCOME_FLOOR = {TUNED: 0.90, "second": 0.88}
-VALID_CORRECT_FLOOR = {TUNED: 0.89, "second": 0.65}
+VALID_CORRECT_FLOOR = {TUNED: 0.89, "second": 0.70}
 
 
 def test_the_labelled_set_covers_every_bundled_task_and_both_models():
@@ -53,13 +53,13 @@ def test_overall_agreement(split):
 @pytest.mark.parametrize("task", sorted(t.name for t in bundled_tasks()))
 def test_agreement_per_task(task):
     assert STRICT[TUNED][task]["outcome"] >= 0.88, STRICT[TUNED][task]
-    floor = 0.50 if task == "first_name" else 0.78
+    floor = 0.65 if task == "first_name" else 0.78
     assert STRICT["second"][task]["outcome"] >= floor, STRICT["second"][task]
 
 
 # Per task the tuned set holds 42 items and the second set 20: one miss is 2 or 5 points.
-# The lowest reached: 90% (tuned); 80% on the second set, but for first_name (55%): a made-up
-# name cannot be told from a capitalized word by a vocabulary.
+# The lowest reached: 90% (tuned); 80% on the second set, but for first_name (70%): made-up
+# names run together ("HailyAbadanna") or beside a listed one ("Mala Alex").
 
 
 def test_a_second_coding_of_tuned_items_agrees_with_the_first():

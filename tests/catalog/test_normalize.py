@@ -248,6 +248,14 @@ CASES: dict[str, list[tuple[str, str | None]]] = {
         ('{"name": "Aiden"}', "aiden"),
         ("Name: Jean-Luc", "jean-luc"),
         (" Sarah\nQuestion: Give me a random first name.", "sarah"),
+        # a made-up name is no English word; a name that is a common word counts where
+        # singled out, or alone in a short reply
+        ("Window.", None),
+        ("Zephyrine.", "zephyrine"),
+        (" Many people have suggested names such as these", None),
+        ("Will be displayed in random order.", None),
+        ("Will.", "will"),
+        ("My name is Will.", "will"),
         ("I'm just an AI and don't have a name.", None),
     ],
 }

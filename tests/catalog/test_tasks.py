@@ -191,6 +191,16 @@ BAD_FILES = {
         "options[1]: 'BB' is not a single letter",
     ),
     "name_with_space": (GOOD.replace('name = "pet"', 'name = "my pet"'), "name: 'my pet' must be"),
+    "word_list_missing": (
+        f'name = "n"\nkind = "open"\nnormalizer = "open_word"\n[params]\n'
+        f'english_words = "absent.txt"\n{PROMPTS}',
+        "params.english_words: cannot read 'absent.txt' next to the task file",
+    ),
+    "word_list_not_words": (
+        f'name = "n"\nkind = "open"\nnormalizer = "open_word"\n[params]\n'
+        f'common_words = [1, 2]\n{PROMPTS}',
+        "params.common_words: must be a word list file name or a list of terms",
+    ),
 }
 
 
