@@ -13,6 +13,7 @@ import itertools
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import polars as pl
 from sqlalchemy import Engine, bindparam, select
@@ -23,7 +24,7 @@ from catalog.conditions import Condition
 from catalog.db import session_scope
 from catalog.errors import InvalidInput, NotFound
 from catalog.limits import integer_max, shown, text_max
-from catalog.records import RecordFile, first_bad, parsed_float, parsed_integer
+from catalog.records import FieldMap, RecordFile, first_bad, parsed_float, parsed_integer
 from catalog.schema import Model, Prompt, Run, Task, utcnow
 
 CONDITION_COLUMNS = ("temperature", "top_p", "top_k", "max_new_tokens", "scaffold")
@@ -88,7 +89,23 @@ def import_unit_key(model: str, task: str, prompt: str, condition_key: str | Non
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
-def check_header(source: RecordFile, required, optional, one_of=()) -> None:
+def import_file(engine: Engine, kind: type[FileImport], path: str | Path, *,
+                fields: FieldMap | None, block_bytes: int) -> ImportSummary:
+    """Check the file's header against what ``kind`` reads, then store its records chunk by
+    chunk in one transaction."""
+    source = RecordFile(path, formats=kind.formats, columns=kind.columns, fields=fields,
+                        chunk_rows=CHUNK_ROWS, block_bytes=block_bytes,
+                        list_columns=kind.list_columns, what=kind.what)
+    _check_header(source, kind.required, [c for c in kind.columns if c not in kind.required],
+                  kind.one_of)
+    with session_scope(engine) as session:
+        importer = kind(session, source)
+        for chunk in _read_ahead(source.chunks()):
+            importer.add(chunk)
+        return importer.finish()
+
+
+def _check_header(source: RecordFile, required, optional, one_of=()) -> None:
     columns = source.header()
     if columns is None:  # JSON Lines: each record is checked
         return
@@ -103,14 +120,6 @@ def check_header(source: RecordFile, required, optional, one_of=()) -> None:
             f"{', '.join((*required, *([' or '.join(one_of)] if one_of else [])))} "
             f"(optional: {', '.join(c for c in optional if c not in one_of)})"
         )
-
-
-def import_file(engine: Engine, source: RecordFile, kind: type[FileImport]) -> ImportSummary:
-    with session_scope(engine) as session:
-        importer = kind(session, source)
-        for chunk in _read_ahead(source.chunks()):
-            importer.add(chunk)
-        return importer.finish()
 
 
 def _read_ahead(chunks: Iterator[pl.DataFrame]) -> Iterator[pl.DataFrame]:
@@ -145,8 +154,14 @@ class FileImport:
     """One import in one transaction: what earlier chunks established (models, tasks,
     prompts, conditions, runs and their totals) and the steps every chunk goes through."""
 
+    # What the files hold: their formats, every column read, those every record needs, one
+    # of which it needs, those that hold lists, and what a record is called in messages.
+    formats: tuple[str, ...] = ()
     columns: tuple[str, ...] = ()
     required: tuple[str, ...] = ()
+    one_of: tuple[str, ...] = ()
+    list_columns: tuple[str, ...] = ()
+    what: str = "records"
     # Tables whose foreign keys a big PostgreSQL import drops while it loads.
     bulk_tables: tuple[type, ...] = (Run,)
 

@@ -13,15 +13,7 @@ from sqlalchemy.orm import Session
 
 from catalog import bulk, presets
 from catalog.errors import InvalidInput
-from catalog.imports.base import (
-    CHUNK_ROWS,
-    CONDITION_COLUMNS,
-    RUN_KEYS,
-    FileImport,
-    ImportSummary,
-    check_header,
-    import_file,
-)
+from catalog.imports.base import CONDITION_COLUMNS, RUN_KEYS, FileImport, ImportSummary, import_file
 from catalog.records import LINE, ROW, FieldMap, RecordFile, first_bad, parsed_integer
 from catalog.schema import Completion, OptionCount, Run
 
@@ -57,16 +49,7 @@ def import_completions(
                            f"{', '.join([*PRESETS, *presets.READERS])}")
     if preset is not None:
         fields = PRESETS[preset].merged(fields or FieldMap())
-    source = RecordFile(
-        path, formats=("csv", "parquet", "jsonl"),
-        columns=(*COMPLETION_REQUIRED, *COMPLETION_TEXTS, *COMPLETION_OPTIONAL), fields=fields,
-        chunk_rows=CHUNK_ROWS, block_bytes=_BLOCK_BYTES,
-        list_columns=("completions",),
-        what="completions",
-    )
-    check_header(source, COMPLETION_REQUIRED, (*COMPLETION_TEXTS, *COMPLETION_OPTIONAL),
-                 one_of=COMPLETION_TEXTS)
-    return import_file(engine, source, CompletionsImport)
+    return import_file(engine, CompletionsImport, path, fields=fields, block_bytes=_BLOCK_BYTES)
 
 
 def _import_converted(engine: Engine, path: str | Path, fields: FieldMap | None,
@@ -85,8 +68,12 @@ def _import_converted(engine: Engine, path: str | Path, fields: FieldMap | None,
 class CompletionsImport(FileImport):
     """import-completions: raw texts, normalized here, stored as completions and counts."""
 
+    formats = ("csv", "parquet", "jsonl")
     columns = (*COMPLETION_REQUIRED, *COMPLETION_TEXTS, *COMPLETION_OPTIONAL)
     required = COMPLETION_REQUIRED
+    one_of = COMPLETION_TEXTS
+    list_columns = ("completions",)
+    what = "completions"
     bulk_tables = (Run, Completion, OptionCount)
 
     def __init__(self, session: Session, source: RecordFile) -> None:

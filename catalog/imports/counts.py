@@ -14,12 +14,10 @@ from catalog import bulk
 from catalog.enums import COUNT_FILE_FORMATS
 from catalog.errors import InvalidInput
 from catalog.imports.base import (
-    CHUNK_ROWS,
     CONDITION_COLUMNS,
     RUN_KEYS,
     FileImport,
     ImportSummary,
-    check_header,
     import_file,
     stripped,
 )
@@ -37,18 +35,16 @@ def import_counts(
     engine: Engine, path: str | Path, *, fields: FieldMap | None = None
 ) -> ImportSummary:
     """Check a counts file (CSV or Parquet) chunk by chunk and store it in one transaction."""
-    source = RecordFile(path, formats=COUNT_FILE_FORMATS, columns=(*REQUIRED_COLUMNS,
-                        *OPTIONAL_COLUMNS), fields=fields, chunk_rows=CHUNK_ROWS,
-                        block_bytes=_BLOCK_BYTES, what="counts")
-    check_header(source, REQUIRED_COLUMNS, OPTIONAL_COLUMNS)
-    return import_file(engine, source, CountsImport)
+    return import_file(engine, CountsImport, path, fields=fields, block_bytes=_BLOCK_BYTES)
 
 
 class CountsImport(FileImport):
     """import-counts: one row per (run, option) with its count."""
 
+    formats = COUNT_FILE_FORMATS
     columns = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)
     required = REQUIRED_COLUMNS
+    what = "counts"
     bulk_tables = (Run, OptionCount)
 
     def __init__(self, session: Session, source: RecordFile) -> None:

@@ -46,7 +46,7 @@ def write(tmp_path, rows, name="counts.csv", schema=SCHEMA):
 def small_chunks(monkeypatch, rows: int) -> None:
     """CSV in blocks of about ``rows`` rows of many_rows(); Parquet in chunks of ``rows``."""
     monkeypatch.setattr(counts_import, "_BLOCK_BYTES", 60 * rows)
-    monkeypatch.setattr(counts_import, "CHUNK_ROWS", rows)
+    monkeypatch.setattr(import_base, "CHUNK_ROWS", rows)
 
 
 def table_sizes(engine) -> dict[str, int]:
