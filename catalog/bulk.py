@@ -54,8 +54,12 @@ def stored_value(conn: Connection, column: Column, value: Any) -> Any:
 
 
 def storable_texts(texts: pl.Expr) -> pl.Expr:
-    """:func:`catalog.schema.storable_text` of each text, as one vectorized expression."""
-    return texts.str.replace_many(UNSTORABLE_CHARACTERS)
+    """:func:`catalog.schema.storable_text` of each text, as one vectorized expression (a
+    literal replace_all per character: measured 95 ms for 2M texts against 139 ms for one
+    replace_many)."""
+    for character, stored in UNSTORABLE_CHARACTERS.items():
+        texts = texts.str.replace_all(character, stored, literal=True)
+    return texts
 
 
 def insert_rows(conn: Connection, table: str, rows: pl.DataFrame, **values: Any) -> None:

@@ -1,4 +1,4 @@
-"""Importing raw generations (catalog/io.py import_completions), on SQLite and PostgreSQL.
+"""Importing raw generations (catalog/imports/completions.py), on SQLite and PostgreSQL.
 
 Texts are normalized with the task's own normalizer, so each expected count is the task
 normalizer applied to the file's texts (catalog.normalize.normalize), not a hand-written

@@ -1,4 +1,4 @@
-"""import-counts with conditions and checkpoints, read in chunks (catalog/io.py), on SQLite
+"""import-counts with conditions and checkpoints, read in chunks (catalog/imports/), on SQLite
 and PostgreSQL: a file read a few rows at a time stores exactly what it stores read whole,
 and a bad row in a later chunk still names its row and stores nothing."""
 
