@@ -46,11 +46,10 @@ say), :mod:`catalog.bulk` (the bulk writes). Export: :mod:`catalog.export`.
 
 from catalog.imports.base import CONDITION_COLUMNS, ImportSummary, import_unit_key
 from catalog.imports.completions import PRESETS, import_completions
-from catalog.imports.counts import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, import_counts
+from catalog.imports.counts import REQUIRED_COLUMNS, import_counts
 
 __all__ = [
     "CONDITION_COLUMNS",
-    "OPTIONAL_COLUMNS",
     "PRESETS",
     "REQUIRED_COLUMNS",
     "ImportSummary",
