@@ -20,7 +20,7 @@ import polars as pl
 
 from analysis import metrics
 from analysis.frames import CountData
-from analysis.results import json_number
+from analysis.values import json_number
 
 StageKey = tuple[str, str, str, str, int | None]  # family, task, condition_key, stage, step
 

@@ -56,6 +56,7 @@ from sqlalchemy import Engine
 from analysis import metrics, trajectories
 from analysis.branching import stage_branching
 from analysis.frames import CountData, read_counts
+from analysis.groups import GroupResult, Problem
 from analysis.layout import GroupSpec, Layout
 from analysis.options import AnalysisOptions, ConditionSelection
 from analysis.results import (
@@ -64,9 +65,7 @@ from analysis.results import (
     STAGE_METRICS,
     CrossResult,
     CrystallizationResult,
-    GroupResult,
     GroupTrajectories,
-    Problem,
 )
 from analysis.sweeps import temperature_sweeps
 from analysis.validity import validity_problems, validity_records, validity_table

@@ -31,7 +31,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from analysis.results import CrossResult, GroupResult, GroupTrajectories
+from analysis.groups import GroupResult
+from analysis.results import CrossResult, GroupTrajectories
 from analysis.sweeps import TemperatureSweep
 
 DPI = 100
@@ -312,8 +313,9 @@ _DASHED_MEANING = {
 
 
 @dataclass
-class Trajectory:
-    """One family's per-stage values on a shared x axis (stage positions).
+class StageTrajectory:
+    """One family's per-stage values on a shared x axis (stage positions), drawn as a line
+    (not a checkpoint trajectory: that is :class:`analysis.trajectories.Trajectory`).
 
     ``ci``: bootstrap 95% interval bounds per metric (drawn as error bars); ``band``: a
     range drawn as a shaded area (the spread over tasks in the averaged figure).
@@ -337,7 +339,9 @@ def stage_axis(groups: Sequence[GroupResult]) -> tuple[list[int], list[str]]:
     return orders, ["/".join(names[o]) for o in orders]
 
 
-def task_trajectories(groups: Sequence[GroupResult], orders: list[int]) -> list[Trajectory]:
+def task_trajectories(
+    groups: Sequence[GroupResult], orders: list[int]
+) -> list[StageTrajectory]:
     """Each family's metrics on one task, with bootstrap intervals where computed."""
     out = []
     for g in groups:
@@ -346,11 +350,14 @@ def task_trajectories(groups: Sequence[GroupResult], orders: list[int]) -> list[
         x = np.array([orders.index(int(o)) for o in g.stage_orders])
         names = [n for panel in _PANELS for n in panel[:2] if n and n in g.values]
         ci = {n: g.ci[n] for n in names if g.ci and n in g.ci}
-        out.append(Trajectory(g.family, x, {n: np.asarray(g.values[n], float) for n in names}, ci))
+        values = {n: np.asarray(g.values[n], float) for n in names}
+        out.append(StageTrajectory(g.family, x, values, ci))
     return out
 
 
-def averaged_trajectories(groups: Sequence[GroupResult], orders: list[int]) -> list[Trajectory]:
+def averaged_trajectories(
+    groups: Sequence[GroupResult], orders: list[int]
+) -> list[StageTrajectory]:
     """Each family's metrics averaged over tasks at each stage order; band = min..max over
     tasks. ``groups``: the groups of one condition."""
     out = []
@@ -373,7 +380,7 @@ def averaged_trajectories(groups: Sequence[GroupResult], orders: list[int]) -> l
                 n: (_nan_stat(np.nanmin, t[:, present]), _nan_stat(np.nanmax, t[:, present]))
                 for n, t in table.items()
             }
-        out.append(Trajectory(family, x, values, band=band))
+        out.append(StageTrajectory(family, x, values, band=band))
     return out
 
 
@@ -389,7 +396,7 @@ def _nan_stat(function, table: np.ndarray) -> np.ndarray:
 
 
 def trajectories_figure(
-    trajectories: Sequence[Trajectory],
+    trajectories: Sequence[StageTrajectory],
     stage_labels: Sequence[str],
     colors: dict[str, tuple],
     thresholds: dict,

@@ -16,16 +16,16 @@ from typing import Any
 
 import polars as pl
 
+from analysis.groups import GroupResult
 from analysis.results import (
     CrossResult,
     CrystallizationResult,
-    GroupResult,
-    condition_label,
     cross_dict,
     group_dict,
     verdict_word,
 )
 from analysis.sweeps import TemperatureSweep
+from analysis.values import condition_label
 from catalog.enums import RESULT_FORMATS
 
 

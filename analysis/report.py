@@ -32,17 +32,12 @@ from sqlalchemy import Engine
 
 from analysis.crystallization import AnalysisOptions, analyze
 from analysis.frames import read_counts
+from analysis.groups import GroupResult
 from analysis.options import ConditionSelection
-from analysis.results import (
-    CrossResult,
-    CrystallizationResult,
-    GroupResult,
-    condition_label,
-    json_number,
-    verdict_word,
-)
+from analysis.results import CrossResult, CrystallizationResult, verdict_word
 from analysis.sensitivity import sensitivity
 from analysis.sweeps import TemperatureSweep
+from analysis.values import condition_label, json_number
 from catalog import __version__
 from catalog.errors import NotFound
 

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from analysis.results import GroupResult, condition_label, json_number
+from analysis.groups import GroupResult
+from analysis.values import condition_label, json_number
 
 # Two temperatures closer than this are the same (temperatures are user-typed decimals).
 _SAME_TEMPERATURE = 1e-9

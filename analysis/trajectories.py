@@ -53,7 +53,7 @@ import numpy as np
 import ruptures
 
 from analysis import metrics
-from analysis.results import json_number
+from analysis.values import json_number
 
 TRAJECTORY_METRICS = ("liquidity", "entropy_pooled", "mse_to_seed", "probmass", "tv_to_previous")
 # The change point needs at least this many points.

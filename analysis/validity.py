@@ -22,7 +22,7 @@ import polars as pl
 from sqlalchemy import Engine
 
 from analysis.frames import _select_sql
-from analysis.results import Problem
+from analysis.groups import Problem
 from catalog.enums import INVALID_REASONS
 from catalog.views import read_sql
 

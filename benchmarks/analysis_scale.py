@@ -2,7 +2,7 @@
 
 1. Scale: 10 families x 4 stages x 15 tasks x 200 prompts x 50 options = 6,000,000
    option-count rows (planted synthetic counts, analysis/synthetic.py), stored through the
-   import path (catalog.io.import_counts of a Parquet file) on SQLite and on PostgreSQL.
+   import path (catalog.imports.import_counts of a Parquet file) on SQLite and on PostgreSQL.
    Measured, each in a fresh subprocess (peak memory from resource.getrusage maxrss, of the
    process and of its children: connectorx reads file SQLite in a child process):
    - read: the analysis' own count query through the same reader (catalog.views.read_sql):
@@ -134,7 +134,7 @@ class _scratch_database:
 
 def _import(url: str, path: str) -> dict:
     from catalog.db import open_catalog
-    from catalog.io import import_counts
+    from catalog.imports import import_counts
 
     engine = open_catalog(url)
     start = time.perf_counter()

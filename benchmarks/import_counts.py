@@ -29,7 +29,7 @@ from pathlib import Path
 import polars as pl
 
 from catalog.db import open_catalog
-from catalog.io import import_counts
+from catalog.imports import import_counts
 from catalog.views import read_sql, read_view
 
 STAGES = ("base", "sft", "dpo", "rlvr")

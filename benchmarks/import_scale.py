@@ -49,7 +49,7 @@ ANSWERS = [" 7", "7", " 3", " 4.", "Sure! 7", "I pick 5.", " 9", "2", " 8", " se
 _CHILD = """
 import json, re, sys, time
 from catalog.db import open_catalog
-from catalog.io import import_completions, import_counts
+from catalog.imports import import_completions, import_counts
 kind, url, path = sys.argv[1:4]
 engine = open_catalog(url)
 start = time.perf_counter()

@@ -8,7 +8,7 @@ replicates. Measured, each in a fresh Python process (wall and CPU seconds, peak
 
 - in memory: ``analysis.crystallization.analyze_data`` of the counts, with
   ``trajectories=False`` and ``trajectories=True``;
-- from a store (``--backends``, stored through ``catalog.io.import_counts``):
+- from a store (``--backends``, stored through ``catalog.imports.import_counts``):
   ``analysis.crystallization.analyze`` plus the JSON rendering, i.e. what ``catalog analyze
   --bootstrap 1000 --format json`` does after start-up, with ``--no-trajectories`` and with
   trajectories (the default with checkpoints).
@@ -94,7 +94,7 @@ def _run_child(kind: str, *args: str) -> dict:
         return _generate(Path(args[0]), **json.loads(args[1]))
     if kind == "import":
         from catalog.db import open_catalog
-        from catalog.io import import_counts
+        from catalog.imports import import_counts
 
         engine = open_catalog(args[0])
         import_counts(engine, args[1])

@@ -45,7 +45,7 @@ from catalog.lexicon import Vocabulary, fold, vocabulary
 from catalog.limits import text_max
 
 if TYPE_CHECKING:
-    from catalog.tasks import TaskSpec
+    from catalog.taskspec import TaskSpec
 
 # Where the reply ends: the plain scaffold's next turn, a chat role line, a special token.
 _NEXT_TURN = re.compile(

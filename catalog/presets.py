@@ -6,7 +6,7 @@ with the formats their tools document (no import of the tools), one record per p
 the sampling condition where the file states it (``temperature``, ``top_p``, ``top_k``,
 ``max_new_tokens``). Family, stage, model and task come from ``--set`` (or ``--map``), as
 with the vllm preset. The records are written to a JSON Lines file that the ordinary
-completions import reads, so every rule of :func:`catalog.io.import_completions` holds
+completions import reads, so every rule of :func:`catalog.imports.import_completions` holds
 (one transaction, a bad record fails the file, a re-import replaces its runs).
 
 - **lm-evaluation-harness** ``--log_samples`` files (``samples_<task>_<time>.jsonl``), of

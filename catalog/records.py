@@ -1,5 +1,5 @@
 """Record files (CSV, Parquet, JSON Lines) read in bounded chunks, and the per-record checks
-that the imports (:mod:`catalog.io`) share.
+that the imports (:mod:`catalog.imports`) share.
 
 A :class:`RecordFile` yields the file as Polars frames of about ``block_bytes`` of text
 (CSV, JSON Lines: blocks of whole records) or ``chunk_rows`` records (Parquet), so an

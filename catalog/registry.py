@@ -520,13 +520,7 @@ def sync_task(session: Session, spec: TaskSpec) -> Task:
     if task is None:
         _insert_if_absent(session, Task, [_new_task(spec.name, spec.kind, spec.normalizer)])
         task = session.scalar(select(Task).where(Task.name == spec.name))
-    task.kind = spec.kind
-    task.options = list(spec.options)
-    task.normalizer = spec.normalizer
-    task.normalizer_version = _normalizer_version(spec.normalizer)
-    task.description = spec.description or None
-    task.spec = spec.to_dict()
-    session.flush()
+    _set_spec(session, task, spec)
     ensure_prompts(session, task, [(p.key, p.text) for p in spec.prompts], replace_text=True)
     return task
 
@@ -567,13 +561,7 @@ def store_task(session: Session, spec: TaskSpec, *, update: bool = False) -> Sto
             "stale until `catalog renormalize` re-derives their counts)"
         )
     stored_keys = {p.key for p in task.prompts}
-    task.kind = spec.kind
-    task.options = list(spec.options)
-    task.normalizer = spec.normalizer
-    task.normalizer_version = _normalizer_version(spec.normalizer)
-    task.description = spec.description or None
-    task.spec = spec.to_dict()
-    session.flush()
+    _set_spec(session, task, spec)
     prompts = ensure_prompts(session, task, [(p.key, p.text) for p in spec.prompts])
     stale = 0
     if changed:
@@ -584,6 +572,17 @@ def store_task(session: Session, spec: TaskSpec, *, update: bool = False) -> Sto
     return StoredTask(
         spec.name, False, len(task.prompts), len(prompts.keys() - stored_keys), changed, stale
     )
+
+
+def _set_spec(session: Session, task: Task, spec: TaskSpec) -> None:
+    """Write the spec's fields into the stored task (its prompts are stored apart)."""
+    task.kind = spec.kind
+    task.options = list(spec.options)
+    task.normalizer = spec.normalizer
+    task.normalizer_version = _normalizer_version(spec.normalizer)
+    task.description = spec.description or None
+    task.spec = spec.to_dict()
+    session.flush()
 
 
 def _check_prompts_kept(task: Task, spec: TaskSpec) -> None:

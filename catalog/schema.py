@@ -269,11 +269,18 @@ class Run(Base):
     prompt: Mapped[Prompt] = relationship()
 
 
+# What a completion text cannot hold on both databases, and what is stored instead:
+# PostgreSQL text cannot hold NUL (a byte-level tokenizer can decode one), so NUL becomes
+# U+FFFD, the replacement character. The bulk imports apply the same map to whole columns.
+UNSTORABLE_CHARACTERS = {"\x00": "\ufffd"}
+
+
 def storable_text(text: str) -> str:
-    """A completion text as both databases can store it: PostgreSQL text cannot hold NUL
-    (a byte-level tokenizer can decode one), so NUL becomes U+FFFD, the replacement
-    character. Normalizers see the text as the model wrote it."""
-    return text.replace("\x00", "\ufffd")
+    """A completion text as both databases can store it (:data:`UNSTORABLE_CHARACTERS`).
+    Normalizers see the text as the model wrote it."""
+    for character, stored in UNSTORABLE_CHARACTERS.items():
+        text = text.replace(character, stored)
+    return text
 
 
 class Completion(Base):

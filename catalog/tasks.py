@@ -14,17 +14,17 @@ import functools
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-from catalog.enums import TASK_KINDS, TaskKind
+from catalog.enums import TASK_KINDS
 from catalog.errors import InvalidInput, NotFound
 from catalog.lexicon import read_vocabulary_text
 from catalog.normalize import NORMALIZERS
 from catalog.prompting import get_scaffold
+from catalog.taskspec import PromptSpec, TaskSpec
 
 FILE_KEYS = (
     "name", "description", "kind", "options", "normalizer", "aliases", "params", "scaffold",
@@ -35,78 +35,10 @@ PROMPT_KEYS = ("key", "text")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 
 
-@dataclass(frozen=True)
-class PromptSpec:
-    """One prompt variant: a stable key and the user-message text."""
-
-    key: str
-    text: str
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """A validated task definition.
-
-    ``options`` is the closed option list in canonical order (empty for open tasks);
-    ``aliases`` maps an option to other surface forms that normalize to it;
-    ``params`` holds normalizer parameters (e.g. ``{"min": 1, "max": 100}``);
-    ``scaffold`` is the base-stage scaffold's id (:mod:`catalog.prompting`; None: the default).
-    Prompt order is the order of the file: a prompt's position is its prompt id.
-    """
-
-    name: str
-    kind: TaskKind
-    normalizer: str
-    prompts: tuple[PromptSpec, ...]
-    options: tuple[str, ...] = ()
-    description: str = ""
-    aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    params: Mapping[str, Any] = field(default_factory=dict)
-    scaffold: str | None = None
-
-    # Specs key the normalizers' compiled-pattern caches, so hashing must be cheap; it uses
-    # a few immutable fields (aliases/params are dicts), and equal specs hash equally.
-    def __hash__(self) -> int:
-        return hash((self.name, self.kind, self.normalizer, len(self.options), len(self.prompts)))
-
-    def prompt(self, key: str) -> PromptSpec:
-        """The prompt variant with this key (NotFound lists the task's keys)."""
-        for prompt in self.prompts:
-            if prompt.key == key:
-                return prompt
-        keys = ", ".join(p.key for p in self.prompts)
-        raise NotFound(f"task {self.name!r} has no prompt {key!r}; its prompts are: {keys}")
-
-    def surface_forms(self) -> dict[str, tuple[str, ...]]:
-        """Each option with the forms that mean it: the option itself, then its aliases."""
-        if self.kind == "open":
-            return {canonical: (canonical, *forms) for canonical, forms in self.aliases.items()}
-        return {option: (option, *self.aliases.get(option, ())) for option in self.options}
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict in the task-file layout; :meth:`from_dict` reads it back."""
-        return {
-            "name": self.name,
-            "description": self.description,
-            "kind": self.kind,
-            "options": list(self.options),
-            "normalizer": self.normalizer,
-            "aliases": {option: list(forms) for option, forms in self.aliases.items()},
-            "params": dict(self.params),
-            "scaffold": self.scaffold,
-            "prompts": [{"key": p.key, "text": p.text} for p in self.prompts],
-        }
-
-    def normalization(self) -> dict[str, Any]:
-        """The fields that decide how completions normalize: a stored run's counts are out
-        of date (stale) when any of them changes."""
-        data = self.to_dict()
-        return {key: data[key] for key in ("kind", "options", "normalizer", "aliases", "params")}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str = "task") -> TaskSpec:
-        """Validate a dict in the task-file layout (InvalidInput names ``source`` and the field)."""
-        return _spec_from_mapping(data, source)
+def spec_from_dict(data: Mapping[str, Any], *, source: str = "task") -> TaskSpec:
+    """Validate a dict in the task-file layout (:meth:`TaskSpec.to_dict`; InvalidInput names
+    ``source`` and the field)."""
+    return _spec_from_mapping(data, source)
 
 
 def load_task_file(path: str | Path) -> TaskSpec:

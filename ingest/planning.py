@@ -34,7 +34,7 @@ from catalog.registry import (
     experiment_path, family_models, get_model, load_experiment, task_by_name,
 )
 from catalog.schema import Model, Prompt, Run, Task, utcnow
-from catalog.tasks import TaskSpec
+from catalog.tasks import TaskSpec, spec_from_dict
 from ingest.backends import ModelSpec, Renderer, SamplingParams, load_renderer, render_with
 from ingest.queue import WorkQueue, open_queue
 
@@ -186,7 +186,7 @@ def task_spec(task: Task) -> TaskSpec:
     """The stored task as a spec, with the prompts as stored (positions are prompt ids)."""
     data = dict(task.spec)
     data["prompts"] = [{"key": p.key, "text": p.template} for p in task.prompts if p.template]
-    return TaskSpec.from_dict(data, source=f"stored task {task.name!r}")
+    return spec_from_dict(data, source=f"stored task {task.name!r}")
 
 
 def resolve_tasks(session: Session, request: IngestRequest) -> list[tuple[Task, list[Prompt]]]:

@@ -1,8 +1,9 @@
 """Imports go one way: catalog.cli and catalog.demo -> ingest, analysis -> the catalog core.
 
 The contracts are in pyproject.toml ([tool.importlinter]); these tests run ``lint-imports``
-on the tree, show that a backwards import breaks it, and keep the core contract's module
-list complete.
+on the tree, show that a backwards import or an import circle (two modules that import each
+other, also for type checking only) breaks it, and keep the core contract's module list
+complete.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 CORE_CONTRACT = "The catalog core never imports ingest or analysis"
+ACYCLIC_CONTRACT = "No import circles: the modules of each package import one way"
 # The catalog modules above ingest and analysis (everything else in catalog/ is the core).
 TOP_MODULES = {"catalog.cli", "catalog.demo"}
 
@@ -42,21 +46,39 @@ def test_import_contracts_are_kept():
         assert f"{name} KEPT" in output
 
 
-def test_a_backwards_import_breaks_the_core_contract(tmp_path):
+def lint_imports_with(tmp_path: Path, module: str, line: str) -> subprocess.CompletedProcess:
+    """``lint-imports`` on a copy of the tree with ``line`` added to ``module`` (a path)."""
     for package in ("catalog", "ingest", "analysis"):
         shutil.copytree(ROOT / package, tmp_path / package,
                         ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    with open(tmp_path / "catalog" / "db.py", "a", encoding="utf-8") as db:
-        db.write("\nimport ingest.backends\n")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    with open(tmp_path / module, "a", encoding="utf-8") as source:
+        source.write(f"\n{line}\n")
+    return lint_imports(tmp_path, {**os.environ, "PYTHONPATH": str(tmp_path)})
 
-    result = lint_imports(tmp_path, env)
+
+def test_a_backwards_import_breaks_the_core_contract(tmp_path):
+    result = lint_imports_with(tmp_path, "catalog/db.py", "import ingest.backends")
 
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
     assert f"{CORE_CONTRACT} BROKEN" in output
     assert "catalog.db -> ingest.backends" in output
+
+
+@pytest.mark.parametrize(("module", "line", "circle"), [
+    ("catalog/schema.py", "import catalog.limits", ".schema -> .limits"),  # limits reads schema
+    # Imported for type checking only, as analysis/results.py did from sweeps.py.
+    ("analysis/values.py", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+     "    from analysis.results import CrystallizationResult", ".values -> .results"),
+])
+def test_an_import_circle_breaks_the_acyclic_contract(tmp_path, module, line, circle):
+    result = lint_imports_with(tmp_path, module, line)
+
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert f"{ACYCLIC_CONTRACT} BROKEN" in output
+    assert circle in output  # the import that closes the circle is named
 
 
 def test_every_core_module_is_in_the_core_contract():

@@ -89,7 +89,7 @@ def import_counts_command(path: Path, maps, sets, db_url: str | None) -> None:
 
     Example: catalog import-counts counts.csv --db postgresql://postgres@127.0.0.1/catalog
     """
-    from catalog.io import import_counts
+    from catalog.imports import import_counts
 
     fields = _field_map(maps, sets)
     with catalog_engine(db_url) as engine:
@@ -120,7 +120,7 @@ def import_completions_command(path: Path, preset, maps, sets, db_url: str | Non
     Example: catalog import-completions samples_digit_2026-01-05.jsonl --preset lm-eval
     --set family=olmo --set stage=sft --set model=olmo-sft --set task=digit
     """
-    from catalog.io import import_completions
+    from catalog.imports import import_completions
 
     fields = _field_map(maps, sets)
     with catalog_engine(db_url) as engine:
@@ -141,7 +141,7 @@ def export_command(path: Path, fmt, families, tasks, mode, db_url: str | None) -
 
     Example: catalog export olmo.parquet --family olmo-2-1124-7b --task digit --task coin
     """
-    from catalog.io import export_counts
+    from catalog.export import export_counts
 
     with catalog_engine(db_url, read_only=True) as engine:
         rows = export_counts(

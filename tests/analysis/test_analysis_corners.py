@@ -21,7 +21,7 @@ from scipy.stats import binomtest
 from analysis.crystallization import AnalysisOptions, analyze
 from analysis.render import to_table
 from analysis.report import write_report
-from catalog.io import import_completions, import_counts
+from catalog.imports import import_completions, import_counts
 
 TASK = "pick"  # an open task: its options are the ones observed
 OPTIONS = "abc"

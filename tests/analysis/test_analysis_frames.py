@@ -11,7 +11,7 @@ from analysis.frames import read_counts
 from catalog.conditions import Condition
 from catalog.db import session_scope
 from catalog.errors import NotFound
-from catalog.io import import_counts
+from catalog.imports import import_counts
 from catalog.schema import ExactProb, Model, OptionCount, Prompt, Run, Task
 
 COUNTS = pl.DataFrame(

@@ -23,7 +23,7 @@ from analysis.synthetic import planted_counts
 from catalog.conditions import Condition
 from catalog.db import session_scope
 from catalog.errors import NotFound
-from catalog.io import import_counts
+from catalog.imports import import_counts
 from catalog.schema import Model, OptionCount, Prompt, Run, Task
 
 TASK = "pick"

@@ -25,7 +25,7 @@ from analysis.synthetic import planted_counts
 from catalog.cli import main
 from catalog.db import open_catalog, session_scope
 from catalog.errors import NotFound
-from catalog.io import import_counts
+from catalog.imports import import_counts
 from catalog.registry import add_model
 from catalog.tasks import bundled_task
 from ingest.backends import SamplingParams

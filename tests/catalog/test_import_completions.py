@@ -1,4 +1,4 @@
-"""Importing raw generations (catalog/io.py import_completions), on SQLite and PostgreSQL.
+"""Importing raw generations (catalog/imports/completions.py), on SQLite and PostgreSQL.
 
 Texts are normalized with the task's own normalizer, so each expected count is the task
 normalizer applied to the file's texts (catalog.normalize.normalize), not a hand-written
@@ -15,13 +15,13 @@ import pytest
 from polars.testing import assert_frame_equal
 from sqlalchemy import func, select, text
 
-from catalog import io as catalog_io
 from catalog import presets
 from catalog.conditions import Condition
 from catalog.db import session_scope
 from catalog.enums import IMPORT_PRESETS
 from catalog.errors import InvalidInput
-from catalog.io import import_completions, import_counts, import_unit_key
+from catalog.imports import PRESETS, import_completions, import_counts, import_unit_key
+from catalog.imports import completions as completions_import
 from catalog.normalize import get_normalizer, normalize
 from catalog.records import FieldMap
 from catalog.schema import Base, Completion, Run
@@ -150,7 +150,7 @@ def test_records_split_between_chunks_are_merged(engine, tmp_path, monkeypatch):
     whole = stored_counts(engine)
     with engine.connect() as conn:
         texts = conn.execute(text("SELECT text, count FROM completions ORDER BY text")).all()
-    monkeypatch.setattr(catalog_io, "_COMPLETION_BLOCK_BYTES", 150)
+    monkeypatch.setattr(completions_import, "_BLOCK_BYTES", 150)
     summary = import_completions(engine, path)
     assert summary.replaced_runs == 2 and stored_counts(engine) == whole
     with engine.connect() as conn:
@@ -177,7 +177,7 @@ def test_a_vllm_output_file_with_the_preset(engine, tmp_path):
     assert sorted(read_view(engine, "v_counts")["option"].to_list()) == ["3", "7", "9"]
     with pytest.raises(InvalidInput, match="unknown preset 'sglang'; the presets are: vllm, lm-eval, inspect"):
         import_completions(engine, tmp_path / "vllm.jsonl", preset="sglang")
-    assert set(catalog_io.PRESETS) | set(presets.READERS) == set(IMPORT_PRESETS)
+    assert set(PRESETS) | set(presets.READERS) == set(IMPORT_PRESETS)
 
 
 # The bad file's first record; its second is the bad one.

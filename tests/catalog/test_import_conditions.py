@@ -1,4 +1,4 @@
-"""import-counts with conditions and checkpoints, read in chunks (catalog/io.py), on SQLite
+"""import-counts with conditions and checkpoints, read in chunks (catalog/imports/), on SQLite
 and PostgreSQL: a file read a few rows at a time stores exactly what it stores read whole,
 and a bad row in a later chunk still names its row and stores nothing."""
 
@@ -11,11 +11,13 @@ import pytest
 from polars.testing import assert_frame_equal
 from sqlalchemy import func, inspect, select
 
-from catalog import io as catalog_io
 from catalog.conditions import Condition
 from catalog.db import session_scope
 from catalog.errors import InvalidInput
-from catalog.io import export_counts, import_counts
+from catalog.export import export_counts
+from catalog.imports import base as import_base
+from catalog.imports import counts as counts_import
+from catalog.imports import import_completions, import_counts
 from catalog.records import FieldMap
 from catalog.schema import Base, Model
 from catalog.views import read_view
@@ -43,8 +45,8 @@ def write(tmp_path, rows, name="counts.csv", schema=SCHEMA):
 
 def small_chunks(monkeypatch, rows: int) -> None:
     """CSV in blocks of about ``rows`` rows of many_rows(); Parquet in chunks of ``rows``."""
-    monkeypatch.setattr(catalog_io, "_BLOCK_BYTES", 60 * rows)
-    monkeypatch.setattr(catalog_io, "_CHUNK_ROWS", rows)
+    monkeypatch.setattr(counts_import, "_BLOCK_BYTES", 60 * rows)
+    monkeypatch.setattr(import_base, "CHUNK_ROWS", rows)
 
 
 def table_sizes(engine) -> dict[str, int]:
@@ -209,12 +211,12 @@ def test_condition_values_are_checked(engine, tmp_path):
 
 def test_a_big_import_puts_every_foreign_key_back(engine, tmp_path, monkeypatch):
     """PostgreSQL drops the runs' and the count tables' foreign keys while it loads."""
-    monkeypatch.setattr(catalog_io, "_DROP_FOREIGN_KEY_ROWS", 1)
+    monkeypatch.setattr(import_base, "_DROP_FOREIGN_KEY_ROWS", 1)
     before = {t: inspector_keys(engine, t) for t in ("runs", "option_counts", "completions")}
     import_counts(engine, write(tmp_path, ROWS))
     (tmp_path / "g.jsonl").write_text('{"family": "fam", "stage": "base", "model": "fam-base", '
                                       '"task": "coin", "prompt": "plain", "completion": "heads"}\n')
-    catalog_io.import_completions(engine, tmp_path / "g.jsonl")
+    import_completions(engine, tmp_path / "g.jsonl")
     after = {t: inspector_keys(engine, t) for t in before}
     assert after == before and len(after["runs"]) == 3
 

@@ -1,6 +1,9 @@
-"""Importing and exporting counts files (catalog/io.py), on SQLite and PostgreSQL."""
+"""Importing and exporting counts files (catalog/imports/, catalog/export.py) and the bulk
+writer under them (catalog/bulk.py), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
+
+import re
 
 import polars as pl
 import pytest
@@ -8,13 +11,15 @@ from polars.testing import assert_frame_equal
 from sqlalchemy import func, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
+from catalog import bulk, registry
 from catalog import db as catalog_db
-from catalog import io as catalog_io
-from catalog import registry
+from catalog.conditions import Condition
 from catalog.db import session_scope
 from catalog.errors import InvalidInput
-from catalog.io import export_counts, import_counts, import_unit_key
-from catalog.schema import Base, Run
+from catalog.export import EXPORT_COLUMNS, export_counts
+from catalog.imports import REQUIRED_COLUMNS, import_counts, import_unit_key
+from catalog.imports import base as import_base
+from catalog.schema import Base, Run, storable_text, utcnow
 from catalog.views import read_view
 
 ROWS = [
@@ -123,7 +128,7 @@ def test_export_then_import_round_trips(engine, tmp_path, suffix):
     exported = tmp_path / f"export.{suffix}"
     assert export_counts(engine, exported) == len(ROWS)
     frame = pl.read_csv(exported) if suffix == "csv" else pl.read_parquet(exported)
-    assert frame.columns == list(catalog_io.EXPORT_COLUMNS)
+    assert frame.columns == list(EXPORT_COLUMNS)
     assert import_counts(engine, exported).replaced_runs == 6
     assert_frame_equal(stored_counts(engine), before)
 
@@ -259,7 +264,7 @@ def test_unreadable_files_are_refused(engine, tmp_path):
     with pytest.raises(InvalidInput, match="counts files are .csv or .parquet"):
         import_counts(engine, tmp_path / "counts.json")
     empty = tmp_path / "empty.csv"
-    empty.write_text(",".join(catalog_io.REQUIRED_COLUMNS) + "\n")
+    empty.write_text(",".join(REQUIRED_COLUMNS) + "\n")
     with pytest.raises(InvalidInput, match="no rows to import"):
         import_counts(engine, empty)
     broken = tmp_path / "broken.parquet"
@@ -270,7 +275,7 @@ def test_unreadable_files_are_refused(engine, tmp_path):
 
 def test_big_imports_keep_the_foreign_key(engine, tmp_path, monkeypatch):
     """The PostgreSQL bulk path drops option_counts' foreign key during the load."""
-    monkeypatch.setattr(catalog_io, "_DROP_FOREIGN_KEY_ROWS", 1)
+    monkeypatch.setattr(import_base, "_DROP_FOREIGN_KEY_ROWS", 1)
     path = write_csv(tmp_path, counts_frame())
     import_counts(engine, path)
     import_counts(engine, path)
@@ -305,3 +310,28 @@ def test_counts_of_a_registered_model_attach_to_it(engine, tmp_path):
         model = registry.get_model(session, "fam-sft")
         assert (model.source, model.stage) == ("org/fam-sft", "sft")
     assert read_view(engine, "v_runs", model="fam-sft").height == 3
+
+
+def test_bulk_written_runs_read_back_as_the_orm_writes_them(engine, tmp_path):
+    """The bulk writer sends what the schema's column types send: an imported run reads
+    back with aware UTC timestamps, its JSON as dicts and stale as False; on SQLite its
+    timestamp text has the shape of one the ORM wrote (the family's)."""
+    before = utcnow()
+    import_counts(engine, write_csv(tmp_path, counts_frame()))
+    with session_scope(engine) as session:
+        run = session.scalars(select(Run).order_by(Run.id)).first()
+        assert before <= run.created_at == run.finished_at <= utcnow()
+        assert (run.sampling, run.library_versions, run.stale) == ({}, {}, False)
+        assert run.condition == Condition.unknown_import().to_dict()
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as conn:
+            bulk_stamp, orm_stamp = conn.execute(text(
+                "SELECT r.created_at, f.created_at FROM runs r, families f")).first()
+        assert re.sub(r"\d", "0", bulk_stamp) == re.sub(r"\d", "0", orm_stamp)
+
+
+def test_the_bulk_texts_follow_the_schemas_storable_text():
+    texts = ["4\x00", "\x00a\x00", "plain", "", "\ufffd"]
+    stored = pl.select(bulk.storable_texts(pl.lit(pl.Series(texts)))).to_series().to_list()
+    assert stored == [storable_text(t) for t in texts]
+    assert stored[:2] == ["4\ufffd", "\ufffda\ufffd"]

@@ -13,7 +13,7 @@ from sqlalchemy import select, text
 from catalog import registry
 from catalog.db import session_scope
 from catalog.errors import InvalidInput, NotFound
-from catalog.io import import_completions, import_counts
+from catalog.imports import import_completions, import_counts
 from catalog.normalize import get_normalizer, normalize
 from catalog.renormalize import renormalize
 from catalog.schema import Run

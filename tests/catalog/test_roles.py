@@ -19,7 +19,7 @@ from sqlalchemy.exc import ProgrammingError
 
 from catalog import db as catalog_db
 from catalog.errors import InvalidInput
-from catalog.io import import_counts
+from catalog.imports import import_counts
 from catalog.roles import create_role
 from catalog.views import read_view
 

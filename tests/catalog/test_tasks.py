@@ -14,11 +14,11 @@ from catalog.errors import InvalidInput, NotFound
 from catalog.normalize import NORMALIZERS
 from catalog.tasks import (
     PromptSpec,
-    TaskSpec,
     bundled_task,
     bundled_tasks,
     load_task_file,
     parse_task_text,
+    spec_from_dict,
 )
 
 SUITE = (
@@ -97,7 +97,7 @@ def test_surface_forms_list_the_option_first_then_aliases():
 def test_to_dict_round_trips_through_json(name):
     task = bundled_task(name)
     data = json.loads(json.dumps(task.to_dict()))
-    again = TaskSpec.from_dict(data)
+    again = spec_from_dict(data)
     assert again == task
     assert hash(again) == hash(task)
 
@@ -225,7 +225,7 @@ def test_from_dict_validates_like_a_file():
     data = bundled_task("coin").to_dict()
     data["kind"] = "sometimes"
     with pytest.raises(InvalidInput, match="^coin dict: kind: 'sometimes'"):
-        TaskSpec.from_dict(data, source="coin dict")
+        spec_from_dict(data, source="coin dict")
 
 
 def test_open_task_aliases_map_to_a_canonical_answer():

@@ -35,7 +35,7 @@ from catalog.cli.ingest import ingest as ingest_command
 from catalog.cli.ingest import ingest_requests
 from catalog.db import make_engine, open_catalog, session_scope
 from catalog.errors import InvalidInput
-from catalog.io import import_counts
+from catalog.imports import import_counts
 from catalog.registry import add_model
 from catalog.roles import create_role
 from catalog.schema import Run

@@ -11,7 +11,7 @@ from analysis.crystallization import AnalysisOptions, analyze
 from analysis.synthetic import planted_counts
 from catalog.cli import main
 from catalog.db import open_catalog
-from catalog.io import import_counts
+from catalog.imports import import_counts
 
 SEEDS = {("fam_a", "pick"): 3, ("fam_b", "pick"): 5}
 
@@ -131,7 +131,7 @@ def test_bad_options_are_clear_errors(stored):
 def test_a_store_without_a_valid_answer_analyzes_to_problems(db_url, tmp_path):
     """Every answer a space (as a tiny plain model with --max-new-tokens 1 gives): no option
     counts at all; the JSON names the problems instead of failing."""
-    from catalog.io import import_completions
+    from catalog.imports import import_completions
 
     records = [{"family": "tiny", "stage": stage, "model": f"tiny-{stage}", "task": "digit",
                 "prompt": prompt, "completions": [" "] * 4}

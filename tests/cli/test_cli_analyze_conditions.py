@@ -15,7 +15,7 @@ from sqlalchemy import update
 from analysis.synthetic import checkpoint_counts, planted_counts
 from catalog.cli import main
 from catalog.db import open_catalog
-from catalog.io import import_counts
+from catalog.imports import import_counts
 from catalog.schema import Run
 
 TEMPERATURES = (0.5, 1.0)
