@@ -507,7 +507,7 @@ class ChoiceNormalizer(Normalizer):
         candidates = [
             Candidate(m.start(), m.end(), option, weak=len(m.group()) == 1)
             for m in pattern.finditer(region)
-            if (option := _option_of_form(option_of, _fold(m.group()))) is not None
+            if (option := _option_of_form(option_of, fold(m.group()))) is not None
         ]
         return decide(region, candidates, Reading, lenient)
 
@@ -672,7 +672,7 @@ class OpenWordNormalizer(Normalizer):
         phrase = self._BREAK.split(phrase, maxsplit=1)[0]
         phrase = self._EDGES.sub("", phrase.strip(_DECOR))
         phrase = self._ARTICLE.sub("", phrase)
-        words = _fold(self._EDGES.sub("", phrase)).split()
+        words = fold(self._EDGES.sub("", phrase)).split()
         if not words or words[0] in self._REFUSAL_START:
             return None
         if len(words) > task.params.get("max_words", 3):
@@ -753,10 +753,6 @@ def read_counts(read: Callable[[str], Reading], completions: Mapping[str, int]) 
     return ReadCounts(options, reasons, readings)
 
 
-def _fold(form: str) -> str:
-    return " ".join(form.casefold().split())
-
-
 @functools.lru_cache(maxsize=256)
 def _option_set(task: TaskSpec) -> dict[str, str]:
     """Case-folded option -> option."""
@@ -771,7 +767,7 @@ def _choice_matcher(task: TaskSpec) -> tuple[re.Pattern[str], dict[str, str]]:
     alternatives = []
     for option, forms in task.surface_forms().items():
         for form in forms:
-            option_of[_fold(form)] = option
+            option_of[fold(form)] = option
             alternatives.append(form)
     alternatives.sort(key=len, reverse=True)
     body = "|".join(_form_pattern(form, form in cased) for form in alternatives)
@@ -797,7 +793,7 @@ def _option_of_form(option_of: Mapping[str, str], form: str) -> str | None:
 @functools.lru_cache(maxsize=256)
 def _open_alias_map(task: TaskSpec) -> dict[str, str]:
     return {
-        _fold(form): _fold(canonical)
+        fold(form): fold(canonical)
         for canonical, forms in task.surface_forms().items()
         for form in forms
     }
