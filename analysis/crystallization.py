@@ -91,8 +91,16 @@ def analyze(
     options = options or AnalysisOptions()
     options.validate(mode)
     data = read_counts(engine, families=families, tasks=tasks, mode=mode, conditions=conditions)
+    return analyze_read(engine, data, options, families=families, tasks=tasks)
+
+
+def analyze_read(engine: Engine, data: CountData, options: AnalysisOptions, *,
+                 families: Sequence[str] | None = None,
+                 tasks: Sequence[str] | None = None) -> CrystallizationResult:
+    """:func:`analyze_data` on counts read from the store, with what only the store knows
+    (the validity of the samples behind them): for callers that use ``data`` again."""
     result = analyze_data(data, options)
-    if mode == "sampled":
+    if data.mode == "sampled":
         table = validity_table(engine, families=families, tasks=tasks,
                                condition_keys=data.units["condition_key"].unique().to_list())
         result.validity = validity_records(table)

@@ -101,7 +101,7 @@ def read_counts(
     filters = {"mode": [mode], "family": families, "task": tasks}
     runs = read_sql(
         engine,
-        _select_sql(
+        select_sql(
             engine,
             "v_runs",
             [*UNIT_KEYS, *CONDITION_FIELDS, "run_id", "n_invalid", "covered_mass", "stale"],
@@ -121,7 +121,7 @@ def read_counts(
     run_to_unit = runs.join(units.select(*UNIT_KEYS, "unit"), on=UNIT_KEYS, nulls_equal=True)
     if mode == "sampled":
         counts = read_sql(
-            engine, _select_sql(engine, "v_counts", ["run_id", "option", "count"], filters)
+            engine, select_sql(engine, "v_counts", ["run_id", "option", "count"], filters)
         )
         counts = (
             _typed(counts, {"run_id": pl.Int64, "option": pl.String, "count": pl.Int64})
@@ -136,7 +136,7 @@ def read_counts(
         keys = ["family", "stage", "step", "task", "prompt_id", "condition_key"]
         exact = read_sql(
             engine,
-            _select_sql(engine, "v_distributions", [*keys, "option", "probability"], filters),
+            select_sql(engine, "v_distributions", [*keys, "option", "probability"], filters),
         )
         exact = _typed(exact, {**dict.fromkeys(keys, pl.String), "step": pl.Int64,
                                "prompt_id": pl.Int64, "option": pl.String,
@@ -361,7 +361,7 @@ def _select_conditions(
     return kept
 
 
-def _select_sql(
+def select_sql(
     engine: Engine, view: str, columns: Iterable[str], filters: Mapping[str, Sequence[str] | None]
 ) -> str:
     """A SELECT of ``columns`` from ``view`` with IN filters, values rendered as literals.

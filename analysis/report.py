@@ -30,7 +30,7 @@ import numpy as np
 import polars as pl
 from sqlalchemy import Engine
 
-from analysis.crystallization import AnalysisOptions, analyze
+from analysis.crystallization import AnalysisOptions, analyze_read
 from analysis.frames import read_counts
 from analysis.groups import GroupResult
 from analysis.options import ConditionSelection
@@ -91,14 +91,11 @@ def build_report(
 
     Example: ``build_report(engine, "catalog-report", tasks=["digit"], options=AnalysisOptions(bootstrap=200))``
     """
-    result = analyze(
-        engine, families=families, tasks=tasks, mode=mode, options=options, conditions=conditions
-    )
-    parsing = None
-    if mode == "sampled":
-        data = read_counts(engine, families=families, tasks=tasks, mode=mode,
-                           conditions=conditions)
-        parsing = sensitivity(engine, data, options)
+    options = options or AnalysisOptions()
+    options.validate(mode)
+    data = read_counts(engine, families=families, tasks=tasks, mode=mode, conditions=conditions)
+    result = analyze_read(engine, data, options, families=families, tasks=tasks)
+    parsing = sensitivity(engine, data, options) if mode == "sampled" else None
     return write_report(result, output_dir, parsing)
 
 

@@ -21,7 +21,7 @@ import polars as pl
 from sqlalchemy import Engine, select
 
 from analysis.crystallization import analyze_data
-from analysis.frames import UNIT_KEYS, CountData, _select_sql
+from analysis.frames import UNIT_KEYS, CountData, select_sql
 from analysis.options import AnalysisOptions
 from catalog.db import session_scope
 from catalog.normalize import get_normalizer
@@ -50,7 +50,7 @@ def sensitivity(engine: Engine, data: CountData,
 def _unit_texts(engine: Engine, data: CountData) -> pl.DataFrame:
     """(unit, task, text, count) of the stored completions of the data's units."""
     tasks = data.units["task"].unique().to_list()
-    runs = read_sql(engine, _select_sql(engine, "v_runs", [*UNIT_KEYS, "run_id"],
+    runs = read_sql(engine, select_sql(engine, "v_runs", [*UNIT_KEYS, "run_id"],
                                         {"mode": ["sampled"], "task": tasks}))
     runs = runs.with_columns(pl.col("stage_order", "step", "prompt_id").cast(pl.Int64))
     units = data.units.select(*UNIT_KEYS, "unit")

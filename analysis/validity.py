@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import polars as pl
 from sqlalchemy import Engine
 
-from analysis.frames import _select_sql
+from analysis.frames import select_sql
 from analysis.groups import Problem
 from catalog.enums import INVALID_REASONS
 from catalog.views import read_sql
@@ -42,7 +42,7 @@ def validity_table(
     """One row per (family, task, condition, model) of the done sampled runs: samples,
     valid rate, the rate of each invalid reason (null where some runs' reasons are unknown:
     imported counts, runs normalized before reasons) and the normalizer versions used."""
-    sql = _select_sql(
+    sql = select_sql(
         engine, "v_runs",
         [*KEYS, "n_valid", "n_invalid", *REASON_COLUMNS, "normalizer_version"],
         {"mode": ["sampled"], "family": families, "task": tasks},
