@@ -3,7 +3,7 @@
 A :class:`Backend` wraps one loaded model. The job layer (work units, database writes, the
 ``catalog ingest`` CLI) only talks to this interface::
 
-    from ingest.backends import ModelSpec, SampleRequest, SamplingParams, load_backend
+    from ingest.backends import LoadOptions, ModelSpec, SampleRequest, SamplingParams, load_backend
 
     backend = load_backend(ModelSpec("path/or/hub-id", prompt_format="chat"), LoadOptions())
     rendered = backend.render("Pick a random digit.", "chat")     # store it with the run
@@ -23,8 +23,8 @@ fast tests of the job layer). Other packages add backends through the ``catalog.
 entry point group (``name = "package.module:BackendClass"``). A backend declares the options
 it takes (:attr:`Backend.OPTIONS`) and validates them (:meth:`Backend.check_options`) before
 it loads; how any model loads (device, dtype, pickles, batch size) is one :class:`LoadOptions`,
-from the command line through the worker to the backend. Heavy libraries (torch, transformers, vllm) are imported only when a backend that
-needs them is loaded.
+from the command line through the worker to the backend. Heavy libraries (torch,
+transformers, vllm) are imported only when a backend that needs them is loaded.
 """
 
 from __future__ import annotations
@@ -390,8 +390,9 @@ BACKENDS: dict[str, str | type[Backend]] = {
 def register_backend(name: str, backend: str | type[Backend]) -> None:
     """Register a :class:`Backend` subclass (or its ``"module:Class"`` path) under ``name``.
 
-    It is constructed as ``cls(spec, load=LoadOptions(...))`` for a model whose ``backend`` is ``name``. Installed packages register backends without
-    code through the ``catalog.backends`` entry point group, e.g. in their pyproject.toml::
+    It is constructed as ``cls(spec, load=LoadOptions(...))`` for a model whose ``backend``
+    is ``name``. Installed packages register backends without code through the
+    ``catalog.backends`` entry point group, e.g. in their pyproject.toml::
 
         [project.entry-points."catalog.backends"]
         mybackend = "my_package.backend:MyBackend"

@@ -51,8 +51,8 @@ def run_ingest(
 
     ``progress(event)`` is called with :mod:`ingest.events`: UnitsPlanned, ModelSkipped (all
     its units done), UnitsBusy (held by other workers) and the worker's events
-    (:class:`ingest.worker.Worker`). A unit that keeps failing ends
-    ``failed`` after ``options.max_attempts`` and the job goes on; the summary lists it.
+    (:class:`ingest.worker.Worker`). A unit that keeps failing ends ``failed`` after
+    ``options.max_attempts`` and the job goes on; the summary lists it.
     """
     summary = IngestSummary()
     started = time.perf_counter()
