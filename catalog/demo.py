@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 
 from catalog.db import session_scope
 from ingest.backends import SamplingParams
+from ingest.events import Progress, ignore
 from ingest.jobs import IngestRequest, run_ingest
 
 CACHE_ENV = "CATALOG_CACHE_DIR"
@@ -55,7 +56,7 @@ class DemoResult:
 
 def run_demo(
     engine: Engine, options: DemoOptions, *, say: Callable[[str], None] = print,
-    progress: Callable[[str, dict], None] | None = None,
+    progress: Progress = ignore,
 ) -> DemoResult:
     """Train or reuse the toy family, register it, ingest, analyze and report."""
     from analysis.crystallization import AnalysisOptions, analyze

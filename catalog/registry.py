@@ -38,7 +38,8 @@ _MODEL_FIELDS = (
     "trust_remote_code", "backend", "backend_options", "notes",
 )
 # Checks a backend's options, returning them converted (ingest.backends.check_backend_options;
-# the core cannot import ingest, so the CLI passes it in).
+# the core cannot import ingest, so its callers pass it in). Every path that registers a model
+# from what a user wrote takes it (a required argument); add_model refuses options without it.
 BackendCheck = Callable[[str, Mapping[str, Any]], dict[str, Any]]
 
 
@@ -118,9 +119,11 @@ def add_model(
     changes nothing.
 
     ``backend`` names the sampling backend (``transformers``, ``vllm``, ``table`` or a
-    registered one) and ``backend_options`` its options; ``check_backend(backend, options)``,
-    when given, validates them and returns them converted (an unknown backend or a bad
-    option is refused before anything is stored).
+    registered one) and ``backend_options`` its options; ``check_backend(backend, options)``
+    validates them and returns them converted (an unknown backend or a bad option is
+    refused before anything is stored). Options are never stored unchecked: without
+    ``check_backend``, only a model with no backend options registers (a TypeError
+    otherwise: the caller forgot the check).
     """
     check_name(name, "models.name", "model name")
     check_name(family, "families.name", "family name")
@@ -183,7 +186,8 @@ def add_model(
                          stage_order=stage_order, step=step, source=source, revision=revision,
                          prompt_format=prompt_format, gguf_file=gguf_file,
                          trust_remote_code=trust_remote_code, backend=backend,
-                         backend_options=backend_options, notes=notes)
+                         backend_options=backend_options, notes=notes,
+                         check_backend=check_backend)
     return model
 
 
@@ -259,12 +263,15 @@ def _backend_options(
             f"model {name!r}: backend options must be a table of KEY = VALUE, got {options!r}"
         )
     options = dict(options or {})
-    if check is not None:
-        try:
-            options = check(backend, options)
-        except InvalidInput as exc:
-            raise InvalidInput(f"model {name!r}: {exc}") from None
-    return options
+    if check is None:
+        if options:
+            raise TypeError(f"model {name!r}: backend options are stored only once checked "
+                            "(pass check_backend=ingest.backends.check_backend_options)")
+        return options
+    try:
+        return check(backend, options)
+    except InvalidInput as exc:
+        raise InvalidInput(f"model {name!r}: {exc}") from None
 
 
 def _comparable(field: str, value: Any) -> Any:
@@ -329,8 +336,8 @@ def remove_model(session: Session, name: str, *, force: bool = False) -> str:
 
 
 def update_model(
-    session: Session, name: str, *, force: bool = False,
-    check_backend: BackendCheck | None = None, **changes: Any,
+    session: Session, name: str, *, check_backend: BackendCheck, force: bool = False,
+    **changes: Any,
 ) -> list[str]:
     """Change a registered model's fields (:data:`UPDATABLE_FIELDS`); returns the changed
     ones as ``field: old -> new``. A change other than the notes is refused while the model
@@ -449,7 +456,7 @@ def experiment_path(name_or_path: str | Path) -> Path:
 
 
 def load_experiment(
-    session: Session, path: str | Path, *, check_backend: BackendCheck | None = None
+    session: Session, path: str | Path, *, check_backend: BackendCheck
 ) -> list[Model]:
     """Register the families and ordered stages of an experiment file (TOML).
 

@@ -3,9 +3,9 @@
 A :class:`Backend` wraps one loaded model. The job layer (work units, database writes, the
 ``catalog ingest`` CLI) only talks to this interface::
 
-    from ingest.backends import ModelSpec, SampleRequest, SamplingParams, load_backend
+    from ingest.backends import LoadOptions, ModelSpec, SampleRequest, SamplingParams, load_backend
 
-    backend = load_backend(ModelSpec("path/or/hub-id", prompt_format="chat"), device="auto")
+    backend = load_backend(ModelSpec("path/or/hub-id", prompt_format="chat"), LoadOptions())
     rendered = backend.render("Pick a random digit.", "chat")     # store it with the run
     counts = backend.sample(rendered, SamplingParams(n=1000, max_new_tokens=8), seed=1234)
     many = backend.sample_many([SampleRequest(rendered, SamplingParams(n=100), 1), ...])
@@ -22,8 +22,9 @@ the style of lm-evaluation-harness, and a model spec's ``backend`` selects one:
 fast tests of the job layer). Other packages add backends through the ``catalog.backends``
 entry point group (``name = "package.module:BackendClass"``). A backend declares the options
 it takes (:attr:`Backend.OPTIONS`) and validates them (:meth:`Backend.check_options`) before
-it loads. Heavy libraries (torch, transformers, vllm) are imported only when a backend that
-needs them is loaded.
+it loads; how any model loads (device, dtype, pickles, batch size) is one :class:`LoadOptions`,
+from the command line through the worker to the backend. Heavy libraries (torch,
+transformers, vllm) are imported only when a backend that needs them is loaded.
 """
 
 from __future__ import annotations
@@ -93,6 +94,33 @@ class ModelSpec:
             raise InvalidInput(
                 f"backend options must be a table of KEY = VALUE, got {self.backend_options!r}"
             )
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How a model loads, whatever its backend (the one definition: ``catalog ingest`` and
+    ``catalog worker`` read their option defaults from here, workers pass it to backends).
+
+    ``device``: auto|cpu|cuda (auto = cuda if available); ``dtype``: auto|float32|bfloat16|
+    float16 (auto = bfloat16 on a GPU that computes it natively, else float32; never
+    float16); ``allow_pickle``: accept pickle (``.bin``) checkpoints, which can run code when
+    loaded; ``batch_size``: most rows per forward pass ("auto": start large, halve on
+    out-of-memory). A backend uses what applies to it (a server's backend: none of it).
+    """
+
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int | str = "auto"
+    allow_pickle: bool = False
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise InvalidInput(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
+        if self.dtype not in DTYPES:
+            raise InvalidInput(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        size = self.batch_size
+        if size != "auto" and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise InvalidInput(f"batch size must be 'auto' or a positive integer, got {size!r}")
 
 
 @dataclass(frozen=True)
@@ -308,9 +336,11 @@ class Backend(ABC):
       every run as ``library_versions["backend"]``); :meth:`call_records`, optionally, what
       the last :meth:`sample_many` call measured per unit (added to that record).
     - :meth:`close` frees the model (memory, GPU); the backend is unusable afterwards.
-    - ``renderer(spec)``, an optional classmethod, returns an object whose ``render`` equals
-      a loaded backend's without loading the weights (what ``catalog plan`` renders with,
-      :func:`load_renderer`; without it the backend is loaded on the CPU to render).
+    - :meth:`renderer` returns an object whose ``render`` equals a loaded backend's (what
+      ``catalog plan`` renders with); a backend that can render without its weights
+      overrides it.
+
+    A backend is constructed as ``cls(spec, load=LoadOptions(...))`` by :func:`load_backend`.
     """
 
     name: str = ""
@@ -330,6 +360,14 @@ class Backend(ABC):
                 f"backend {cls.name!r} has no option {', '.join(unknown)}; its options: {known}"
             )
         return {key: cls.OPTIONS[key].convert(key, value) for key, value in options.items()}
+
+    @classmethod
+    def renderer(cls, spec: ModelSpec) -> Renderer:
+        """Renders ``spec``'s prompts as the loaded backend does, for planning; by default
+        the backend itself, loaded on the CPU (the transformers backend loads only its
+        tokenizer)."""
+        checked = replace(spec, backend_options=cls.check_options(spec.backend_options))
+        return cls(checked, load=LoadOptions(device="cpu"))
 
     @abstractmethod
     def render(self, prompt_text: str, prompt_format: str | None = None, *,
@@ -382,9 +420,9 @@ BACKENDS: dict[str, str | type[Backend]] = {
 def register_backend(name: str, backend: str | type[Backend]) -> None:
     """Register a :class:`Backend` subclass (or its ``"module:Class"`` path) under ``name``.
 
-    It is constructed as ``cls(spec, device=..., dtype=..., allow_pickle=..., batch_size=...)``
-    for a model whose ``backend`` is ``name``. Installed packages register backends without
-    code through the ``catalog.backends`` entry point group, e.g. in their pyproject.toml::
+    It is constructed as ``cls(spec, load=LoadOptions(...))`` for a model whose ``backend``
+    is ``name``. Installed packages register backends without code through the
+    ``catalog.backends`` entry point group, e.g. in their pyproject.toml::
 
         [project.entry-points."catalog.backends"]
         mybackend = "my_package.backend:MyBackend"
@@ -424,34 +462,18 @@ def check_backend_options(name: str, options: Mapping[str, Any] | None) -> dict[
     return backend_class(name).check_options(options or {})
 
 
-def load_backend(
-    spec: ModelSpec,
-    *,
-    device: str = "auto",
-    dtype: str = "auto",
-    allow_pickle: bool = False,
-    batch_size: int | str = "auto",
-) -> Backend:
+def load_backend(spec: ModelSpec, load: LoadOptions | None = None, **settings: Any) -> Backend:
     """Load the model ``spec`` names with its backend, once; sample all its prompts through it.
 
-    ``device``: auto|cpu|cuda (auto = cuda if available); ``dtype``: auto|float32|bfloat16|
-    float16 (auto = bfloat16 on a GPU that computes it natively, else float32; never
-    float16); ``allow_pickle``: accept pickle (``.bin``) checkpoints, which can run code when
-    loaded; ``batch_size``: most rows per forward pass ("auto": start large, halve on
-    out-of-memory). An unknown backend or a bad backend option is :class:`InvalidInput`; a
-    model that cannot be loaded :class:`ModelLoadError`, each with a one-line message.
+    ``load``: how (:class:`LoadOptions`; ``settings`` are its fields, for short calls such
+    as ``load_backend(spec, device="cpu")``). An unknown backend or a bad backend option is
+    :class:`InvalidInput`; a model that cannot be loaded :class:`ModelLoadError`, each with
+    a one-line message.
     """
-    if device not in DEVICES:
-        raise InvalidInput(f"device {device!r} is not one of {', '.join(DEVICES)}")
-    if dtype not in DTYPES:
-        raise InvalidInput(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    if batch_size != "auto" and (
-        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-    ):
-        raise InvalidInput(f"batch size must be 'auto' or a positive integer, got {batch_size!r}")
+    load = replace(load or LoadOptions(), **settings)
     cls = backend_class(spec.backend)
     spec = replace(spec, backend_options=cls.check_options(spec.backend_options))
-    return cls(spec, device=device, dtype=dtype, allow_pickle=allow_pickle, batch_size=batch_size)
+    return cls(spec, load=load)
 
 
 class Renderer(Protocol):
@@ -471,11 +493,9 @@ def render_with(renderer: Renderer, prompt_text: str, prompt_format: str | None,
 
 
 def load_renderer(spec: ModelSpec) -> Renderer:
-    """What the planner renders prompts with, without loading weights: the backend class's
-    ``renderer(spec)`` (the transformers backend loads its tokenizer alone), else the backend
-    itself loaded on the CPU. Its ``render`` equals the loaded backend's."""
-    make = getattr(backend_class(spec.backend), "renderer", None)
-    return make(spec) if make is not None else load_backend(spec, device="cpu")
+    """What the planner renders prompts with (:meth:`Backend.renderer` of ``spec``'s backend);
+    its ``render`` equals the loaded backend's."""
+    return backend_class(spec.backend).renderer(spec)
 
 
 class TableBackend(Backend):

@@ -12,13 +12,13 @@ the counts an uninterrupted job stores.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, func, select
 
 from catalog.db import session_scope
 from catalog.schema import Run
+from ingest.events import ModelSkipped, Progress, UnitsBusy, UnitsPlanned, ignore
 from ingest.planning import IngestRequest, all_done, plan_model, resolve
 from ingest.worker import StopFlag, Worker, WorkerOptions, open_backend
 
@@ -44,17 +44,16 @@ def run_ingest(
     request: IngestRequest,
     options: WorkerOptions = WorkerOptions(),
     *,
-    progress: Callable[[str, dict], None] | None = None,
+    progress: Progress = ignore,
     stop: StopFlag | None = None,
 ) -> IngestSummary:
     """Sample every unit of ``request`` that is not done yet; return what happened.
 
-    ``progress(event, info)`` is called with ``"plan"`` (info: model, units, todo),
-    ``"skip"`` (model, units: all done), ``"busy"`` (model, units held by other workers) and
-    the worker's events (:class:`ingest.worker.Worker`). A unit that keeps failing ends
-    ``failed`` after ``options.max_attempts`` and the job goes on; the summary lists it.
+    ``progress(event)`` is called with :mod:`ingest.events`: UnitsPlanned, ModelSkipped (all
+    its units done), UnitsBusy (held by other workers) and the worker's events
+    (:class:`ingest.worker.Worker`). A unit that keeps failing ends ``failed`` after
+    ``options.max_attempts`` and the job goes on; the summary lists it.
     """
-    progress = progress or (lambda event, info: None)
     summary = IngestSummary()
     started = time.perf_counter()
     models, tasks = resolve(engine, request)
@@ -64,20 +63,19 @@ def run_ingest(
                 units = sum(len(prompts) for _, prompts in tasks)
                 summary.units += units
                 summary.already_done += units
-                progress("skip", {"model": model.name, "units": units})
+                progress(ModelSkipped(model.name, units))
                 continue
-            with open_backend(model, options) as backend:
+            with open_backend(model, options.load) as backend:
                 planned = plan_model(engine, model, tasks, request, renderer=backend)
                 summary.units += len(planned.run_ids)
                 summary.already_done += planned.done
-                progress("plan", {"model": model.name, "units": len(planned.run_ids),
-                                  "todo": len(planned.todo)})
+                progress(UnitsPlanned(model.name, len(planned.run_ids), len(planned.todo)))
                 worker.use_backend(model, backend)
                 worker.run(run_ids=planned.todo)
                 worker.close()
             busy = _running(engine, planned.todo)
             if busy:
-                progress("busy", {"model": model.name, "units": busy})
+                progress(UnitsBusy(model.name, busy))
             if worker.stop.requested:
                 break
     summary.done = worker.summary.done

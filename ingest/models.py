@@ -41,6 +41,7 @@ from ingest.backends import (
     BackendOption,
     Completions,
     ExactDistribution,
+    LoadOptions,
     ModelSpec,
     SampleRequest,
     SamplingParams,
@@ -143,17 +144,19 @@ def load_model_files(
 
 
 def load_model(
-    spec: ModelSpec, *, device: str = "auto", dtype: str = "auto", allow_pickle: bool = False,
+    spec: ModelSpec, load: LoadOptions = LoadOptions(), *,
     max_memory: Mapping[int | str, str] | None = None,
 ) -> LoadedModel:
-    """Load ``spec`` by the rules of this module; return the model in eval mode.
+    """Load ``spec`` by the rules of this module (on ``load.device`` in ``load.dtype``);
+    return the model in eval mode.
 
     ``max_memory`` (device -> size, e.g. ``{0: "70GiB", "cpu": "120GiB"}``) spreads the model
     over those devices with accelerate's ``device_map="auto"`` (a model larger than one GPU,
     or a GPU shared with other work); without it the model sits whole on ``device``."""
+    allow_pickle = load.allow_pickle
     files = load_model_files(spec, allow_pickle=allow_pickle)
-    torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
+    torch_device = resolve_device(load.device)
+    torch_dtype = resolve_dtype(load.dtype, torch_device)
     placement = (
         {"device_map": "auto", "max_memory": dict(max_memory)} if max_memory
         else {"device_map": torch_device}
@@ -399,26 +402,17 @@ class TransformersBackend(Backend):
         ),
     }
 
-    def __init__(
-        self,
-        spec: ModelSpec,
-        *,
-        device: str = "auto",
-        dtype: str = "auto",
-        allow_pickle: bool = False,
-        batch_size: int | str = "auto",
-    ) -> None:
+    def __init__(self, spec: ModelSpec, *, load: LoadOptions = LoadOptions()) -> None:
         super().__init__(spec)
         self.units_per_call = spec.backend_options.get("units_per_call", DEFAULT_UNITS_PER_CALL)
         self.loaded = load_model(
-            spec, device=device, dtype=dtype, allow_pickle=allow_pickle,
-            max_memory=parse_max_memory(spec.backend_options.get("max_memory", "")),
+            spec, load, max_memory=parse_max_memory(spec.backend_options.get("max_memory", "")),
         )
         self.sampler = TreeSampler(
             self.loaded.model,
             self.loaded.tokenizer,
             self.loaded.eos_token_ids,
-            batch_size=batch_size,
+            batch_size=load.batch_size,
         )
 
     @classmethod

@@ -35,7 +35,14 @@ from catalog.registry import (
 )
 from catalog.schema import Model, Prompt, Run, Task, utcnow
 from catalog.tasks import TaskSpec, spec_from_dict
-from ingest.backends import ModelSpec, Renderer, SamplingParams, load_renderer, render_with
+from ingest.backends import (
+    ModelSpec,
+    Renderer,
+    SamplingParams,
+    check_backend_options,
+    load_renderer,
+    render_with,
+)
 from ingest.queue import WorkQueue, open_queue
 
 # Base models run on after their answer ("7\nQuestion: ..."): stopping at the newline keeps
@@ -422,7 +429,8 @@ PLAN_KEYS = {
 
 
 def experiment_plan(engine: Engine, path: str | Path) -> dict[str, Any]:
-    """Register an experiment file's families (as ``catalog models load``) and return its
+    """Register an experiment file's families (as ``catalog models load``, their backend
+    options checked) and return its
     ``[plan]`` table, whose keys are the option names of ``catalog plan`` (families default
     to the file's own)."""
     path = experiment_path(path)
@@ -437,7 +445,7 @@ def experiment_plan(engine: Engine, path: str | Path) -> dict[str, Any]:
         raise InvalidInput(f"{path}: [plan] has unknown key(s) {', '.join(unknown)}; "
                            f"allowed: {', '.join(sorted(PLAN_KEYS))}")
     with session_scope(engine) as session:
-        models = load_experiment(session, path)
+        models = load_experiment(session, path, check_backend=check_backend_options)
         families = list(dict.fromkeys(m.family.name for m in models))
     plan_table = dict(table)
     if not plan_table.get("models"):

@@ -58,6 +58,7 @@ from ingest.backends import (
     BackendOption,
     Completions,
     ExactDistribution,
+    LoadOptions,
     ModelSpec,
     SampleRequest,
     SamplingParams,
@@ -130,15 +131,8 @@ class VLLMBackend(Backend):
         ),
     }
 
-    def __init__(
-        self,
-        spec: ModelSpec,
-        *,
-        device: str = "auto",
-        dtype: str = "auto",
-        allow_pickle: bool = False,
-        batch_size: int | str = "auto",  # vLLM schedules its own batches
-    ) -> None:
+    def __init__(self, spec: ModelSpec, *, load: LoadOptions = LoadOptions()) -> None:
+        # load.batch_size does not apply: vLLM schedules its own batches
         super().__init__(spec)
         engine_options = dict(spec.backend_options)
         self.seeding = engine_options.pop("seeding", "engine")
@@ -150,7 +144,7 @@ class VLLMBackend(Backend):
                 "no GGUF loader); register the model's safetensors checkpoint, or use the "
                 "transformers backend"
             )
-        self.files = load_model_files(spec, allow_pickle=allow_pickle)
+        self.files = load_model_files(spec, allow_pickle=load.allow_pickle)
         self.eos_ids = eos_token_ids(
             _generation_config(self.files), self.files.config, self.files.tokenizer
         )
@@ -158,8 +152,8 @@ class VLLMBackend(Backend):
         from vllm.platforms import current_platform
 
         self.platform = current_platform.device_type
-        _check_platform(self.platform, device, self.seeding)
-        self.dtype = str(resolve_dtype(dtype, self.platform)).removeprefix("torch.")
+        _check_platform(self.platform, load.device, self.seeding)
+        self.dtype = str(resolve_dtype(load.dtype, self.platform)).removeprefix("torch.")
         self.vllm_version = vllm.__version__
         if self.seeding == "engine":
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"

@@ -16,8 +16,8 @@ retried (backoff with jitter) until the database is back or ``db_patience`` runs
 the worker stops with :class:`ingest.queue.DatabaseLost`; only a unit's own errors count
 against its attempts.
 
-How a worker runs (device, dtype, batch size, lease, attempts...) is :class:`WorkerOptions`;
-what it samples is in the queue.
+How a worker runs (how it loads models, lease, attempts...) is :class:`WorkerOptions`; what
+it samples is in the queue; what it reports while it runs are :mod:`ingest.events`.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
@@ -40,7 +41,6 @@ from sqlalchemy.orm import Session
 import catalog
 from catalog.conditions import Condition
 from catalog.db import session_scope
-from catalog.enums import DEVICES, DTYPES
 from catalog.errors import CatalogError, DatabaseUnreachable, InvalidInput
 from catalog.normalize import get_normalizer, read_counts
 from catalog.prompting import get_scaffold
@@ -50,12 +50,24 @@ from catalog.tasks import TaskSpec
 from ingest.backends import (
     Backend,
     DeviceLost,
+    LoadOptions,
     SampleRequest,
     SamplingParams,
     TokenEntropy,
     is_sticky_device_error,
     load_backend,
     render_with,
+)
+from ingest.events import (
+    DatabaseFault,
+    ModelLoading,
+    Progress,
+    UnitClaimed,
+    UnitDone,
+    UnitFailed,
+    UnitLost,
+    UnitReleased,
+    ignore,
 )
 from ingest.exact import default_surface_forms
 from ingest.planning import Unit, model_spec, task_spec, unit_seed
@@ -67,8 +79,9 @@ POLL_SECONDS = 0.5
 
 @dataclass(frozen=True)
 class WorkerOptions:
-    """How a worker runs: where models load, how long it holds a unit, when it stops.
+    """How a worker runs: how models load, how long it holds a unit, when it stops.
 
+    ``load``: device, dtype, batch size, pickles (:class:`ingest.backends.LoadOptions`);
     ``lease_seconds``: a claimed unit is the worker's for this long, renewed by a heartbeat
     every third of it; ``max_attempts``: a unit failing this many times becomes ``failed``;
     ``idle_exit``: with nothing claimable, wait this long for new units or expiring leases
@@ -77,10 +90,7 @@ class WorkerOptions:
     how long the database may stay unreachable before the worker gives up.
     """
 
-    device: str = "auto"
-    dtype: str = "auto"
-    batch_size: int | str = "auto"
-    allow_pickle: bool = False
+    load: LoadOptions = LoadOptions()
     lease_seconds: float = 120.0
     max_attempts: int = 3
     idle_exit: float = 0.0
@@ -89,10 +99,6 @@ class WorkerOptions:
     db_patience: float = DB_PATIENCE_SECONDS
 
     def __post_init__(self) -> None:
-        if self.device not in DEVICES:
-            raise InvalidInput(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
-        if self.dtype not in DTYPES:
-            raise InvalidInput(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
         if not self.lease_seconds >= 1:
             raise InvalidInput(f"lease must be at least 1 second, got {self.lease_seconds}")
         if self.max_attempts < 1:
@@ -192,10 +198,9 @@ class UnitResult:
     record: dict = field(default_factory=dict)  # the backend's facts of this unit (usage)
 
 
-def open_backend(model: Model, options: WorkerOptions) -> Backend:
+def open_backend(model: Model, load: LoadOptions) -> Backend:
     """Load a registered model for sampling (the one place workers load models)."""
-    return load_backend(model_spec(model), device=options.device, dtype=options.dtype,
-                        allow_pickle=options.allow_pickle, batch_size=options.batch_size)
+    return load_backend(model_spec(model), load)
 
 
 def check_rendered(backend: Backend, unit: Unit) -> None:
@@ -347,29 +352,44 @@ class Heartbeat:
                     pass
 
 
+class Named(NamedTuple):
+    """Which unit of which model, as events name them (``run ID`` until the unit is read)."""
+
+    model: str
+    unit: str
+
+
+@dataclass(frozen=True)
+class LoadedBackend:
+    """The backend a worker samples with: its model, the run columns that describe it, and
+    whether this worker loaded it (and so closes it)."""
+
+    model_id: int
+    backend: Backend
+    provenance: dict
+    owned: bool
+
+
 class Worker:
     """One worker: :meth:`run` claims and processes units until the queue has none for it.
 
-    ``progress(event, info)`` is called with ``"load"`` (model), ``"unit"`` (unit, model,
-    samples, seconds), ``"failed"`` (unit, model, error, final), ``"lost"`` and
-    ``"released"`` (unit, model), ``"db_fault"`` (error, wait: the seconds before the next
-    try).
+    ``progress(event)`` is called with :mod:`ingest.events`: ModelLoading, UnitClaimed,
+    UnitDone, UnitFailed, UnitLost, UnitReleased and DatabaseFault.
     """
 
     def __init__(
         self, engine: Engine, options: WorkerOptions = WorkerOptions(), *,
-        progress: Callable[[str, dict], None] | None = None, stop: StopFlag | None = None,
+        progress: Progress = ignore, stop: StopFlag | None = None,
         worker_id: str | None = None,
     ) -> None:
         self.engine, self.options = engine, options
-        self.progress = progress or (lambda event, info: None)
+        self.progress = progress
         self.queue = open_queue(engine, patience=options.db_patience, on_fault=self._db_fault)
         self.stop = stop or StopFlag()
         self.summary = WorkerSummary(worker=worker_id or new_worker_id())
         self.model_ids = _model_ids(engine, options.models)
         self.unloadable: set[int] = set()  # models this worker failed to load
-        # (model id, backend, its provenance, whether this worker loaded it and closes it)
-        self._backend: tuple[int, Backend, dict, bool] | None = None
+        self._backend: LoadedBackend | None = None
         # What units refer to, read once: models, task specs, prompts (key, text).
         self._models: dict[int, Model] = {}
         self._specs: dict[int, TaskSpec] = {}
@@ -380,12 +400,12 @@ class Worker:
         return self.summary.worker
 
     def _db_fault(self, error: str, wait: float) -> None:
-        self.progress("db_fault", {"error": error, "wait": wait})
+        self.progress(DatabaseFault(error, wait))
 
     def use_backend(self, model: Model, backend: Backend) -> None:
         """Sample ``model``'s units with a backend the caller loaded (and closes)."""
         self._drop_backend()
-        self._backend = (model.id, backend, backend_provenance(backend), False)
+        self._backend = LoadedBackend(model.id, backend, backend_provenance(backend), owned=False)
 
     def run(self, *, run_ids: Sequence[int] | None = None) -> WorkerSummary:
         """Process units (only ``run_ids`` if given) until none is claimable, the idle time
@@ -419,7 +439,7 @@ class Worker:
                 return "stopped on request"
             if self.options.max_units is not None and processed >= self.options.max_units:
                 return f"--max-units {self.options.max_units} reached"
-            current = self._backend[0] if self._backend else None
+            current = self._backend.model_id if self._backend else None
             claim = self.queue.claim_next(
                 self.id, lease_seconds=self.options.lease_seconds,
                 max_attempts=self.options.max_attempts, prefer_model=current,
@@ -451,22 +471,23 @@ class Worker:
         several per call (up to ``budget`` in all), and store each. Returns how many units
         were claimed."""
         heartbeat.claims = (claim,)
-        info = {"unit": f"run {claim.run_id}", "model": f"model {claim.model_id}"}
+        named = Named(f"model {claim.model_id}", f"run {claim.run_id}")
         try:
             try:
                 model, unit = self._unit(claim)
-                info = {"unit": unit.label, "model": model.name}
+                named = Named(model.name, unit.label)
+                self.progress(UnitClaimed(*named))
                 with self.stop.interruptible():
                     backend, provenance = self._backend_for(model)
                 check_rendered(backend, unit)
             except StopRequested:
-                self._release([(claim, None, info)])
+                self._release([(claim, None, named)])
                 return 1
             except Exception as exc:  # noqa: BLE001 - recorded with the unit, then go on
                 _reraise_database_faults(exc)
-                self._fail(claim, info, exc)
+                self._fail(claim, named, exc)
                 return 1
-            batch = [(claim, unit, info)]
+            batch = [(claim, unit, named)]
             if unit.params is not None:
                 batch += self._claim_more(model, backend, budget, scope, heartbeat)
             self._sample_and_store(backend, provenance, batch)
@@ -475,7 +496,7 @@ class Worker:
             heartbeat.claims = ()
 
     def _sample_and_store(self, backend: Backend, provenance: dict,
-                          batch: list[tuple[Claim, Unit, dict]]) -> None:
+                          batch: list[tuple[Claim, Unit, Named]]) -> None:
         try:
             with self.stop.interruptible():
                 results = sample_units(backend, [unit for _, unit, _ in batch])
@@ -501,17 +522,17 @@ class Worker:
         if len(batch) > 1:
             # vLLM's samples depend on what shares a call: record it with each run
             provenance = with_backend_record(provenance, call_runs=[c.run_id for c, _, _ in batch])
-        for (claim, unit, info), result in zip(batch, results, strict=True):
-            self._store(claim, unit, result, provenance, info)
+        for (claim, unit, named), result in zip(batch, results, strict=True):
+            self._store(claim, unit, result, provenance, named)
 
-    def _release(self, batch: list[tuple[Claim, Unit | None, dict]]) -> None:
-        for claim, _, info in batch:
+    def _release(self, batch: list[tuple[Claim, Unit | None, Named]]) -> None:
+        for claim, _, named in batch:
             self.queue.release(claim)
             self.summary.released += 1
-            self.progress("released", info)
+            self.progress(UnitReleased(*named))
 
     def _claim_more(self, model: Model, backend: Backend, budget: int | None, scope: Scope,
-                    heartbeat: Heartbeat) -> list[tuple[Claim, Unit, dict]]:
+                    heartbeat: Heartbeat) -> list[tuple[Claim, Unit, Named]]:
         """Further units of ``model`` for one sampling call, when its backend takes several.
         A unit that cannot be read or renders differently is failed here and left out."""
         wanted = backend.units_per_call - 1
@@ -527,58 +548,59 @@ class Worker:
         heartbeat.claims = (*heartbeat.claims, *claims)
         more = []
         for claim in claims:
-            info = {"unit": f"run {claim.run_id}", "model": model.name}
+            named = Named(model.name, f"run {claim.run_id}")
             try:
                 unit = self._unit(claim)[1]
-                info["unit"] = unit.label
+                named = Named(model.name, unit.label)
+                self.progress(UnitClaimed(*named))
                 check_rendered(backend, unit)
             except Exception as exc:  # noqa: BLE001 - that unit alone fails
                 _reraise_database_faults(exc)
-                self._fail(claim, info, exc)
+                self._fail(claim, named, exc)
                 continue
-            more.append((claim, unit, info))
+            more.append((claim, unit, named))
         return more
 
     def _store(self, claim: Claim, unit: Unit, result: UnitResult, provenance: dict,
-               info: dict) -> None:
+               named: Named) -> None:
         values, children = result_rows(unit, result, provenance)
         values.update(precision_columns(claim.unit.get("condition"), provenance.get("dtype")))
         if self.queue.complete(claim, values, children):
             samples = unit.params.n if unit.params else 0
             self.summary.done += 1
             self.summary.samples += samples
-            self.progress("unit", {**info, "samples": samples, "seconds": result.seconds})
+            self.progress(UnitDone(*named, samples=samples, seconds=result.seconds))
         else:
             self.summary.lost += 1
-            self.progress("lost", info)
+            self.progress(UnitLost(*named))
 
-    def _fail(self, claim: Claim, info: dict, exc: Exception) -> None:
+    def _fail(self, claim: Claim, named: Named, exc: Exception) -> None:
         error = str(exc) if isinstance(exc, CatalogError) else f"{type(exc).__name__}: {exc}"
         error = (error.strip().splitlines() or [type(exc).__name__])[0]
         status = self.queue.fail(claim, error, self.options.max_attempts)
         if status == "failed":
-            self.summary.failed.append(f"{info['model']} {info['unit']}: {error}")
+            self.summary.failed.append(f"{named.model} {named.unit}: {error}")
         elif status == "pending":
             self.summary.retried += 1
-        self.progress("failed", {**info, "error": error, "final": status == "failed"})
+        self.progress(UnitFailed(*named, error=error, final=status == "failed"))
 
     def _backend_for(self, model: Model) -> tuple[Backend, dict]:
-        if self._backend is not None and self._backend[0] == model.id:
-            return self._backend[1], self._backend[2]
+        if self._backend is not None and self._backend.model_id == model.id:
+            return self._backend.backend, self._backend.provenance
         self._drop_backend()
-        self.progress("load", {"model": model.name})
+        self.progress(ModelLoading(model.name))
         try:
-            backend = open_backend(model, self.options)
+            backend = open_backend(model, self.options.load)
         except CatalogError:
             self.unloadable.add(model.id)  # the same error again for each of its units
             raise
         self.summary.models_loaded += 1
-        self._backend = (model.id, backend, backend_provenance(backend), True)
-        return backend, self._backend[2]
+        self._backend = LoadedBackend(model.id, backend, backend_provenance(backend), owned=True)
+        return backend, self._backend.provenance
 
     def _drop_backend(self) -> None:
-        if self._backend is not None and self._backend[3]:
-            self._backend[1].close()
+        if self._backend is not None and self._backend.owned:
+            self._backend.backend.close()
         self._backend = None
 
     def _unit(self, claim: Claim) -> tuple[Model, Unit]:
@@ -624,7 +646,7 @@ def _scaffold(condition: dict | None) -> str:
 
 def run_worker(
     engine: Engine, options: WorkerOptions = WorkerOptions(), *,
-    progress: Callable[[str, dict], None] | None = None, stop: StopFlag | None = None,
+    progress: Progress = ignore, stop: StopFlag | None = None,
 ) -> WorkerSummary:
     """Run one worker on the queue until it has nothing to do (see :class:`Worker`)."""
     with Worker(engine, options, progress=progress, stop=stop) as worker:

@@ -15,7 +15,7 @@ from sqlalchemy import text
 
 from catalog.db import session_scope
 from catalog.registry import add_model
-from ingest.backends import SamplingParams
+from ingest.backends import SamplingParams, check_backend_options
 from ingest.planning import IngestRequest, plan
 from ingest.queue import PAUSE_BEFORE_COMMIT_ENV
 
@@ -37,7 +37,7 @@ def table_models(engine, tmp_path: Path, names, table: dict | None = None,
         for i, name in enumerate(names):
             add_model(session, name=name, family=family, stage=stages[i], source=str(path),
                       backend="table", prompt_format="chat",
-                      backend_options=backend_options)
+                      backend_options=backend_options, check_backend=check_backend_options)
     return path
 
 

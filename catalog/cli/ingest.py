@@ -6,6 +6,8 @@ options with ``catalog worker``.
 
 from __future__ import annotations
 
+import functools
+
 import click
 
 from catalog.cli import types
@@ -13,7 +15,7 @@ from catalog.cli.common import catalog_engine, dataclass_defaults, db_option
 from catalog.cli.errors import Interrupted
 from catalog.cli.progress import UnitProgress
 from catalog.enums import DEVICES, DTYPES, RUN_MODES
-from ingest.backends import SamplingParams
+from ingest.backends import LoadOptions, SamplingParams
 from ingest.jobs import IngestSummary, run_ingest
 from ingest.planning import IngestRequest
 from ingest.worker import WorkerOptions, stop_on_signals
@@ -21,7 +23,7 @@ from ingest.worker import WorkerOptions, stop_on_signals
 # The option defaults are the library's (one place: the dataclasses the options fill).
 _SAMPLING = dataclass_defaults(SamplingParams)
 _REQUEST = dataclass_defaults(IngestRequest)
-_WORKER = dataclass_defaults(WorkerOptions)
+_LOAD = dataclass_defaults(LoadOptions)
 
 
 def split_names(values) -> list[str]:
@@ -95,14 +97,14 @@ _REQUEST_OPTIONS = (
 )
 
 _BACKEND_OPTIONS = (
-    click.option("--device", type=click.Choice(DEVICES), default=_WORKER["device"],
+    click.option("--device", type=click.Choice(DEVICES), default=_LOAD["device"],
                  show_default=True),
-    click.option("--dtype", type=click.Choice(DTYPES), default=_WORKER["dtype"],
+    click.option("--dtype", type=click.Choice(DTYPES), default=_LOAD["dtype"],
                  show_default=True),
-    click.option("--batch-size", default=_WORKER["batch_size"], show_default=True,
+    click.option("--batch-size", default=_LOAD["batch_size"], show_default=True,
                  callback=lambda ctx, param, value: _batch_size(value), metavar="auto|INT",
                  help="Most rows per forward pass; auto halves it on out-of-memory."),
-    click.option("--allow-pickle", is_flag=True,
+    click.option("--allow-pickle", is_flag=True, default=_LOAD["allow_pickle"],
                  help="Accept pickle (.bin) checkpoints; they can run code when loaded."),
 )
 
@@ -115,10 +117,17 @@ def request_options(command):
 
 
 def backend_options(command):
-    """How models load: device, dtype, batch size, pickles (fields of WorkerOptions)."""
+    """How models load: --device, --dtype, --batch-size and --allow-pickle, given to the
+    command as one ``load`` argument (a LoadOptions)."""
+    @functools.wraps(command)
+    def with_load(*args, device, dtype, batch_size, allow_pickle, **kwargs):
+        load = LoadOptions(device=device, dtype=dtype, batch_size=batch_size,
+                           allow_pickle=allow_pickle)
+        return command(*args, load=load, **kwargs)
+
     for option in reversed(_BACKEND_OPTIONS):
-        command = option(command)
-    return command
+        with_load = option(with_load)
+    return with_load
 
 
 def ingest_requests(*, models, families, tasks, prompts, samples, seed, temperature, top_p,
@@ -149,7 +158,7 @@ def ingest_requests(*, models, families, tasks, prompts, samples, seed, temperat
 @request_options
 @backend_options
 @db_option
-def ingest(device, dtype, batch_size, allow_pickle, db_url, **selection) -> None:
+def ingest(load, db_url, **selection) -> None:
     """Sample every (model, task, prompt) N times and store completions and counts.
 
     Plans the units and samples them with one worker in this process. Work already done
@@ -160,8 +169,7 @@ def ingest(device, dtype, batch_size, allow_pickle, db_url, **selection) -> None
     Example: catalog ingest --family toy --task digit,coin --samples 1000 --temperature 0.7,1
     """
     requests = ingest_requests(**selection)
-    options = WorkerOptions(device=device, dtype=dtype, batch_size=batch_size,
-                            allow_pickle=allow_pickle)
+    options = WorkerOptions(load=load)
     summary = IngestSummary()
     with catalog_engine(db_url) as engine, stop_on_signals() as stop, \
             UnitProgress() as progress:

@@ -1,4 +1,6 @@
-"""Progress of long jobs: a tqdm bar on a terminal, plain log lines otherwise."""
+"""Progress of long jobs (``catalog ingest``, ``catalog worker``, the demo): a tqdm bar on a
+terminal, plain log lines otherwise; what happens to a unit other than success (a failure,
+a lost result, a release) and database faults are one line each, as they happen."""
 
 from __future__ import annotations
 
@@ -8,57 +10,110 @@ import time
 import click
 from tqdm import tqdm
 
+from ingest.events import (
+    DatabaseFault,
+    Event,
+    ModelLoading,
+    ModelSkipped,
+    UnitClaimed,
+    UnitDone,
+    UnitFailed,
+    UnitLost,
+    UnitReleased,
+    UnitsBusy,
+    UnitsPlanned,
+)
+
 
 class UnitProgress:
-    """Counts done units and samples; shows rate and ETA. Call as ``progress(event, info)``."""
+    """Renders :mod:`ingest.events`: counts finished units (done, or failed for good) and
+    samples, shows rate and ETA when the job planned its units (``catalog ingest``; a
+    worker does not know the queue's total). Call as ``progress(event)``."""
 
     def __init__(self, stream=None) -> None:
         self.stream = stream or sys.stderr
         self.interactive = self.stream.isatty()
         self.bar = None
-        self.total = 0
-        self.done = 0
+        self.total = 0  # planned units to sample (0: not known)
+        self.finished = 0  # done or failed for good
+        self.failed = 0
         self.samples = 0
         self.sampling_seconds = 0.0  # time spent sampling, without model loading
         self.started = time.monotonic()
 
-    def __call__(self, event: str, info: dict) -> None:
-        if event == "plan":
-            self._plan(info)
-        elif event == "unit":
-            self._unit(info)
-        elif event == "skip":
-            self._log(f"{info['model']}: all {info['units']} units already done, not loaded")
-        elif event == "busy":
-            self._log(f"{info['model']}: {info['units']} units held by other workers, left to them")
+    def __call__(self, event: Event) -> None:
+        match event:
+            case UnitsPlanned():
+                self._planned(event)
+            case UnitDone():
+                self._done(event)
+            case UnitFailed():
+                self._failed(event)
+            case UnitClaimed():
+                if self.bar is not None:
+                    self.bar.set_description_str(event.model, refresh=False)
+            case ModelLoading():
+                self._log(f"loading {event.model}")
+            case ModelSkipped():
+                self._log(f"{event.model}: all {event.units} units already done, not loaded")
+            case UnitsBusy():
+                self._log(f"{event.model}: {event.units} units held by other workers, left "
+                          "to them")
+            case UnitLost():
+                self._log(f"{event.model} {event.unit}: another worker claimed it after this "
+                          "one's lease ran out; result discarded")
+            case UnitReleased():
+                self._log(f"{event.model} {event.unit}: released (stopping)")
+            case DatabaseFault():
+                self._log(f"database unreachable ({event.error}); trying again in "
+                          f"{event.wait:.1f}s")
 
-    def _plan(self, info: dict) -> None:
-        self.total += info["todo"]
-        already = info["units"] - info["todo"]
-        self._log(f"{info['model']}: {info['units']} units, {already} already done, "
-                  f"{info['todo']} to sample")
+    def _planned(self, event: UnitsPlanned) -> None:
+        self.total += event.todo
+        self._log(f"{event.model}: {event.units} units, {event.units - event.todo} already "
+                  f"done, {event.todo} to sample")
         if self.interactive:
-            if self.bar is None:
-                self.bar = tqdm(total=self.total, unit="unit", file=self.stream, dynamic_ncols=True)
-            else:
-                self.bar.total = self.total
-                self.bar.refresh()
+            self._bar().total = self.total
+            self.bar.refresh()
 
-    def _unit(self, info: dict) -> None:
-        self.done += 1
-        self.samples += info["samples"]
-        self.sampling_seconds += info["seconds"]
-        elapsed = max(time.monotonic() - self.started, 1e-9)
+    def _done(self, event: UnitDone) -> None:
+        self.finished += 1
+        self.samples += event.samples
+        self.sampling_seconds += event.seconds
         rate = self.samples / max(self.sampling_seconds, 1e-9)
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"{rate:,.0f} samples/s", refresh=False)
-            self.bar.update(1)
+        if self.interactive:
+            self._advance()
             return
-        remaining = (self.total - self.done) * elapsed / self.done
-        self._log(
-            f"[{self.done}/{self.total}] {info['model']} {info['unit']}: {info['samples']} samples "
-            f"in {info['seconds']:.2f}s ({rate:,.0f} samples/s, ETA {_clock(remaining)})"
-        )
+        line = f"{event.model} {event.unit}: {event.samples} samples in {event.seconds:.2f}s"
+        if self.total:
+            elapsed = max(time.monotonic() - self.started, 1e-9)
+            remaining = (self.total - self.finished) * elapsed / self.finished
+            line = (f"[{self.finished}/{self.total}] {line} ({rate:,.0f} samples/s, "
+                    f"ETA {_clock(remaining)})")
+        self._log(line)
+
+    def _failed(self, event: UnitFailed) -> None:
+        self._log(f"{event.model} {event.unit}: {'failed' if event.final else 'will retry'}: "
+                  f"{event.error}")
+        if event.final:  # finished too: the bar and the ETA count it
+            self.finished += 1
+            self.failed += 1
+            if self.interactive:
+                self._advance()
+
+    def _bar(self) -> tqdm:
+        if self.bar is None:
+            self.bar = tqdm(total=self.total or None, unit="unit", file=self.stream,
+                            dynamic_ncols=True)
+        return self.bar
+
+    def _advance(self) -> None:
+        """One more unit finished on the bar, with the sampling rate and the failures."""
+        bar = self._bar()
+        postfix = f"{self.samples / max(self.sampling_seconds, 1e-9):,.0f} samples/s"
+        bar.set_postfix_str(postfix + (f", {self.failed} failed" if self.failed else ""),
+                            refresh=False)
+        bar.update(1)
 
     def _log(self, line: str) -> None:
         if self.bar is not None:

@@ -7,6 +7,8 @@ import click
 from catalog.cli import types
 from catalog.cli.common import dataclass_defaults, db_option
 from catalog.cli.ingest import backend_options, split_names
+from catalog.cli.progress import UnitProgress
+from ingest.events import DatabaseFault
 from ingest.queue import open_catalog_patiently
 from ingest.worker import WorkerOptions, run_worker, stop_on_signals
 
@@ -45,33 +47,16 @@ def worker_command(models, db_url, **options) -> None:
     Example: catalog worker --db postgresql://worker@db-host/catalog --device cuda --idle-exit 300
     """
     options = WorkerOptions(models=split_names(models), **options)
-    engine = open_catalog_patiently(db_url, patience=options.db_patience,
-                                    on_fault=lambda error, wait: _log("db_fault", {
-                                        "error": error, "wait": wait}))
-    try:
-        with stop_on_signals() as stop:
-            summary = run_worker(engine, options, progress=_log, stop=stop)
-    finally:
-        engine.dispose()
+    with UnitProgress() as progress:
+        engine = open_catalog_patiently(
+            db_url, patience=options.db_patience,
+            on_fault=lambda error, wait: progress(DatabaseFault(error, wait)))
+        try:
+            with stop_on_signals() as stop:
+                summary = run_worker(engine, options, progress=progress, stop=stop)
+        finally:
+            engine.dispose()
     click.echo(summary.line())
-
-
-def _log(event: str, info: dict) -> None:
-    """One line per event on stderr."""
-    where = f"{info.get('model')} {info.get('unit', '')}".rstrip()
-    lines = {
-        "load": f"loading {info.get('model')}",
-        "unit": f"{where}: {info.get('samples')} samples in {info.get('seconds', 0):.2f}s",
-        "failed": f"{where}: {'failed' if info.get('final') else 'will retry'}: "
-                  f"{info.get('error')}",
-        "lost": f"{where}: another worker claimed it after this one's lease ran out; "
-                "result discarded",
-        "released": f"{where}: released (stopping)",
-        "db_fault": f"database unreachable ({info.get('error')}); "
-                    f"trying again in {info.get('wait', 0):.1f}s",
-    }
-    if event in lines:
-        click.echo(lines[event], err=True)
 
 
 COMMANDS = [worker_command]

@@ -16,6 +16,7 @@ from catalog.checkpoints import Checkpoint, checkpoint_dirs, ref_checkpoints, re
 from catalog.db import session_scope
 from catalog.errors import InvalidInput, NotFound
 from catalog.schema import Model
+from ingest.backends import check_backend_options
 
 # Branch names as OLMo 2 and Pythia publish them (plus main and a non-checkpoint branch).
 OLMO_REFS = [
@@ -268,7 +269,7 @@ source = "org/dpo"
         encoding="utf-8",
     )
     with session_scope(engine) as session:
-        registry.load_experiment(session, path)
+        registry.load_experiment(session, path, check_backend=check_backend_options)
         rows = [
             (m.name, m.stage_order, m.step, m.revision)
             for m in registry.family_models(session, "fam")
@@ -285,5 +286,5 @@ source = "org/dpo"
     before = stored_models(engine)
     with pytest.raises(InvalidInput, match=r"families\[0\]\.stages\[2\]: .*already has step 100"):
         with session_scope(engine) as session:
-            registry.load_experiment(session, path)
+            registry.load_experiment(session, path, check_backend=check_backend_options)
     assert stored_models(engine) == before

@@ -12,6 +12,7 @@ from catalog.normalize import get_normalizer
 from catalog.prompting import text_hash
 from catalog.schema import Family, Model, Prompt, Task
 from catalog.tasks import PromptSpec, TaskSpec, bundled_task
+from ingest.backends import check_backend_options
 
 PINNED = "0123456789abcdef0123456789abcdef01234567"
 
@@ -100,9 +101,10 @@ def test_ensure_family_fills_in_a_missing_description(engine):
 
 def test_shipped_study_registers_both_families_in_order(engine):
     with session_scope(engine) as session:
-        models = registry.load_experiment(session, "study")
+        models = registry.load_experiment(session, "study", check_backend=check_backend_options)
         assert len(models) == 8
-        registry.load_experiment(session, "study")  # loading again changes nothing
+        # loading again changes nothing
+        registry.load_experiment(session, "study", check_backend=check_backend_options)
         assert _count(session, Model) == 8 and _count(session, Family) == 2
         tulu = registry.family_models(session, "tulu-3-8b")
         assert [(m.stage, m.stage_order, m.source, m.prompt_format) for m in tulu] == [
@@ -136,10 +138,11 @@ def test_experiment_file_errors_name_the_file_and_field(engine, tmp_path):
         for text, message in cases.items():
             path.write_text(text)
             with pytest.raises(InvalidInput, match=message) as info:
-                registry.load_experiment(session, path)
+                registry.load_experiment(session, path, check_backend=check_backend_options)
             assert str(path) in str(info.value)
         with pytest.raises(NotFound, match="shipped: study"):
-            registry.load_experiment(session, tmp_path / "missing.toml")
+            registry.load_experiment(session, tmp_path / "missing.toml",
+                                     check_backend=check_backend_options)
 
 
 def _spec(keys: list[str], texts: dict[str, str] | None = None) -> TaskSpec:

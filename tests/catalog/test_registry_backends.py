@@ -37,8 +37,7 @@ def test_a_model_stores_its_backend_and_checked_options(engine):
             add(session, backend="vllm", backend_options={"tensor_parallel_size": 4},
                 check_backend=check_backend_options)
         with pytest.raises(InvalidInput, match="already registered with backend 'vllm'"):
-            add(session, backend="transformers",
-                backend_options={"tensor_parallel_size": 2, "enforce_eager": True})
+            add(session, backend="transformers", check_backend=check_backend_options)
 
 
 def test_bad_backends_and_options_are_refused_before_anything_is_stored(engine):
@@ -53,6 +52,9 @@ def test_bad_backends_and_options_are_refused_before_anything_is_stored(engine):
             add(session, backend="vllm", backend_options=["enforce_eager"])
         with pytest.raises(InvalidInput, match="backend must be a backend's name"):
             add(session, backend="")
+        # options are never stored unchecked: a caller without the check is a bug
+        with pytest.raises(TypeError, match="stored only once checked"):
+            add(session, backend="vllm", backend_options={"tensor_parallel_size": 2})
     with session_scope(engine) as session:
         assert session.scalar(select(func.count()).select_from(Model)) == 0
 

@@ -1,4 +1,5 @@
-"""``catalog ingest`` end to end through the CLI, with a real (tiny) transformers model.
+"""``catalog ingest`` end to end through the CLI, with a real (tiny) transformers model (and a
+table model where a unit must fail).
 
 The model is built and saved in the test and loaded back through the same code path as a
 hub model; nothing is downloaded. Bad input gives one ``Error:`` line, exit code 1, and
@@ -19,6 +20,7 @@ from catalog.tasks import bundled_task
 from catalog.views import read_view
 from ingest.backends import ModelSpec, load_backend
 from ingest.exact import default_surface_forms
+from table_workers import table_models
 from tiny_models import cached_tiny_model, pickle_copy
 
 # How often the tiny model answers these (untrained) prompts validly is whatever training
@@ -189,3 +191,24 @@ def test_exact_mode_with_a_real_model_on_chat_and_plain_stages(db_url, engine, t
         sampled = conn.execute(text("SELECT COUNT(*) FROM option_counts")).scalar()
     assert len(masses) == 2 and all(0 < m <= 1 for m in masses)
     assert sampled == 0  # exact probabilities never mix with sampled counts
+
+
+def test_a_failing_unit_is_reported_as_it_fails(db_url, engine, tmp_path):
+    """`catalog ingest` shows each failed attempt of a unit, with its error, when it
+    happens (between the units sampled around it), then ends with one Error line."""
+    texts = {p.key: p.text for p in bundled_task("digit").prompts}
+    table_models(engine, tmp_path, ["m-a"], table={"prompts": {
+        texts["plain"]: {"7": 1.0}, texts["polite"]: {"3": 1.0}}})
+    result = invoke("ingest", "--model", "m-a", "--task", "digit", "--prompt", "plain",
+                    "--prompt", "terse", "--prompt", "polite", "--samples", "20", "--db", db_url)
+    assert result.exit_code == 1, result.output
+    error = "table model has no distribution for prompt"
+    lines = result.stderr.splitlines()
+    attempts = [i for i, line in enumerate(lines) if line.startswith("m-a digit/terse: ")]
+    assert [lines[i].split(": ")[1] for i in attempts] == ["will retry", "will retry", "failed"]
+    assert all(error in lines[i] for i in attempts)
+    # the first failure is shown before the unit sampled after it, not at the end
+    polite = next(i for i, line in enumerate(lines) if "m-a digit/polite: 20 samples" in line)
+    assert attempts[0] < polite
+    assert lines[-1].startswith("Error: 1 units failed (first: m-a digit/terse: ")
+    assert "2 units sampled (40 samples)" in result.stdout

@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import json
+
 from click.testing import CliRunner
 from sqlalchemy import select
 
 from catalog import db as catalog_db
 from catalog.cli import main
 from catalog.schema import Model
+from table_workers import DIGIT_TABLE
 
 
 def run(*args):
@@ -91,3 +94,22 @@ def test_models_load_checks_the_backend_options_of_an_experiment_file(db_url, tm
     path.write_text(path.read_text().replace('"two"', "2"))
     assert run("models", "load", path, "--db", db_url).exit_code == 0
     assert stored(db_url) == [("org/sft", "vllm", {"tensor_parallel_size": 2})]
+
+
+def test_plan_with_an_experiment_file_checks_its_backend_options(db_url, tmp_path):
+    """`catalog plan --experiment` registers the file's models as `models load` does: a
+    backend option the backend does not take is refused, and nothing is stored."""
+    table = tmp_path / "table.json"
+    table.write_text(json.dumps(DIGIT_TABLE))
+    path = tmp_path / "fam.toml"
+    path.write_text('[[families]]\nname = "fam"\n\n  [[families.stages]]\n  stage = "sft"\n'
+                    f'  name = "m-sft"\n  source = "{table}"\n  backend = "table"\n'
+                    '  backend_options = { no_such_option = 3 }\n\n'
+                    '[plan]\ntasks = ["digit"]\n')
+    assert_one_error_line(run("plan", "--experiment", path, "--db", db_url),
+                          "backend 'table' has no option no_such_option")
+    assert stored(db_url) == []
+    path.write_text(path.read_text().replace("no_such_option = 3", "units_per_call = 2"))
+    planned = run("plan", "--experiment", path, "--db", db_url)
+    assert planned.exit_code == 0, planned.output
+    assert stored(db_url) == [("m-sft", "table", {"units_per_call": 2})]

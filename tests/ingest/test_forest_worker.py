@@ -13,6 +13,7 @@ def test_a_worker_samples_a_forest_and_stores_one_at_a_time_counts(engine, tmp_p
     same model in another database)."""
     from catalog.db import open_catalog, session_scope
     from catalog.registry import add_model
+    from ingest.backends import check_backend_options
     from ingest.worker import run_worker
     from table_workers import counts, plan_grid
 
@@ -23,7 +24,8 @@ def test_a_worker_samples_a_forest_and_stores_one_at_a_time_counts(engine, tmp_p
         with session_scope(catalog) as session:
             add_model(session, name="tiny", family="fam", stage="sft", source=str(path),
                       backend="transformers", prompt_format="chat",
-                      backend_options={"units_per_call": per_call})
+                      backend_options={"units_per_call": per_call},
+                      check_backend=check_backend_options)
         plan_grid(catalog, ["tiny"], prompts=prompts, n=300, seed=3)
         assert run_worker(catalog).done == 5
     assert counts(engine) == counts(alone) and len(counts(engine)) >= 5

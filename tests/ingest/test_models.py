@@ -14,7 +14,7 @@ from tiny_models import cached_tiny_model, gguf_copy, pickle_copy
 
 from catalog import prompting
 from catalog.errors import InvalidInput, ModelLoadError
-from ingest.backends import ModelSpec, SamplingParams, load_backend
+from ingest.backends import LoadOptions, ModelSpec, SamplingParams, load_backend
 from ingest.exact import option_probabilities
 from ingest.models import TransformersBackend, load_model, resolve_device
 from ingest.sampling import encode_prompt
@@ -73,12 +73,13 @@ def test_dtype_is_applied_and_recorded(model_dir):
 
 
 def test_revision_of_a_local_directory_tracks_its_files(model_dir, tmp_path):
+    cpu = LoadOptions(device="cpu")
     copy = tmp_path / "copy"
     shutil.copytree(model_dir, copy)
-    first = load_model(ModelSpec(str(copy)), device="cpu").revision
-    assert load_model(ModelSpec(str(model_dir)), device="cpu").revision == first
+    first = load_model(ModelSpec(str(copy)), cpu).revision
+    assert load_model(ModelSpec(str(model_dir)), cpu).revision == first
     (copy / "generation_config.json").write_text('{"eos_token_id": 2}')
-    assert load_model(ModelSpec(str(copy)), device="cpu").revision != first
+    assert load_model(ModelSpec(str(copy)), cpu).revision != first
 
 
 def test_directory_without_weights_is_refused(model_dir, tmp_path):

@@ -12,16 +12,13 @@ from sqlalchemy import text
 
 from catalog.errors import InvalidInput, NotFound
 from catalog.tasks import bundled_task
-from ingest.backends import BACKENDS, TableBackend, register_backend
+from ingest.backends import BACKENDS, LoadOptions, TableBackend, register_backend
+from ingest.events import ModelLoading, UnitClaimed, UnitDone, UnitFailed
 from ingest.jobs import run_ingest
 from ingest.worker import Worker, WorkerOptions, run_worker
 from table_workers import (
     DIGIT_PROMPTS, counts, grid, plan_grid, scalar, statuses, table_models,
 )
-
-
-def events(log: list) -> callable:
-    return lambda event, info: log.append((event, info))
 
 
 def test_a_worker_loads_each_model_once_while_its_units_remain(engine, tmp_path):
@@ -30,10 +27,12 @@ def test_a_worker_loads_each_model_once_while_its_units_remain(engine, tmp_path)
     plan_grid(engine, ["m-b"], prompts=("plain", "terse"))
     plan_grid(engine, ["m-a"], prompts=("polite", "only"))  # m-a again, planned last
     log: list = []
-    summary = run_worker(engine, progress=events(log))
+    summary = run_worker(engine, progress=log.append)
     assert (summary.done, summary.models_loaded, summary.samples) == (6, 2, 1200)
-    assert [info["model"] for event, info in log if event == "load"] == ["m-a", "m-b"]
-    assert [info["model"] for event, info in log if event == "unit"] == ["m-a"] * 4 + ["m-b"] * 2
+    assert [e.model for e in log if isinstance(e, ModelLoading)] == ["m-a", "m-b"]
+    assert [e.model for e in log if isinstance(e, UnitDone)] == ["m-a"] * 4 + ["m-b"] * 2
+    assert [e.unit for e in log if isinstance(e, UnitClaimed)] == [
+        e.unit for e in log if isinstance(e, UnitDone)]
     assert summary.exit_reason == "no unit pending or claimable"
     assert statuses(engine) == {"done": 6}
 
@@ -57,10 +56,13 @@ def test_a_failing_unit_ends_failed_after_max_attempts_and_the_rest_are_done(eng
     table_models(engine, tmp_path, ["m-a"], table={"prompts": {texts["plain"]: {"7": 1.0}}})
     plan_grid(engine, ["m-a"], prompts=("plain", "terse"))
     log: list = []
-    summary = run_worker(engine, WorkerOptions(max_attempts=2), progress=events(log))
+    summary = run_worker(engine, WorkerOptions(max_attempts=2), progress=log.append)
     assert (summary.done, summary.retried, len(summary.failed)) == (1, 1, 1)
     assert "terse" in summary.failed[0] and "no distribution for prompt" in summary.failed[0]
-    assert [info["final"] for event, info in log if event == "failed"] == [False, True]
+    failures = [e for e in log if isinstance(e, UnitFailed)]
+    assert [e.final for e in failures] == [False, True]
+    assert all(e.unit.startswith("digit/terse") and "no distribution for prompt" in e.error
+               for e in failures)
     with engine.connect() as conn:
         failed = conn.execute(text(
             "SELECT attempts, error FROM runs WHERE status = 'failed'")).one()
@@ -104,11 +106,20 @@ def test_a_prompt_that_renders_differently_than_planned_is_refused(engine, tmp_p
 
 @pytest.mark.parametrize("options, message", [
     (dict(lease_seconds=0.5), "lease"), (dict(max_attempts=0), "attempts"),
-    (dict(idle_exit=-1), "idle"), (dict(device="tpu"), "device"),
+    (dict(idle_exit=-1), "idle"),
 ])
 def test_bad_worker_options_are_one_clear_line(options, message):
     with pytest.raises(InvalidInput, match=message):
         WorkerOptions(**options)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(device="tpu"), "device 'tpu'"), (dict(dtype="float8"), "dtype 'float8'"),
+    (dict(batch_size=0), "batch size"), (dict(batch_size=True), "batch size"),
+])
+def test_bad_load_options_are_one_clear_line(options, message):
+    with pytest.raises(InvalidInput, match=message):
+        LoadOptions(**options)
 
 
 class RecordingTable(TableBackend):
