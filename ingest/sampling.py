@@ -59,6 +59,9 @@ from catalog.errors import CatalogError, ModelLoadError
 from ingest.backends import SamplingParams, TokenEntropy
 
 AUTO_BATCH_START = 1024
+# Working memory of the sampling step per row and token, at its peak: float32 probabilities
+# and two float64 cumulative sums (the running sum, then the normalized one)
+DRAW_BYTES_PER_CELL = 4 + 8 + 8
 
 
 def encode_prompt(tokenizer, rendered: str) -> list[int]:
@@ -109,7 +112,7 @@ def split_counts(probs, counts, generator):
     return split_with_uniforms(probs, counts, uniforms)
 
 
-def split_with_uniforms(probs, counts, uniforms):
+def split_with_uniforms(probs, counts, uniforms, first_row: int = 0):
     """``Multinomial(counts[r], probs[r])`` for every row r at once, from ``uniforms`` (float64
     in [0, 1), ``counts[0]`` of them for row 0, then row 1's...).
 
@@ -120,6 +123,9 @@ def split_with_uniforms(probs, counts, uniforms):
     than one sample) is normalized to [0, 1] and shifted by its row index, so the rows form
     one sorted sequence and a draw for row r is ``r + u``. The shift costs log2(rows) of the
     53 bits (probabilities resolved to ~2^-40 with 8192 rows). O(N + rows x vocabulary).
+    ``first_row``: these rows are rows ``first_row...`` of a larger set, and are shifted by
+    their index there, so a chunk of rows rounds exactly as it would among all of them (its
+    draws are the same bits as the whole set's). Returned rows are local to ``probs``.
     """
     import torch
 
@@ -127,10 +133,10 @@ def split_with_uniforms(probs, counts, uniforms):
     cdf = torch.cumsum(probs, dim=-1, dtype=torch.float64)
     cdf = cdf / cdf[:, -1:]
     row_index = torch.arange(n_rows, device=probs.device)
-    flat = (cdf + row_index[:, None]).flatten()
+    flat = (cdf + (row_index + first_row)[:, None]).flatten()
     del cdf
     draw_rows = torch.repeat_interleave(row_index, counts)
-    values = draw_rows + uniforms
+    values = (draw_rows + first_row) + uniforms
     # right=True skips zero-probability tokens; a draw rounded up to its row's end (r + u
     # rounds to r + 1) would fall into the next row, where the left search finds the row's
     # last possible token
@@ -217,6 +223,7 @@ class TreeSampler:
         self.auto_batch = batch_size == "auto"
         self.batch_size = AUTO_BATCH_START if self.auto_batch else int(batch_size)
         self.memory_budget = memory_budget
+        self.draw_rows: int | None = None  # rows per sampling chunk (None: a whole depth)
         self.cache_kwarg = cache_argument(model)
         self.keep_last_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         self.dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
@@ -253,6 +260,8 @@ class TreeSampler:
             ]
             if self.auto_batch:
                 self.batch_size = min(AUTO_BATCH_START, self.batch_size * 2)
+            if self.draw_rows is not None:
+                self.draw_rows *= 2
             self._grow(units)
         return [unit.error or unit.result for unit in units]
 
@@ -271,10 +280,6 @@ class TreeSampler:
 
         for depth in range(1, int(max_tokens.max()) + 1):
             width = torch.bincount(row_unit, minlength=len(units)).tolist()
-            failed = self._failed_rows(logits, row_unit, units)
-            probs = self._distributions(logits, row_unit, units, sequences)
-            del logits
-            self._record_entropy(probs, counts, row_unit, units, width, depth)
             uniforms = torch.cat([
                 torch.rand(int(total), generator=units[u].generator, dtype=torch.float64,
                            device=device)
@@ -283,9 +288,12 @@ class TreeSampler:
                     .tolist()
                 ) if total
             ])
-            cells = split_with_uniforms(probs, counts.to(device), uniforms)
-            del probs
-            parents, tokens, child_counts = torch.stack(cells).cpu()  # one copy to the host
+            bad_rows, entropies, cells = self._draw(logits, row_unit, units, sequences, counts,
+                                                    uniforms)
+            del logits, uniforms
+            failed = self._fail_units(bad_rows, row_unit, units)
+            self._record_entropy(entropies, counts, row_unit, units, width)
+            parents, tokens, child_counts = cells.cpu()  # one copy to the host
             row_unit = row_unit[parents]
             sequences = torch.cat([sequences[parents], tokens[:, None]], dim=1)
             ended = torch.isin(tokens, eos) | (max_tokens[row_unit] == depth) | failed[parents]
@@ -329,17 +337,87 @@ class TreeSampler:
             unit.result.forward_calls += 1
         return [_Batch(0, len(units), cache)], logits
 
-    def _failed_rows(self, logits, row_unit, units: list[_Unit]):
-        """Rows whose logits are not finite (NaN, +inf, or all -inf) fail their whole unit;
-        returns which rows belong to a failed unit (CPU booleans)."""
+    def _draw(self, logits, row_unit, units: list[_Unit], sequences, counts, uniforms):
+        """One depth's sampling step: each row's warped distribution, its entropy and the
+        split of its count, in chunks of rows. Returns which rows' logits are not finite,
+        each row's entropy (bits) and the nonzero cells ``(row, token, count)`` stacked, on
+        the device, sorted by row then token.
+
+        The step holds several rows x vocabulary tensors (warped logits, probabilities, two
+        float64 cumulative sums): a chunk that runs out of memory (or over ``memory_budget``)
+        is split in two and retried after its tensors are gone, and later depths and calls
+        start from the chunk size that worked (each call tries twice it). The uniforms are
+        drawn for the whole depth beforehand and every chunk takes its rows' slice, shifted
+        by its rows' index among all (:func:`split_with_uniforms`): the counts do not depend
+        on the chunking, bit for bit.
+        """
         import torch
 
-        bad_row = (
+        device = logits.device
+        n_rows = len(row_unit)
+        uniform_start = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)]).tolist()
+        counts_device = counts.to(device)
+        chunk = min(self.draw_rows or n_rows, n_rows)
+        pending = [(start, min(start + chunk, n_rows)) for start in range(0, n_rows, chunk)]
+        parts, out_of_memory = [], False
+        while pending:
+            start, stop = pending.pop(0)
+            if out_of_memory:
+                _empty_device_cache(device)  # the failed chunk's tensors are gone by now
+                out_of_memory = False
+            try:
+                self._check_draw_budget(stop - start, logits.shape[-1])
+                parts.append(self._draw_rows(
+                    logits[start:stop], row_unit[start:stop], units, sequences[start:stop],
+                    counts_device[start:stop],
+                    uniforms[uniform_start[start]:uniform_start[stop]], start,
+                ))
+            except torch.OutOfMemoryError:
+                if stop - start == 1:
+                    raise
+                self.draw_rows = (stop - start) // 2
+                middle = start + self.draw_rows
+                pending[:0] = [(start, middle), (middle, stop)]
+                out_of_memory = True
+        if len(parts) == 1:
+            return parts[0]
+        bad_rows, entropies, cells = zip(*parts)
+        return torch.cat(bad_rows), torch.cat(entropies), torch.cat(cells, dim=1)
+
+    def _draw_rows(self, logits, row_unit, units, sequences, counts, uniforms, first_row):
+        """:meth:`_draw` for rows ``first_row...`` (``logits``' rows)."""
+        import torch
+
+        # NaN, +inf, or all -inf (no token possible): the row's unit fails
+        bad_rows = (
             torch.isnan(logits).any(dim=-1)
             | torch.isposinf(logits).any(dim=-1)
             | torch.isneginf(logits).all(dim=-1)
-        ).cpu()
-        for u in row_unit[bad_row].unique().tolist():
+        )
+        probs = self._distributions(logits, row_unit, units, sequences)
+        entropies = torch.special.entr(probs).sum(dim=-1, dtype=torch.float64) / math.log(2)
+        rows, tokens, child_counts = split_with_uniforms(probs, counts, uniforms, first_row)
+        return bad_rows, entropies, torch.stack([rows + first_row, tokens, child_counts])
+
+    def _check_draw_budget(self, rows: int, vocab: int) -> None:
+        """Out of memory if a sampling chunk's working tensors would pass the budget (about
+        DRAW_BYTES_PER_CELL bytes per row and token at once)."""
+        import torch
+
+        if self.memory_budget is not None and rows * vocab * DRAW_BYTES_PER_CELL > (
+            self.memory_budget
+        ):
+            raise torch.OutOfMemoryError(
+                f"sampling {rows} rows needs more than the memory budget "
+                f"({self.memory_budget} bytes)"
+            )
+
+    def _fail_units(self, bad_rows, row_unit, units: list[_Unit]):
+        """Rows whose logits are not finite fail their whole unit; returns which rows belong
+        to a failed unit (CPU booleans)."""
+        import torch
+
+        for u in row_unit[bad_rows.cpu()].unique().tolist():
             if units[u].error is None:
                 units[u].error = NonFiniteLogits(
                     f"the model's next-token logits are not finite (NaN or infinity) in "
@@ -371,14 +449,13 @@ class TreeSampler:
                 probs[rows] = torch.softmax(warped, dim=-1)
         return probs
 
-    def _record_entropy(self, probs, counts, row_unit, units, width, depth) -> None:
+    def _record_entropy(self, entropies, counts, row_unit, units, width) -> None:
         """Per unit: the count-weighted entropy (bits) of the distributions its branches
-        draw from at this depth, and how many samples drew (one pass over the vocabulary,
-        summed in float64, no forward pass)."""
+        draw from at this depth (``entropies``: each row's, summed over the vocabulary in
+        float64, no forward pass), and how many samples drew."""
         import torch
 
-        device = probs.device
-        entropies = torch.special.entr(probs).sum(dim=-1, dtype=torch.float64) / math.log(2)
+        device = entropies.device
         bits = torch.zeros(len(units), dtype=torch.float64, device=device).index_add_(
             0, row_unit.to(device), entropies * counts.to(device).double()
         ).tolist()
