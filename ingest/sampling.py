@@ -17,12 +17,14 @@ How it runs (:class:`TreeSampler`):
   are chunked into batches of at most ``batch_size`` ("auto": start at 1024 rows, halve on
   out-of-memory, try twice the last size at the next call); a batch's cache may gather rows
   from several parent batches.
-- Logits are taken in float32 and go through transformers' own logits warpers
-  (``TemperatureLogitsWarper``, ``TopKLogitsWarper``, ``TopPLogitsWarper``) in the order that
-  ``generate`` applies them (``GenerationMixin._get_logits_processor``), then softmax, exactly
-  as ``generate(do_sample=True)`` does. Only the user's parameters apply: ``top_k=None`` means
-  no top-k even though transformers' ``generate`` would default to 50, and nothing from a
-  model's ``generation_config`` (sampling defaults, repetition penalty...) leaks in.
+- Logits are taken in float32 (below float32, computed in float32 from the final hidden
+  state: :meth:`TreeSampler._float32_logits`) and go through transformers' own logits
+  warpers (``TemperatureLogitsWarper``, ``TopKLogitsWarper``, ``TopPLogitsWarper``) in the
+  order that ``generate`` applies them (``GenerationMixin._get_logits_processor``), then
+  softmax, exactly as ``generate(do_sample=True)`` does. Only the user's parameters apply:
+  ``top_k=None`` means no top-k even though transformers' ``generate`` would default to 50,
+  and nothing from a model's ``generation_config`` (sampling defaults, repetition
+  penalty...) leaks in.
 - Each row's count is split over the next tokens by inverse-CDF draws (float64 cumulative
   sums, uniforms, one binary search; :func:`split_with_uniforms`), vectorized over all rows
   of the depth: O(N + rows x vocabulary) per depth, no Python loop per sample. Each unit's
@@ -31,8 +33,9 @@ How it runs (:class:`TreeSampler`):
   forest, so the same seed gives the same counts.
 - Memory: all open branches of a depth keep their KV cache (and next-token logits) until the
   next depth, so peak memory grows with the widest depth, at most N rows: like
-  ``generate(num_return_sequences=N)``, never more. High-entropy prompts with very large N
-  need memory accordingly.
+  ``generate(num_return_sequences=N)``, never more. An out-of-memory in a forward pass splits
+  its batch; one in the sampling step (warpers, softmax, split) splits its chunk of rows,
+  with the same counts (docs/ingest.md, memory).
 - Completion text = ``tokenizer.decode(new tokens, skip_special_tokens=True)`` without the
   EOS token; a completion that contains a stop string is cut before its first occurrence;
   equal texts are merged.
@@ -210,8 +213,11 @@ class TreeSampler:
     ``eos_token_ids``: tokens that end a branch (the generation config's EOS ids);
     ``batch_size``: most rows per forward pass, or "auto" (halve on out-of-memory; each new
     call tries twice the size that last worked, up to 1024); ``memory_budget``: most bytes
-    of KV cache one forward pass may hold (None: no limit but the device's); a pass over it
-    is treated as out-of-memory, which is how the out-of-memory path runs on a CPU.
+    of KV cache one forward pass may hold, and of working tensors one chunk of the sampling
+    step may hold (None: no limit but the device's); going over it is treated as
+    out-of-memory, which is how the out-of-memory paths run on a CPU. ``float32_head``: the
+    logits come from the sampler's float32 output layer (models below float32 with a plain
+    head, see :meth:`_plain_head`).
     """
 
     def __init__(
@@ -235,6 +241,7 @@ class TreeSampler:
         self.dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
         self._piece_cache: dict[int, str] = {}
         self._new_cache()  # an unsupported cache type fails when the model loads, not mid-job
+        self._out_dtype_mm = True  # until torch refuses it
         self.float32_head = self._plain_head() is not None
 
     def sample(self, rendered: str, params: SamplingParams, seed: int) -> TreeSample:
@@ -647,17 +654,29 @@ class TreeSampler:
         """The output layer in float32 on the final hidden states: a model loaded below
         float32 rounds its logits to its dtype (bfloat16: ~3 significant digits, 0.06 on a
         logit of 16, which shifts a token's probability by ~6%), and the softmax would carry
-        that rounding. The weight is upcast in vocabulary chunks of HEAD_CHUNK_BYTES."""
+        that rounding. Products of two bfloat16 (or float16) numbers are exact in float32, so
+        a matrix product with float32 output (CUDA's ``mm`` with ``out_dtype``: no copy of
+        the weight) gives the float32 head's numbers; elsewhere the weight is upcast in
+        vocabulary chunks of HEAD_CHUNK_BYTES (on a CPU ~10x the bfloat16 head's time, for
+        SmolLM2-1.7B's head shape; docs/ingest.md)."""
         import torch
 
         head = self.model.get_output_embeddings()
         weight = head.weight
-        hidden = hidden.to(weight.device, torch.float32)
-        vocab, width = weight.shape
-        logits = torch.empty((len(hidden), vocab), dtype=torch.float32, device=weight.device)
-        step = max(1, HEAD_CHUNK_BYTES // (4 * width))
-        for start in range(0, vocab, step):
-            logits[:, start:start + step] = hidden @ weight[start:start + step].float().T
+        hidden = hidden.to(weight.device)
+        logits = None
+        if self._out_dtype_mm and weight.device.type == "cuda" and hidden.dtype == weight.dtype:
+            try:
+                logits = torch.mm(hidden, weight.T, out_dtype=torch.float32)
+            except (TypeError, RuntimeError, NotImplementedError):  # torch without it
+                self._out_dtype_mm = False
+        if logits is None:
+            hidden = hidden.float()
+            vocab, width = weight.shape
+            logits = torch.empty((len(hidden), vocab), dtype=torch.float32, device=weight.device)
+            step = max(1, HEAD_CHUNK_BYTES // (4 * width))
+            for start in range(0, vocab, step):
+                logits[:, start:start + step] = hidden @ weight[start:start + step].float().T
         if head.bias is not None:
             logits += head.bias.float()
         return logits
