@@ -17,12 +17,14 @@ How it runs (:class:`TreeSampler`):
   are chunked into batches of at most ``batch_size`` ("auto": start at 1024 rows, halve on
   out-of-memory, try twice the last size at the next call); a batch's cache may gather rows
   from several parent batches.
-- Logits are taken in float32 and go through transformers' own logits warpers
-  (``TemperatureLogitsWarper``, ``TopKLogitsWarper``, ``TopPLogitsWarper``) in the order that
-  ``generate`` applies them (``GenerationMixin._get_logits_processor``), then softmax, exactly
-  as ``generate(do_sample=True)`` does. Only the user's parameters apply: ``top_k=None`` means
-  no top-k even though transformers' ``generate`` would default to 50, and nothing from a
-  model's ``generation_config`` (sampling defaults, repetition penalty...) leaks in.
+- Logits are taken in float32 (below float32, computed in float32 from the final hidden
+  state: :meth:`TreeSampler._float32_logits`) and go through transformers' own logits
+  warpers (``TemperatureLogitsWarper``, ``TopKLogitsWarper``, ``TopPLogitsWarper``) in the
+  order that ``generate`` applies them (``GenerationMixin._get_logits_processor``), then
+  softmax, exactly as ``generate(do_sample=True)`` does. Only the user's parameters apply:
+  ``top_k=None`` means no top-k even though transformers' ``generate`` would default to 50,
+  and nothing from a model's ``generation_config`` (sampling defaults, repetition
+  penalty...) leaks in.
 - Each row's count is split over the next tokens by inverse-CDF draws (float64 cumulative
   sums, uniforms, one binary search; :func:`split_with_uniforms`), vectorized over all rows
   of the depth: O(N + rows x vocabulary) per depth, no Python loop per sample. Each unit's
@@ -31,8 +33,9 @@ How it runs (:class:`TreeSampler`):
   forest, so the same seed gives the same counts.
 - Memory: all open branches of a depth keep their KV cache (and next-token logits) until the
   next depth, so peak memory grows with the widest depth, at most N rows: like
-  ``generate(num_return_sequences=N)``, never more. High-entropy prompts with very large N
-  need memory accordingly.
+  ``generate(num_return_sequences=N)``, never more. An out-of-memory in a forward pass splits
+  its batch; one in the sampling step (warpers, softmax, split) splits its chunk of rows,
+  with the same counts (docs/ingest.md, memory).
 - Completion text = ``tokenizer.decode(new tokens, skip_special_tokens=True)`` without the
   EOS token; a completion that contains a stop string is cut before its first occurrence;
   equal texts are merged.
@@ -59,6 +62,15 @@ from catalog.errors import CatalogError, ModelLoadError
 from ingest.backends import SamplingParams, TokenEntropy
 
 AUTO_BATCH_START = 1024
+# Working memory of the sampling step per row and token, at its peak: float32 probabilities
+# and two float64 cumulative sums (the running sum, then the normalized one)
+DRAW_BYTES_PER_CELL = 4 + 8 + 8
+# Bytes of output-layer weights upcast to float32 at once (the float32 head works in vocabulary
+# chunks so no float32 copy of the whole weight is ever held)
+HEAD_CHUNK_BYTES = 1 << 26
+# Config fields of families that transform the head's output (Gemma 2/3 softcapping, Cohere's
+# scale, Granite's divisor): their own forward computes the logits
+HEAD_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 
 
 def encode_prompt(tokenizer, rendered: str) -> list[int]:
@@ -109,7 +121,7 @@ def split_counts(probs, counts, generator):
     return split_with_uniforms(probs, counts, uniforms)
 
 
-def split_with_uniforms(probs, counts, uniforms):
+def split_with_uniforms(probs, counts, uniforms, first_row: int = 0):
     """``Multinomial(counts[r], probs[r])`` for every row r at once, from ``uniforms`` (float64
     in [0, 1), ``counts[0]`` of them for row 0, then row 1's...).
 
@@ -120,6 +132,9 @@ def split_with_uniforms(probs, counts, uniforms):
     than one sample) is normalized to [0, 1] and shifted by its row index, so the rows form
     one sorted sequence and a draw for row r is ``r + u``. The shift costs log2(rows) of the
     53 bits (probabilities resolved to ~2^-40 with 8192 rows). O(N + rows x vocabulary).
+    ``first_row``: these rows are rows ``first_row...`` of a larger set, and are shifted by
+    their index there, so a chunk of rows rounds exactly as it would among all of them (its
+    draws are the same bits as the whole set's). Returned rows are local to ``probs``.
     """
     import torch
 
@@ -127,10 +142,10 @@ def split_with_uniforms(probs, counts, uniforms):
     cdf = torch.cumsum(probs, dim=-1, dtype=torch.float64)
     cdf = cdf / cdf[:, -1:]
     row_index = torch.arange(n_rows, device=probs.device)
-    flat = (cdf + row_index[:, None]).flatten()
+    flat = (cdf + (row_index + first_row)[:, None]).flatten()
     del cdf
     draw_rows = torch.repeat_interleave(row_index, counts)
-    values = draw_rows + uniforms
+    values = (draw_rows + first_row) + uniforms
     # right=True skips zero-probability tokens; a draw rounded up to its row's end (r + u
     # rounds to r + 1) would fall into the next row, where the left search finds the row's
     # last possible token
@@ -198,8 +213,11 @@ class TreeSampler:
     ``eos_token_ids``: tokens that end a branch (the generation config's EOS ids);
     ``batch_size``: most rows per forward pass, or "auto" (halve on out-of-memory; each new
     call tries twice the size that last worked, up to 1024); ``memory_budget``: most bytes
-    of KV cache one forward pass may hold (None: no limit but the device's); a pass over it
-    is treated as out-of-memory, which is how the out-of-memory path runs on a CPU.
+    of KV cache one forward pass may hold, and of working tensors one chunk of the sampling
+    step may hold (None: no limit but the device's); going over it is treated as
+    out-of-memory, which is how the out-of-memory paths run on a CPU. ``float32_head``: the
+    logits come from the sampler's float32 output layer (models below float32 with a plain
+    head, see :meth:`_plain_head`).
     """
 
     def __init__(
@@ -217,11 +235,14 @@ class TreeSampler:
         self.auto_batch = batch_size == "auto"
         self.batch_size = AUTO_BATCH_START if self.auto_batch else int(batch_size)
         self.memory_budget = memory_budget
+        self.draw_rows: int | None = None  # rows per sampling chunk (None: a whole depth)
         self.cache_kwarg = cache_argument(model)
         self.keep_last_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         self.dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
         self._piece_cache: dict[int, str] = {}
         self._new_cache()  # an unsupported cache type fails when the model loads, not mid-job
+        self._out_dtype_mm = True  # until torch refuses it
+        self.float32_head = self._plain_head() is not None
 
     def sample(self, rendered: str, params: SamplingParams, seed: int) -> TreeSample:
         """Draw ``params.n`` completions of the rendered prompt; see the module docstring."""
@@ -253,6 +274,8 @@ class TreeSampler:
             ]
             if self.auto_batch:
                 self.batch_size = min(AUTO_BATCH_START, self.batch_size * 2)
+            if self.draw_rows is not None:
+                self.draw_rows *= 2
             self._grow(units)
         return [unit.error or unit.result for unit in units]
 
@@ -271,10 +294,6 @@ class TreeSampler:
 
         for depth in range(1, int(max_tokens.max()) + 1):
             width = torch.bincount(row_unit, minlength=len(units)).tolist()
-            failed = self._failed_rows(logits, row_unit, units)
-            probs = self._distributions(logits, row_unit, units, sequences)
-            del logits
-            self._record_entropy(probs, counts, row_unit, units, width, depth)
             uniforms = torch.cat([
                 torch.rand(int(total), generator=units[u].generator, dtype=torch.float64,
                            device=device)
@@ -283,9 +302,12 @@ class TreeSampler:
                     .tolist()
                 ) if total
             ])
-            cells = split_with_uniforms(probs, counts.to(device), uniforms)
-            del probs
-            parents, tokens, child_counts = torch.stack(cells).cpu()  # one copy to the host
+            bad_rows, entropies, cells = self._draw(logits, row_unit, units, sequences, counts,
+                                                    uniforms)
+            del logits, uniforms
+            failed = self._fail_units(bad_rows, row_unit, units)
+            self._record_entropy(entropies, counts, row_unit, units, width)
+            parents, tokens, child_counts = cells.cpu()  # one copy to the host
             row_unit = row_unit[parents]
             sequences = torch.cat([sequences[parents], tokens[:, None]], dim=1)
             ended = torch.isin(tokens, eos) | (max_tokens[row_unit] == depth) | failed[parents]
@@ -329,17 +351,87 @@ class TreeSampler:
             unit.result.forward_calls += 1
         return [_Batch(0, len(units), cache)], logits
 
-    def _failed_rows(self, logits, row_unit, units: list[_Unit]):
-        """Rows whose logits are not finite (NaN, +inf, or all -inf) fail their whole unit;
-        returns which rows belong to a failed unit (CPU booleans)."""
+    def _draw(self, logits, row_unit, units: list[_Unit], sequences, counts, uniforms):
+        """One depth's sampling step: each row's warped distribution, its entropy and the
+        split of its count, in chunks of rows. Returns which rows' logits are not finite,
+        each row's entropy (bits) and the nonzero cells ``(row, token, count)`` stacked, on
+        the device, sorted by row then token.
+
+        The step holds several rows x vocabulary tensors (warped logits, probabilities, two
+        float64 cumulative sums): a chunk that runs out of memory (or over ``memory_budget``)
+        is split in two and retried after its tensors are gone, and later depths and calls
+        start from the chunk size that worked (each call tries twice it). The uniforms are
+        drawn for the whole depth beforehand and every chunk takes its rows' slice, shifted
+        by its rows' index among all (:func:`split_with_uniforms`): the counts do not depend
+        on the chunking, bit for bit.
+        """
         import torch
 
-        bad_row = (
+        device = logits.device
+        n_rows = len(row_unit)
+        uniform_start = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)]).tolist()
+        counts_device = counts.to(device)
+        chunk = min(self.draw_rows or n_rows, n_rows)
+        pending = [(start, min(start + chunk, n_rows)) for start in range(0, n_rows, chunk)]
+        parts, out_of_memory = [], False
+        while pending:
+            start, stop = pending.pop(0)
+            if out_of_memory:
+                _empty_device_cache(device)  # the failed chunk's tensors are gone by now
+                out_of_memory = False
+            try:
+                self._check_draw_budget(stop - start, logits.shape[-1])
+                parts.append(self._draw_rows(
+                    logits[start:stop], row_unit[start:stop], units, sequences[start:stop],
+                    counts_device[start:stop],
+                    uniforms[uniform_start[start]:uniform_start[stop]], start,
+                ))
+            except torch.OutOfMemoryError:
+                if stop - start == 1:
+                    raise
+                self.draw_rows = (stop - start) // 2
+                middle = start + self.draw_rows
+                pending[:0] = [(start, middle), (middle, stop)]
+                out_of_memory = True
+        if len(parts) == 1:
+            return parts[0]
+        bad_rows, entropies, cells = zip(*parts)
+        return torch.cat(bad_rows), torch.cat(entropies), torch.cat(cells, dim=1)
+
+    def _draw_rows(self, logits, row_unit, units, sequences, counts, uniforms, first_row):
+        """:meth:`_draw` for rows ``first_row...`` (``logits``' rows)."""
+        import torch
+
+        # NaN, +inf, or all -inf (no token possible): the row's unit fails
+        bad_rows = (
             torch.isnan(logits).any(dim=-1)
             | torch.isposinf(logits).any(dim=-1)
             | torch.isneginf(logits).all(dim=-1)
-        ).cpu()
-        for u in row_unit[bad_row].unique().tolist():
+        )
+        probs = self._distributions(logits, row_unit, units, sequences)
+        entropies = torch.special.entr(probs).sum(dim=-1, dtype=torch.float64) / math.log(2)
+        rows, tokens, child_counts = split_with_uniforms(probs, counts, uniforms, first_row)
+        return bad_rows, entropies, torch.stack([rows + first_row, tokens, child_counts])
+
+    def _check_draw_budget(self, rows: int, vocab: int) -> None:
+        """Out of memory if a sampling chunk's working tensors would pass the budget (about
+        DRAW_BYTES_PER_CELL bytes per row and token at once)."""
+        import torch
+
+        if self.memory_budget is not None and rows * vocab * DRAW_BYTES_PER_CELL > (
+            self.memory_budget
+        ):
+            raise torch.OutOfMemoryError(
+                f"sampling {rows} rows needs more than the memory budget "
+                f"({self.memory_budget} bytes)"
+            )
+
+    def _fail_units(self, bad_rows, row_unit, units: list[_Unit]):
+        """Rows whose logits are not finite fail their whole unit; returns which rows belong
+        to a failed unit (CPU booleans)."""
+        import torch
+
+        for u in row_unit[bad_rows.cpu()].unique().tolist():
             if units[u].error is None:
                 units[u].error = NonFiniteLogits(
                     f"the model's next-token logits are not finite (NaN or infinity) in "
@@ -371,14 +463,13 @@ class TreeSampler:
                 probs[rows] = torch.softmax(warped, dim=-1)
         return probs
 
-    def _record_entropy(self, probs, counts, row_unit, units, width, depth) -> None:
+    def _record_entropy(self, entropies, counts, row_unit, units, width) -> None:
         """Per unit: the count-weighted entropy (bits) of the distributions its branches
-        draw from at this depth, and how many samples drew (one pass over the vocabulary,
-        summed in float64, no forward pass)."""
+        draw from at this depth (``entropies``: each row's, summed over the vocabulary in
+        float64, no forward pass), and how many samples drew."""
         import torch
 
-        device = probs.device
-        entropies = torch.special.entr(probs).sum(dim=-1, dtype=torch.float64) / math.log(2)
+        device = entropies.device
         bits = torch.zeros(len(units), dtype=torch.float64, device=device).index_add_(
             0, row_unit.to(device), entropies * counts.to(device).double()
         ).tolist()
@@ -547,10 +638,86 @@ class TreeSampler:
         return cache
 
     def _forward(self, input_ids, cache, **extra):
-        output = self.model(
-            input_ids=input_ids, use_cache=True, **{self.cache_kwarg: cache}, **extra
-        )
-        return output.logits[:, -1].float()
+        """The next-token logits (float32) of the last position of every row."""
+        if not self.float32_head:
+            output = self.model(
+                input_ids=input_ids, use_cache=True, **{self.cache_kwarg: cache}, **extra
+            )
+            return output.logits[:, -1].float()
+        extra.pop("logits_to_keep", None)
+        base = self.model.base_model
+        output = base(input_ids=input_ids, use_cache=True, **{cache_argument(base): cache},
+                      **extra)
+        return self._float32_logits(output.last_hidden_state[:, -1])
+
+    def _float32_logits(self, hidden):
+        """The output layer in float32 on the final hidden states: a model loaded below
+        float32 rounds its logits to its dtype (bfloat16: ~3 significant digits, 0.06 on a
+        logit of 16, which shifts a token's probability by ~6%), and the softmax would carry
+        that rounding. Products of two bfloat16 (or float16) numbers are exact in float32, so
+        a matrix product with float32 output (CUDA's ``mm`` with ``out_dtype``: no copy of
+        the weight) gives the float32 head's numbers; elsewhere the weight is upcast in
+        vocabulary chunks of HEAD_CHUNK_BYTES (on a CPU ~10x the bfloat16 head's time, for
+        SmolLM2-1.7B's head shape; docs/ingest.md)."""
+        import torch
+
+        head = self.model.get_output_embeddings()
+        weight = head.weight
+        hidden = hidden.to(weight.device)
+        logits = None
+        if self._out_dtype_mm and weight.device.type == "cuda" and hidden.dtype == weight.dtype:
+            try:
+                logits = torch.mm(hidden, weight.T, out_dtype=torch.float32)
+            except (TypeError, RuntimeError, NotImplementedError):  # torch without it
+                self._out_dtype_mm = False
+        if logits is None:
+            hidden = hidden.float()
+            vocab, width = weight.shape
+            logits = torch.empty((len(hidden), vocab), dtype=torch.float32, device=weight.device)
+            step = max(1, HEAD_CHUNK_BYTES // (4 * width))
+            for start in range(0, vocab, step):
+                logits[:, start:start + step] = hidden @ weight[start:start + step].float().T
+        if head.bias is not None:
+            logits += head.bias.float()
+        return logits
+
+    def _plain_head(self):
+        """The model's output layer if the float32 head can replace it, else None (the
+        model's own logits, upcast after its head, are used).
+
+        Only for models below float32 whose head is a plain ``nn.Linear`` applied to the
+        base model's last hidden state, with nothing after it: families that scale or cap
+        the head's output (HEAD_TRANSFORMS), wrappers whose base model is themselves, heads
+        offloaded by accelerate (weights on "meta"), and any model whose own logits on a
+        probe do not match the float32 head within its dtype's rounding keep their own."""
+        import torch
+
+        model = self.model
+        weight = next(model.parameters())
+        if not weight.is_floating_point() or weight.element_size() >= 4:
+            return None
+        head = model.get_output_embeddings()
+        config = model.config.get_text_config()
+        if (
+            type(head) is not torch.nn.Linear
+            or head.weight.device.type == "meta"
+            or model.base_model is model
+            or any(getattr(config, name, None) not in (None, 1, 1.0) for name in HEAD_TRANSFORMS)
+        ):
+            return None
+        probe = torch.tensor([self.eos_token_ids[:1] + list(range(min(head.weight.shape[0], 7)))],
+                             device=model.device)
+        with torch.inference_mode():
+            own = model(input_ids=probe).logits[:, -1].float()
+            hidden = model.base_model(input_ids=probe).last_hidden_state[:, -1]
+            ours = self._float32_logits(hidden).to(own.device)
+        # both are the same products summed in float32; only the model's final rounding to
+        # its dtype (2^-8 relative in bfloat16) and its summation order may differ
+        if own.shape != ours.shape or not bool(
+            ((own - ours).abs() <= 2 ** -6 * ours.abs().amax() + 1e-3).all()
+        ):
+            return None
+        return head
 
 
 def _empty_device_cache(device) -> None:

@@ -11,7 +11,7 @@ from tiny_models import PROMPTS, cached_tiny_model
 
 from catalog.errors import InvalidInput
 from ingest.backends import ModelSpec, SamplingParams, load_backend
-from ingest.sampling import TreeSampler
+from ingest.sampling import DRAW_BYTES_PER_CELL, TreeSampler
 
 SIGNIFICANCE = 0.01  # chi-square homogeneity tests: reject at the 1% level
 
@@ -103,10 +103,48 @@ def test_a_memory_budget_splits_batches_and_keeps_the_counts(backend, rendered):
 
 def test_a_fixed_batch_size_over_the_budget_fails(backend, rendered):
     loaded = backend.loaded
+    rows = 4  # the budget holds 4 rows' sampling step, not 64 rows' KV cache
     fixed = TreeSampler(loaded.model, loaded.tokenizer, loaded.eos_token_ids, batch_size=64,
-                        memory_budget=1024)
-    with pytest.raises(torch.OutOfMemoryError, match="memory budget"):
+                        memory_budget=rows * vocabulary(loaded) * DRAW_BYTES_PER_CELL)
+    with pytest.raises(torch.OutOfMemoryError, match="a batch of .* memory budget .*KV cache"):
         fixed.sample(rendered[0], SamplingParams(n=500, max_new_tokens=4), seed=1)
+
+
+def vocabulary(loaded) -> int:
+    return loaded.model.get_output_embeddings().weight.shape[0]
+
+
+def test_an_out_of_memory_in_the_sampling_step_is_retried_in_chunks(backend, rendered):
+    """The warpers, softmax and split of a depth hold several rows x vocabulary tensors: a
+    chunk of rows over the budget is split and retried, and the counts are exactly those of
+    an unlimited run with the same seeds (the chunks take their rows' share of the depth's
+    uniforms). Units with different warpers and padded prompts share the chunks."""
+    loaded = backend.loaded
+    requests = [
+        (rendered[0], SamplingParams(n=2000, max_new_tokens=6), 5),
+        (rendered[1], SamplingParams(n=1500, max_new_tokens=5, temperature=1.4, top_p=0.9), 6),
+        (rendered[2], SamplingParams(n=900, max_new_tokens=6, top_k=20), 7),
+    ]
+    rows = 3
+    budgeted = TreeSampler(loaded.model, loaded.tokenizer, loaded.eos_token_ids,
+                           memory_budget=rows * vocabulary(loaded) * DRAW_BYTES_PER_CELL)
+    chunked = budgeted.sample_forest(requests)
+    unlimited = TreeSampler(loaded.model, loaded.tokenizer, loaded.eos_token_ids)
+    whole = unlimited.sample_forest(requests)
+    assert unlimited.draw_rows is None  # nothing was chunked without a budget
+    assert budgeted.draw_rows is not None and budgeted.draw_rows <= rows
+    assert max(sum(depth) for depth in zip(*(t.widths[:4] for t in chunked))) > 10 * rows
+    assert [t.counts for t in chunked] == [t.counts for t in whole]
+    assert [t.token_entropy().tokens for t in chunked] == [t.token_entropy().tokens for t in whole]
+    for small, large in zip(chunked, whole):  # forward batches split too: ~1e-6 rounding
+        assert small.token_entropy().bits == pytest.approx(large.token_entropy().bits, rel=1e-5)
+
+
+def test_a_sampling_step_over_the_budget_for_one_row_fails(backend, rendered):
+    loaded = backend.loaded
+    tiny = TreeSampler(loaded.model, loaded.tokenizer, loaded.eos_token_ids, memory_budget=1024)
+    with pytest.raises(torch.OutOfMemoryError, match="sampling 1 rows .* memory budget"):
+        tiny.sample(rendered[0], SamplingParams(n=50, max_new_tokens=3), seed=1)
 
 
 def test_auto_batch_size_grows_back_on_the_next_call(backend, rendered):

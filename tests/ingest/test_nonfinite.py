@@ -28,8 +28,8 @@ def half_backend(tmp_path_factory):
 def test_a_float16_overflow_fails_the_unit_with_the_dtype_named(half_backend):
     rendered = half_backend.render(PROMPTS[0], "chat")
     assert sum(half_backend.sample(rendered, PARAMS, seed=1).values()) == PARAMS.n
-    with torch.no_grad():  # logits past float16's 65504 become infinite
-        half_backend.loaded.model.lm_head.weight.mul_(3e4)
+    with torch.no_grad():  # final hidden states past float16's 65504 become infinite
+        half_backend.loaded.model.model.norm.weight.mul_(3e4)
     with pytest.raises(NonFiniteLogits, match="not finite .* in float16"):
         half_backend.sample(rendered, PARAMS, seed=1)
     with pytest.raises(NonFiniteLogits):

@@ -12,7 +12,13 @@ from tiny_models import cached_tiny_model
 from transformers import GenerationConfig
 
 from ingest.backends import ModelSpec, SamplingParams, load_backend
-from ingest.sampling import TreeSampler, encode_prompt, logits_processors, split_counts
+from ingest.sampling import (
+    TreeSampler,
+    encode_prompt,
+    logits_processors,
+    split_counts,
+    split_with_uniforms,
+)
 
 SIGNIFICANCE = 0.01  # chi-square homogeneity tests: reject at the 1% level
 N = 2000
@@ -263,3 +269,22 @@ def test_split_counts_is_an_exact_multinomial_split():
     assert (probs[rows, tokens] > 0).all()  # zero-probability tokens are never drawn
     assert child[(rows == 1)].tolist() == [7]
     assert abs(child[(rows == 0) & (tokens == 0)].item() - 500) < 5 * 16  # 5 sd of Bin(1000, .5)
+
+
+def test_rows_split_in_chunks_draw_exactly_what_they_draw_together():
+    """The sampling step's out-of-memory retry splits a depth's rows into chunks: each chunk
+    takes its rows' uniforms and is shifted by its rows' index among all, so the cells are
+    the whole split's, bit for bit."""
+    generator = torch.Generator().manual_seed(3)
+    probs = torch.softmax(4 * torch.randn(37, 500, generator=generator), dim=-1)
+    counts = torch.randint(1, 300, (37,), generator=generator)
+    uniforms = torch.rand(int(counts.sum()), generator=generator, dtype=torch.float64)
+    whole = torch.stack(split_with_uniforms(probs, counts, uniforms))
+    starts = [0, *counts.cumsum(0).tolist()]
+    pieces = []
+    for first, last in [(0, 1), (1, 10), (10, 11), (11, 37)]:
+        rows, tokens, child = split_with_uniforms(
+            probs[first:last], counts[first:last], uniforms[starts[first]:starts[last]], first)
+        pieces.append(torch.stack([rows + first, tokens, child]))
+    assert torch.equal(torch.cat(pieces, dim=1), whole)
+    assert len(whole[0].unique()) == 37 and whole[2].sum() == counts.sum()
