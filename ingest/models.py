@@ -453,7 +453,11 @@ class TransformersBackend(Backend):
             "dtype": self.loaded.dtype,
             "device": self.loaded.device,
             "chat_template_hash": chat_template_hash(self.loaded.tokenizer),
-            "library_versions": library_versions(gguf=bool(self.spec.gguf_file)),
+            "library_versions": {
+                **library_versions(gguf=bool(self.spec.gguf_file)),
+                # below float32: the logits from the head applied in float32, or the model's own
+                "logits": "float32 head" if self.sampler.float32_head else "model head",
+            },
         }
 
     def close(self) -> None:

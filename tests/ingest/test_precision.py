@@ -86,6 +86,9 @@ def test_bfloat16_logits_from_a_float32_head_are_closer_to_the_float32_model(tmp
         tmp_path_factory, "bfloat16")
     sampler = half.sampler
     assert sampler.float32_head and not reference.sampler.float32_head
+    # the run says which logits it sampled from
+    assert half.provenance()["library_versions"]["logits"] == "float32 head"
+    assert reference.provenance()["library_versions"]["logits"] == "model head"
     tokenizer = reference.loaded.tokenizer
     exact, own, ours = [], [], []
     with torch.inference_mode():
