@@ -1,7 +1,7 @@
 """Benchmark: `catalog analyze` at scale, against just reading the counts, on both databases.
 
 1. Scale: 10 families x 4 stages x 15 tasks x 200 prompts x 50 options = 6,000,000
-   option-count rows (planted synthetic counts, analysis/synthetic.py), stored through the
+   option-count rows (planted synthetic counts, catalog/toylab/synthetic.py), stored through the
    import path (catalog.io.import_counts of a Parquet file) on SQLite and on PostgreSQL.
    Measured, each in a fresh subprocess (peak memory from resource.getrusage maxrss, of the
    process and of its children: connectorx reads file SQLite in a child process):
@@ -81,7 +81,7 @@ def _rows(families, tasks, prompts, options, samples) -> int:
 
 
 def _counts_file(path: Path, families, tasks, prompts, options, samples) -> dict:
-    from analysis.synthetic import planted_counts
+    from catalog.toylab.synthetic import planted_counts
 
     start = time.perf_counter()
     frame, seeds = planted_counts(

@@ -1,7 +1,7 @@
 """Benchmark: `catalog report` drawing time at study scale, in memory (no database).
 
 A study-sized selection: 2 families x 4 stages x 15 tasks x 20 prompts x 10 options
-(planted synthetic counts, analysis/synthetic.py), analyzed with --bootstrap B, then drawn
+(planted synthetic counts, catalog/toylab/synthetic.py), analyzed with --bootstrap B, then drawn
 by ``analysis.report.write_report`` (every figure rendered, PNGs and report.html written).
 Prints wall and CPU seconds of the analysis and of the drawing, the number of figures and
 the size of report.html. Target: the drawing finishes in under a minute on a 2-core machine
@@ -33,7 +33,7 @@ def main() -> None:
     from analysis.crystallization import AnalysisOptions, analyze_data
     from analysis.frames import counts_from_frame
     from analysis.report import write_report
-    from analysis.synthetic import planted_counts
+    from catalog.toylab.synthetic import planted_counts
 
     frame, _ = planted_counts(
         families=[f"family_{i}" for i in range(args.families)],

@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=4, help="prompts per task (default 4)")
     parser.add_argument("--samples", type=int, default=200)
     args = parser.parse_args()
-    from ingest.toylab import ToyFamilySettings, train_family
+    from catalog.toylab import ToyFamilySettings, train_family
 
     print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory() as scratch:

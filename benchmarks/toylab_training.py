@@ -1,4 +1,4 @@
-"""Benchmark: training the toy family of `catalog demo` (ingest/toylab.py) on the CPU.
+"""Benchmark: training the toy family of `catalog demo` (catalog/toylab/) on the CPU.
 
 Trains the default family (the bundled digit, coin and color tasks, 12 prompts each) and
 the test suite's small one (3 tasks x 4 prompts) into a scratch directory, and prints per
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def measure(label: str, settings, out_dir: Path) -> None:
-    from ingest.toylab import learned_distributions, train_family
+    from catalog.toylab import learned_distributions, train_family
 
     wall, cpu = time.perf_counter(), time.process_time()
     family = train_family(out_dir, settings)
@@ -66,7 +66,7 @@ def main() -> None:
 
     from test_toylab import SETTINGS as SMALL
 
-    from ingest.toylab import ToyFamilySettings
+    from catalog.toylab import ToyFamilySettings
 
     print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory() as scratch:

@@ -2,7 +2,7 @@
 
 Study scale with checkpoints: 2 families x 40 checkpoints (base, then 13 each of sft, dpo
 and rl) x 15 tasks x 20 prompts (10 options, 1000 samples per prompt; planted synthetic
-counts, ``analysis.synthetic.checkpoint_counts``: each checkpoint mixes the liquid base
+counts, ``catalog.toylab.synthetic.checkpoint_counts``: each checkpoint mixes the liquid base
 prompts with the seed, the seed's share rising over the SFT checkpoints), 1000 bootstrap
 replicates. Measured, each in a fresh Python process (wall and CPU seconds, peak memory):
 
@@ -133,7 +133,7 @@ def _run_child(kind: str, *args: str) -> dict:
 def _generate(path: Path, families, tasks, prompts, options, steps) -> dict:
     import numpy as np
 
-    from analysis.synthetic import checkpoint_counts
+    from catalog.toylab.synthetic import checkpoint_counts
 
     checkpoints = [("base", None)] + [(s, 100 * i) for s in STAGES for i in range(1, steps + 1)]
     weights = np.clip(np.arange(len(checkpoints)) / steps, 0, 1)  # crystallizes during sft
