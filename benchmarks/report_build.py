@@ -9,6 +9,7 @@ the size of report.html. Target: the drawing finishes in under a minute on a 2-c
 
     python benchmarks/report_build.py                  # 15 tasks, 2 families
     python benchmarks/report_build.py --tasks 3 --bootstrap 0
+    python benchmarks/report_build.py --smoke   # 1 family x 2 tasks x 4 prompts: seconds
 """
 
 from __future__ import annotations
@@ -27,7 +28,11 @@ def main() -> None:
     parser.add_argument("--options", type=int, default=10)
     parser.add_argument("--bootstrap", type=int, default=200)
     parser.add_argument("--output", type=Path, default=None, help="Keep the report here.")
+    parser.add_argument("--smoke", action="store_true",
+                        help="1 family x 2 tasks x 4 prompts x 4 options, bootstrap 5")
     args = parser.parse_args()
+    if args.smoke:
+        args.families, args.tasks, args.prompts, args.options, args.bootstrap = 1, 2, 4, 4, 5
 
     started = time.perf_counter(), time.process_time()
     from analysis.crystallization import AnalysisOptions, analyze_data

@@ -12,20 +12,23 @@ minutes on 2 CPU cores.
 
     python benchmarks/toylab_training.py
     python benchmarks/toylab_training.py --prompts 6 --seed 3
+    python benchmarks/toylab_training.py --smoke   # 3 prompts, tiny models, 3 steps: seconds
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+# --smoke: families too small to learn anything, trained in seconds (checks the script runs).
+SMOKE = dict(prompts_per_task=3, hidden_size=16, intermediate_size=32, num_heads=2,
+             base_steps=3, sft_steps=3, dpo_steps=3)
 
 
 def measure(label: str, settings, out_dir: Path) -> None:
@@ -60,19 +63,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=12, help="prompts per task (default 12)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoke", action="store_true", help="3 prompts, tiny models, 3 steps")
     args = parser.parse_args()
 
-    from dataclasses import replace
-
-    from test_toylab import SETTINGS as SMALL
-
     from catalog.toylab import ToyFamilySettings
+    from catalog.toylab.small import SMALL_FAMILY
 
+    default = ToyFamilySettings(prompts_per_task=args.prompts, seed=args.seed)
+    small = replace(SMALL_FAMILY, seed=args.seed)
+    if args.smoke:
+        default, small = replace(default, **SMOKE), replace(small, **SMOKE)
     print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory() as scratch:
-        default = ToyFamilySettings(prompts_per_task=args.prompts, seed=args.seed)
         measure("default family (bundled digit, coin, color)", default, Path(scratch))
-        measure("test family (3 tasks x 4 prompts)", replace(SMALL, seed=args.seed), Path(scratch))
+        measure("test family (3 tasks x 4 prompts)", small, Path(scratch))
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

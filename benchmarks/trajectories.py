@@ -17,6 +17,7 @@ Target (issue 13): with trajectories at most 10x the same analysis without them.
 
     python benchmarks/trajectories.py                          # everything (~10 min here)
     python benchmarks/trajectories.py --tasks 3 --backends ""  # a quick look, in memory only
+    python benchmarks/trajectories.py --smoke --backends sqlite  # seconds: does it run
 """
 
 from __future__ import annotations
@@ -46,7 +47,12 @@ def main() -> None:
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres",
                         help="Admin URL of the server that gets the scratch databases.")
+    parser.add_argument("--smoke", action="store_true",
+                        help="1 family x 2 tasks x 4 prompts x 4 options, 3 steps, bootstrap 5")
     args = parser.parse_args()
+    if args.smoke:
+        args.families, args.tasks, args.prompts, args.options = 1, 2, 4, 4
+        args.steps, args.bootstrap = 3, 5
 
     shape = {"families": args.families, "tasks": args.tasks, "prompts": args.prompts,
              "options": args.options, "steps": args.steps}
