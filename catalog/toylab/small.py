@@ -1,8 +1,8 @@
 """The small toy family the tests and benchmarks train: 3 tasks x 4 prompts, seeds planted
 on different prompt positions (digit: "rng", coin: "terse", color: the default third prompt).
 
-Big enough to learn every phase (liquid base, nucleated SFT, settled DPO) in a few seconds
-of CPU time; tests/ingest/test_toylab.py checks what it learns.
+Big enough to learn every phase (liquid base, nucleated SFT, settled DPO), small enough to
+train on the CPU during the suite; tests/ingest/test_toylab.py checks what it learns.
 """
 
 from __future__ import annotations
