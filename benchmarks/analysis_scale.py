@@ -1,7 +1,7 @@
 """Benchmark: `catalog analyze` at scale, against just reading the counts, on both databases.
 
 1. Scale: 10 families x 4 stages x 15 tasks x 200 prompts x 50 options = 6,000,000
-   option-count rows (planted synthetic counts, analysis/synthetic.py), stored through the
+   option-count rows (planted synthetic counts, catalog/toylab/synthetic.py), stored through the
    import path (catalog.imports.import_counts of a Parquet file) on SQLite and on PostgreSQL.
    Measured, each in a fresh subprocess (peak memory from resource.getrusage maxrss, of the
    process and of its children: connectorx reads file SQLite in a child process):
@@ -17,6 +17,7 @@ Scratch PostgreSQL databases are created on the server of --postgres and dropped
 
     python benchmarks/analysis_scale.py                       # everything (~15 min here)
     python benchmarks/analysis_scale.py --families 1 --backends sqlite   # a quick look
+    python benchmarks/analysis_scale.py --smoke --backends sqlite       # seconds: does it run
 """
 
 from __future__ import annotations
@@ -47,7 +48,12 @@ def main() -> None:
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres",
                         help="Admin URL of the server that gets the scratch databases.")
     parser.add_argument("--json", type=Path, default=None, help="Also write the figures here.")
+    parser.add_argument("--smoke", action="store_true",
+                        help="1 family x 2 tasks x 4 prompts x 4 options, both parts, bootstrap 5")
     args = parser.parse_args()
+    if args.smoke:
+        args.families, args.tasks, args.prompts, args.options = 1, 2, 4, 4
+        args.samples, args.bootstrap = 50, 5
 
     backends = args.backends.split(",")
     figures: dict = {"scale": {}, "study": {}}
@@ -57,12 +63,14 @@ def main() -> None:
                  "options": args.options, "samples": args.samples}
         study = {"families": 2, "tasks": args.tasks, "prompts": 20, "options": 10,
                  "samples": 1000}
+        if args.smoke:
+            study.update(prompts=args.prompts, options=args.options, samples=args.samples)
         # Generating and importing run in child processes too, so this process stays small:
         # Linux carries a process's peak RSS over fork+exec into ru_maxrss of its children.
         scale_file = _in_child("generate", str(workdir / "scale.parquet"), json.dumps(scale))
         study_file = _in_child("generate", str(workdir / "study.parquet"), json.dumps(study))
         figures["rows"] = _rows(**scale)
-        figures["study_tasks"] = args.tasks
+        figures["study_tasks"], figures["study_shape"] = args.tasks, study
         for backend in backends:
             with _scratch_database(backend, args.postgres, workdir) as url:
                 figures["scale"][backend] = _scale_figures(url, scale_file, args.families * args.tasks)
@@ -81,7 +89,7 @@ def _rows(families, tasks, prompts, options, samples) -> int:
 
 
 def _counts_file(path: Path, families, tasks, prompts, options, samples) -> dict:
-    from analysis.synthetic import planted_counts
+    from catalog.toylab.synthetic import planted_counts
 
     start = time.perf_counter()
     frame, seeds = planted_counts(
@@ -258,11 +266,13 @@ def _markdown(figures: dict, bootstrap: int) -> str:
             f"{a['children_maxrss_mib']:.0f} | {a['planted_seeds_found']}/{a['groups']}"
             + ("" if a["verdicts_all_as_planted"] else " (verdicts differ)") + " |"
         )
+    study = figures["study_shape"]
     lines += [
         "",
         (
-            f"Study scale (2 families x 4 stages x {figures['study_tasks']} tasks x 20 prompts, "
-            f"10 options, 1000 samples per prompt): {bootstrap} bootstrap replicates."
+            f"Study scale ({study['families']} families x 4 stages x {study['tasks']} tasks x "
+            f"{study['prompts']} prompts, {study['options']} options, {study['samples']} samples "
+            f"per prompt): {bootstrap} bootstrap replicates."
         ),
         "",
         "| database | analyze (s) | with bootstrap (s) | ratio | peak MiB with bootstrap |",

@@ -33,8 +33,9 @@ homogeneity p-value between the backends' chatty (over the digit normalizer's op
 concentrated samples, and GPU memory: torch's peak allocation and the memory in use after
 the stages (vLLM allocates its own pool).
 
-``--backends tree`` runs the tree alone (no vLLM needed: the main venv); ``--smoke`` keeps
-2 layers and small N to check the script runs; on a GPU::
+``--backends tree`` runs the tree alone (no vLLM needed: the main venv); ``--smoke`` checks
+that the script runs, in seconds: the tests' tiny model instead of SmolLM2 (no model package
+needed; the vLLM suite runs it), small N, vLLM without graph compilation; on a GPU::
 
     python benchmarks/backends.py --device cuda --dtype bfloat16
     python benchmarks/backends.py --device cuda --dtype bfloat16 --shape llama-3.1-8b
@@ -45,6 +46,7 @@ torch runs with ``--threads`` threads for both (vLLM's CPU worker runs in this p
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import importlib.util
 import json
@@ -61,6 +63,7 @@ from ingest.backends import ModelSpec, SampleRequest, SamplingParams, load_backe
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from stat_checks import homogeneity_pvalue  # noqa: E402  (the tests' chi-square test)
+from tiny_models import build_tiny_model  # noqa: E402
 
 
 # A raw text continuation (no chat template, no scaffold) that the model is sure about, up
@@ -155,6 +158,8 @@ def run_backend(kind: str, directory: Path, args, digit) -> dict:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     spec = ModelSpec(str(directory), backend="transformers" if kind == "tree" else "vllm")
+    if kind == "vllm" and args.smoke:  # no compilation: the engine starts in seconds on a CPU
+        spec = dataclasses.replace(spec, backend_options={"enforce_eager": True})
     backend, load_seconds = timed(lambda: load_backend(spec, device=args.device,
                                                        dtype=args.dtype))
     setup = backend.provenance()
@@ -232,11 +237,11 @@ def main() -> None:
     parser.add_argument("--backends", default="tree,vllm",
                         help="comma-separated: tree, vllm (each loaded alone, in this order)")
     parser.add_argument("--smoke", action="store_true",
-                        help="2 layers, N=50, 8 tokens, 6 grid units: checks the script runs")
+                        help="the tests' tiny model, N=50, 8 tokens, 6 grid units")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if args.smoke:
-        args.layers, args.n, args.max_new_tokens = 2, 50, 8
+        args.n, args.max_new_tokens = 50, 8
         args.grid_prompts, args.grid_seeds, args.grid_n = 3, 2, 20
     if args.device == "cpu":
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{args.threads - 1}")
@@ -246,7 +251,11 @@ def main() -> None:
 
     digit = bundled_task("digit")
     with tempfile.TemporaryDirectory() as scratch:
-        directory = write_model(Path(scratch), args.shape, args.layers)
+        if args.smoke:  # the vLLM suite's tiny model (vLLM's CPU attention needs head size 64)
+            directory = build_tiny_model(Path(scratch) / "tiny", train_steps=80,
+                                         hidden_size=128, heads=2)
+        else:
+            directory = write_model(Path(scratch), args.shape, args.layers)
         results = {kind: run_backend(kind, directory, args, digit) for kind in kinds}
     rows = report(results, args, digit)
     if args.json:

@@ -6,6 +6,7 @@ so no closed-option lists get in the way). Usage:
     python benchmarks/import_counts.py --db sqlite:////tmp/bench.db
     python benchmarks/import_counts.py --db postgresql://postgres@127.0.0.1/catalog_bench
     python benchmarks/import_counts.py --families 1   # 600,000 rows, a quick look
+    python benchmarks/import_counts.py --smoke        # 96 rows into a scratch SQLite file
 
 The database should be empty (or hold a previous run of this benchmark).
 
@@ -61,23 +62,29 @@ def timed(label: str, fn):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--db", required=True)
+    parser.add_argument("--db", help="required, except with --smoke (a scratch SQLite file)")
     parser.add_argument("--families", type=int, default=10)
+    parser.add_argument("--smoke", action="store_true",
+                        help="1 family x 2 tasks x 3 prompts x 4 options: checks the script runs")
     args = parser.parse_args()
-    engine = open_catalog(args.db)
+    if args.db is None and not args.smoke:
+        parser.error("the following arguments are required: --db")
+    sizes = (1, 2, 3, 4) if args.smoke else (args.families, 15, 200, 50)
     with tempfile.TemporaryDirectory() as tmp:
-        path = counts_file(Path(tmp) / "counts.parquet", args.families, 15, 200, 50)
+        engine = open_catalog(args.db or f"sqlite:///{Path(tmp) / 'smoke.db'}")
+        path = counts_file(Path(tmp) / "counts.parquet", *sizes)
         rows = pl.scan_parquet(path).select(pl.len()).collect().item()
         print(f"{engine.dialect.name}: {rows:,} rows")
         print(timed("import", lambda: import_counts(engine, path)))
         print(timed("re-import (replaces every run)", lambda: import_counts(engine, path)))
-    frame = timed("read_view v_distributions", lambda: read_view(engine, "v_distributions"))
-    print(f"  {frame.height:,} rows, {frame.estimated_size() / 1e6:.0f} MB")
-    frame = timed(
-        "read_sql run_id, option, count from v_counts",
-        lambda: read_sql(engine, "SELECT run_id, option, count FROM v_counts"),
-    )
-    print(f"  {frame.height:,} rows, {frame.estimated_size() / 1e6:.0f} MB")
+        frame = timed("read_view v_distributions", lambda: read_view(engine, "v_distributions"))
+        print(f"  {frame.height:,} rows, {frame.estimated_size() / 1e6:.0f} MB")
+        frame = timed(
+            "read_sql run_id, option, count from v_counts",
+            lambda: read_sql(engine, "SELECT run_id, option, count FROM v_counts"),
+        )
+        print(f"  {frame.height:,} rows, {frame.estimated_size() / 1e6:.0f} MB")
+        engine.dispose()
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ Usage:
     python benchmarks/import_scale.py                          # 1M rows, both databases
     python benchmarks/import_scale.py --rows 1000000,10000000 --lines 1000000,5000000
     python benchmarks/import_scale.py --rows 200000 --backends sqlite   # a quick look
+    python benchmarks/import_scale.py --smoke --backends sqlite   # 2,000 rows: does it run
 
 PostgreSQL: scratch databases are created on --postgres (default the local server) and
 dropped at the end. Targets (issue 10): peak memory under 1 GiB for 10M counts rows and 5M
@@ -177,7 +178,10 @@ def main() -> None:
     parser.add_argument("--kinds", default="counts,completions")
     parser.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--json", type=Path, default=None, help="Also write the results here.")
+    parser.add_argument("--smoke", action="store_true", help="2,000 rows and lines")
     args = parser.parse_args()
+    if args.smoke:
+        args.rows, args.lines = "2000", "2000"
     results = []
     with tempfile.TemporaryDirectory(prefix="import-scale-") as tmp:
         folder = Path(tmp)

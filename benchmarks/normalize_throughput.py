@@ -4,7 +4,9 @@ Ingest normalizes each distinct completion text once, so this bounds how much no
 can cost a unit. The texts are each task's options (or a few open answers) inside chatty
 wrappers and base-model run-ons, all distinct.
 
-    python benchmarks/normalize_throughput.py [--seconds 0.5]
+    python benchmarks/normalize_throughput.py [--seconds 0.5] [--smoke]
+
+``--smoke``: 0.01 s per task, to check that the script works.
 """
 
 from __future__ import annotations
@@ -29,7 +31,10 @@ WRAPPERS = [
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=0.5, help="time spent per task")
+    parser.add_argument("--smoke", action="store_true", help="0.01 s per task")
     args = parser.parse_args()
+    if args.smoke:
+        args.seconds = 0.01
     print(f"{'task':14} {'normalizer':10} {'texts/s':>9} {'us/text':>8}")
     for task in bundled_tasks():
         normalizer = get_normalizer(task.normalizer)

@@ -1,7 +1,7 @@
 """Benchmark: `catalog report` drawing time at study scale, in memory (no database).
 
 A study-sized selection: 2 families x 4 stages x 15 tasks x 20 prompts x 10 options
-(planted synthetic counts, analysis/synthetic.py), analyzed with --bootstrap B, then drawn
+(planted synthetic counts, catalog/toylab/synthetic.py), analyzed with --bootstrap B, then drawn
 by ``analysis.report.write_report`` (every figure rendered, PNGs and report.html written).
 Prints wall and CPU seconds of the analysis and of the drawing, the number of figures and
 the size of report.html. Target: the drawing finishes in under a minute on a 2-core machine
@@ -9,6 +9,7 @@ the size of report.html. Target: the drawing finishes in under a minute on a 2-c
 
     python benchmarks/report_build.py                  # 15 tasks, 2 families
     python benchmarks/report_build.py --tasks 3 --bootstrap 0
+    python benchmarks/report_build.py --smoke   # 1 family x 2 tasks x 4 prompts: seconds
 """
 
 from __future__ import annotations
@@ -27,13 +28,17 @@ def main() -> None:
     parser.add_argument("--options", type=int, default=10)
     parser.add_argument("--bootstrap", type=int, default=200)
     parser.add_argument("--output", type=Path, default=None, help="Keep the report here.")
+    parser.add_argument("--smoke", action="store_true",
+                        help="1 family x 2 tasks x 4 prompts x 4 options, bootstrap 5")
     args = parser.parse_args()
+    if args.smoke:
+        args.families, args.tasks, args.prompts, args.options, args.bootstrap = 1, 2, 4, 4, 5
 
     started = time.perf_counter(), time.process_time()
     from analysis.crystallization import AnalysisOptions, analyze_data
     from analysis.frames import counts_from_frame
     from analysis.report import write_report
-    from analysis.synthetic import planted_counts
+    from catalog.toylab.synthetic import planted_counts
 
     frame, _ = planted_counts(
         families=[f"family_{i}" for i in range(args.families)],

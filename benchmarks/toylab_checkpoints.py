@@ -8,6 +8,7 @@ on one thread; on a shared machine wall time grows with the load, printed too).
 
     python benchmarks/toylab_checkpoints.py
     python benchmarks/toylab_checkpoints.py --checkpoints 8 --prompts 4 --samples 200
+    python benchmarks/toylab_checkpoints.py --smoke   # tiny models, 2 checkpoints: seconds
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
+# --smoke: families too small to learn anything, trained in seconds (checks the script runs).
+SMOKE = dict(hidden_size=16, intermediate_size=32, num_heads=2, base_steps=3, sft_steps=3,
+             dpo_steps=3)
+
 
 def measure(checkpoints: int, args, scratch: Path) -> None:
     from catalog.db import open_catalog
@@ -27,7 +32,7 @@ def measure(checkpoints: int, args, scratch: Path) -> None:
     engine = open_catalog(f"sqlite:///{scratch / f'demo-{checkpoints}.db'}")
     options = DemoOptions(
         samples=args.samples, prompts_per_task=args.prompts, bootstrap=0, report_dir=None,
-        checkpoints=checkpoints,
+        checkpoints=checkpoints, toylab=SMOKE if args.smoke else {},
     )
     marks: dict[str, tuple[float, float]] = {}
 
@@ -53,8 +58,12 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=int, default=8)
     parser.add_argument("--prompts", type=int, default=4, help="prompts per task (default 4)")
     parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny models, 2 checkpoints, 3 prompts, 20 samples")
     args = parser.parse_args()
-    from ingest.toylab import ToyFamilySettings, train_family
+    if args.smoke:
+        args.checkpoints, args.prompts, args.samples = 2, 3, 20
+    from catalog.toylab import ToyFamilySettings, train_family
 
     print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory() as scratch:

@@ -1,4 +1,4 @@
-"""Benchmark: training the toy family of `catalog demo` (ingest/toylab.py) on the CPU.
+"""Benchmark: training the toy family of `catalog demo` (catalog/toylab/) on the CPU.
 
 Trains the default family (the bundled digit, coin and color tasks, 12 prompts each) and
 the test suite's small one (3 tasks x 4 prompts) into a scratch directory, and prints per
@@ -12,24 +12,27 @@ minutes on 2 CPU cores.
 
     python benchmarks/toylab_training.py
     python benchmarks/toylab_training.py --prompts 6 --seed 3
+    python benchmarks/toylab_training.py --smoke   # 3 prompts, tiny models, 3 steps: seconds
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+# --smoke: families too small to learn anything, trained in seconds (checks the script runs).
+SMOKE = dict(prompts_per_task=3, hidden_size=16, intermediate_size=32, num_heads=2,
+             base_steps=3, sft_steps=3, dpo_steps=3)
 
 
 def measure(label: str, settings, out_dir: Path) -> None:
-    from ingest.toylab import learned_distributions, train_family
+    from catalog.toylab import learned_distributions, train_family
 
     wall, cpu = time.perf_counter(), time.process_time()
     family = train_family(out_dir, settings)
@@ -60,19 +63,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=12, help="prompts per task (default 12)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoke", action="store_true", help="3 prompts, tiny models, 3 steps")
     args = parser.parse_args()
 
-    from dataclasses import replace
+    from catalog.toylab import ToyFamilySettings
+    from catalog.toylab.small import SMALL_FAMILY
 
-    from test_toylab import SETTINGS as SMALL
-
-    from ingest.toylab import ToyFamilySettings
-
+    default = ToyFamilySettings(prompts_per_task=args.prompts, seed=args.seed)
+    small = replace(SMALL_FAMILY, seed=args.seed)
+    if args.smoke:
+        default, small = replace(default, **SMOKE), replace(small, **SMOKE)
     print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory() as scratch:
-        default = ToyFamilySettings(prompts_per_task=args.prompts, seed=args.seed)
         measure("default family (bundled digit, coin, color)", default, Path(scratch))
-        measure("test family (3 tasks x 4 prompts)", replace(SMALL, seed=args.seed), Path(scratch))
+        measure("test family (3 tasks x 4 prompts)", small, Path(scratch))
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

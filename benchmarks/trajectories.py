@@ -2,7 +2,7 @@
 
 Study scale with checkpoints: 2 families x 40 checkpoints (base, then 13 each of sft, dpo
 and rl) x 15 tasks x 20 prompts (10 options, 1000 samples per prompt; planted synthetic
-counts, ``analysis.synthetic.checkpoint_counts``: each checkpoint mixes the liquid base
+counts, ``catalog.toylab.synthetic.checkpoint_counts``: each checkpoint mixes the liquid base
 prompts with the seed, the seed's share rising over the SFT checkpoints), 1000 bootstrap
 replicates. Measured, each in a fresh Python process (wall and CPU seconds, peak memory):
 
@@ -17,6 +17,7 @@ Target (issue 13): with trajectories at most 10x the same analysis without them.
 
     python benchmarks/trajectories.py                          # everything (~10 min here)
     python benchmarks/trajectories.py --tasks 3 --backends ""  # a quick look, in memory only
+    python benchmarks/trajectories.py --smoke --backends sqlite  # seconds: does it run
 """
 
 from __future__ import annotations
@@ -46,7 +47,12 @@ def main() -> None:
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres",
                         help="Admin URL of the server that gets the scratch databases.")
+    parser.add_argument("--smoke", action="store_true",
+                        help="1 family x 2 tasks x 4 prompts x 4 options, 3 steps, bootstrap 5")
     args = parser.parse_args()
+    if args.smoke:
+        args.families, args.tasks, args.prompts, args.options = 1, 2, 4, 4
+        args.steps, args.bootstrap = 3, 5
 
     shape = {"families": args.families, "tasks": args.tasks, "prompts": args.prompts,
              "options": args.options, "steps": args.steps}
@@ -133,7 +139,7 @@ def _run_child(kind: str, *args: str) -> dict:
 def _generate(path: Path, families, tasks, prompts, options, steps) -> dict:
     import numpy as np
 
-    from analysis.synthetic import checkpoint_counts
+    from catalog.toylab.synthetic import checkpoint_counts
 
     checkpoints = [("base", None)] + [(s, 100 * i) for s in STAGES for i in range(1, steps + 1)]
     weights = np.clip(np.arange(len(checkpoints)) / steps, 0, 1)  # crystallizes during sft

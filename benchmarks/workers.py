@@ -4,6 +4,7 @@ worker` processes, directly and through PgBouncer, and the queue's overhead per 
     python benchmarks/workers.py                       # PostgreSQL at 127.0.0.1:5432
     python benchmarks/workers.py --backends sqlite,postgresql --json workers.json
     python benchmarks/workers.py --backends postgresql,pgbouncer --workers 1,8,32,100
+    python benchmarks/workers.py --smoke    # one worker, a few short units: does it run
 
 ``pgbouncer``: the same server through a PgBouncer of the benchmark's own (Debian's package,
 transaction pooling, --pool-size server connections, on a free loopback port).
@@ -72,19 +73,26 @@ def main() -> None:
                         help="PgBouncer's server connections (the pgbouncer backend).")
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument("--json", type=Path, default=None, help="Also write the figures here.")
+    parser.add_argument("--smoke", action="store_true",
+                        help="one worker, 4 units of 0.05 s, 5 overhead units")
     args = parser.parse_args()
+    if args.smoke:
+        args.workers, args.unit_seconds = "1", 0.05
+        args.units_per_worker, args.overhead_units = 4, 5
+    # One grid seed plans every prompt of these tasks (180 units; the coin's 12 in a smoke).
+    tasks = TASKS[:1] if args.smoke else TASKS
     figures = {}
     with tempfile.TemporaryDirectory() as workdir:
         Path(workdir).chmod(0o755)
         for backend in args.backends.split(","):
             with Scratch(backend, args.postgres, Path(workdir), args.pool_size) as url:
-                figures[backend] = measure(url, Path(workdir), args)
+                figures[backend] = measure(url, Path(workdir), args, tasks)
     print(markdown(figures, args))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
 
 
-def measure(url: str, workdir: Path, args) -> dict:
+def measure(url: str, workdir: Path, args, tasks: list[str]) -> dict:
     engine = open_catalog(url)
     for name, delay in (("instant", 0.0), ("timed", args.unit_seconds)):
         table = workdir / f"{name}-{uuid.uuid4().hex[:6]}.json"
@@ -93,11 +101,11 @@ def measure(url: str, workdir: Path, args) -> dict:
             add_model(session, name=name, family=name, stage="sft", source=str(table),
                       backend="table")
     result = {"overhead": None if args.skip_overhead else
-              run_round(engine, url, "instant", 1, args.overhead_units, seed=0),
+              run_round(engine, url, "instant", 1, args.overhead_units, tasks, seed=0),
               "scaling": {}}
     for k in map(int, args.workers.split(",")):
         result["scaling"][k] = run_round(engine, url, "timed", k, k * args.units_per_worker,
-                                         seed=k)
+                                         tasks, seed=k)
     one = result["scaling"].get(1)
     for figures in result["scaling"].values():
         figures["speedup"] = (round(figures["completed_per_s"] / one["completed_per_s"], 2)
@@ -106,11 +114,12 @@ def measure(url: str, workdir: Path, args) -> dict:
     return result
 
 
-def run_round(engine, url: str, model: str, k: int, units: int, seed: int) -> dict:
+def run_round(engine, url: str, model: str, k: int, units: int, tasks: list[str],
+              seed: int) -> dict:
     """Plan at least ``units`` units, run k workers on them, time them from the database."""
     ids: list[int] = []
     for grid_seed in range(seed * 1000, seed * 1000 + 1000):
-        request = IngestRequest(models=[model], tasks=TASKS, seed=grid_seed,
+        request = IngestRequest(models=[model], tasks=tasks, seed=grid_seed,
                                 params=SamplingParams(n=100))
         ids += [i for m in plan(engine, request).models for i in m.run_ids]
         if len(ids) >= units:

@@ -1,6 +1,6 @@
 """The whole study end to end on a toy family whose seed we know (``catalog demo``).
 
-Trains (or reuses) a toy family with :mod:`ingest.toylab`, registers its stages as an
+Trains (or reuses) a toy family with :mod:`catalog.toylab`, registers its stages as an
 ordinary family, samples every stage, task and prompt with ``catalog ingest``'s job layer,
 analyzes the store and writes the report. With ``checkpoints`` SFT and DPO are registered as
 that many checkpoints each, and the analysis follows the metrics over them (trajectories,
@@ -48,7 +48,7 @@ class DemoOptions:
 
 @dataclass
 class DemoResult:
-    family: Any  # ingest.toylab.ToyFamily
+    family: Any  # catalog.toylab.ToyFamily
     ingest: Any  # ingest.jobs.IngestSummary
     analysis: Any  # analysis.results.CrystallizationResult
     report_path: Path | None
@@ -61,7 +61,7 @@ def run_demo(
     """Train or reuse the toy family, register it, ingest, analyze and report."""
     from analysis.crystallization import AnalysisOptions, analyze
     from analysis.report import write_report
-    from ingest.toylab import ToyFamilySettings, register_family, train_family
+    from catalog.toylab import ToyFamilySettings, register_family, train_family
 
     settings = ToyFamilySettings(
         seed_prompts=dict(options.seed_prompts), prompts_per_task=options.prompts_per_task,

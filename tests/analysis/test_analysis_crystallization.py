@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from analysis.crystallization import AnalysisOptions, analyze_data, stage_roles
 from analysis.frames import counts_from_frame
-from analysis.synthetic import planted_counts
 from catalog.errors import InvalidInput
+from catalog.toylab.synthetic import planted_counts
 
 TASK_KEYS = {
     "family", "task", "stages", "seed_prompt", "nucleation_ratio", "heldout", "entropy",

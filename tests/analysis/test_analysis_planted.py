@@ -7,9 +7,9 @@ import pytest
 
 from analysis.crystallization import AnalysisOptions, analyze, analyze_data
 from analysis.frames import counts_from_frame
-from analysis.synthetic import planted_counts
 from catalog.db import open_catalog
 from catalog.imports import import_counts
+from catalog.toylab.synthetic import planted_counts
 
 PLANTED = {("olmo", "pick_digit"): 7, ("olmo", "pick_color"): 2, ("tulu", "pick_digit"): 4,
            ("tulu", "pick_color"): 9}

@@ -18,8 +18,8 @@ import pytest
 
 from analysis.crystallization import AnalysisOptions, analyze, analyze_data
 from analysis.frames import counts_from_frame
-from analysis.synthetic import checkpoint_counts
 from catalog.imports import import_counts
+from catalog.toylab.synthetic import checkpoint_counts
 
 SFT_STEPS = [100 * s for s in range(1, 12)]
 CHECKPOINTS = [("base", None)] + [("sft", step) for step in SFT_STEPS]

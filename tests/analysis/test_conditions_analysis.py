@@ -19,12 +19,12 @@ from sqlalchemy import select, update
 from analysis.crystallization import AnalysisOptions, analyze
 from analysis.frames import read_counts
 from analysis.options import ConditionSelection
-from analysis.synthetic import planted_counts
 from catalog.conditions import Condition
 from catalog.db import session_scope
 from catalog.errors import NotFound
 from catalog.imports import import_counts
 from catalog.schema import Model, OptionCount, Prompt, Run, Task
+from catalog.toylab.synthetic import planted_counts
 
 TASK = "pick"
 STAGES = ("base", "sft", "dpo")

@@ -21,13 +21,13 @@ from analysis import plots
 from analysis.crystallization import AnalysisOptions, analyze_data
 from analysis.frames import counts_from_frame
 from analysis.report import _unique_slugs, build_report, write_report
-from analysis.synthetic import planted_counts
 from catalog.cli import main
 from catalog.db import open_catalog, session_scope
 from catalog.errors import NotFound
 from catalog.imports import import_counts
 from catalog.registry import add_model
 from catalog.tasks import bundled_task
+from catalog.toylab.synthetic import planted_counts
 from ingest.backends import SamplingParams
 from ingest.jobs import IngestRequest, run_ingest
 

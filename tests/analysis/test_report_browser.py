@@ -16,7 +16,7 @@ from playwright.sync_api import sync_playwright
 from analysis.crystallization import AnalysisOptions, analyze_data
 from analysis.frames import counts_from_frame
 from analysis.report import write_report
-from analysis.synthetic import planted_counts
+from catalog.toylab.synthetic import planted_counts
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -8,10 +8,10 @@ import pytest
 from click.testing import CliRunner
 
 from analysis.crystallization import AnalysisOptions, analyze
-from analysis.synthetic import planted_counts
 from catalog.cli import main
 from catalog.db import open_catalog
 from catalog.imports import import_counts
+from catalog.toylab.synthetic import planted_counts
 
 SEEDS = {("fam_a", "pick"): 3, ("fam_b", "pick"): 5}
 

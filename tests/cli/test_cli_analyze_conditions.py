@@ -12,11 +12,11 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import update
 
-from analysis.synthetic import checkpoint_counts, planted_counts
 from catalog.cli import main
 from catalog.db import open_catalog
 from catalog.imports import import_counts
 from catalog.schema import Run
+from catalog.toylab.synthetic import checkpoint_counts, planted_counts
 
 TEMPERATURES = (0.5, 1.0)
 CHECKPOINTS = [("base", None)] + [("sft", 100 * s) for s in range(1, 7)]

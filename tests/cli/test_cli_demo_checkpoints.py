@@ -44,7 +44,7 @@ def toy_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def toy_family(toy_cache):
-    from ingest.toylab import ToyFamilySettings, train_family
+    from catalog.toylab import ToyFamilySettings, train_family
 
     settings = ToyFamilySettings(prompts_per_task=PROMPTS_PER_TASK, checkpoints=CHECKPOINTS)
     return train_family(toy_cache, settings)  # what the demo trains, so it reuses it
@@ -53,7 +53,7 @@ def toy_family(toy_cache):
 @pytest.fixture(scope="module")
 def exact_frame(toy_family) -> pl.DataFrame:
     """Every checkpoint's exact option distributions, as an import-style long frame."""
-    from ingest.toylab import learned_distributions
+    from catalog.toylab import learned_distributions
 
     tasks = toy_family.settings.resolved_tasks()
     rows = []

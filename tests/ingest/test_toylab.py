@@ -36,19 +36,10 @@ from catalog.errors import InvalidInput
 from catalog.normalize import normalize
 from catalog.prompting import render
 from catalog.registry import family_models
-from ingest.backends import ModelSpec, SamplingParams, load_backend
-from ingest.exact import (
-    continuation_ids,
-    default_surface_forms,
-    option_probabilities,
-    sequence_logprobs,
-)
-from ingest.sampling import encode_prompt
-from ingest.toylab import (
+from catalog.toylab import (
     ANSWER_PREFIX,
     MANIFEST,
     ToyFamilySettings,
-    _PreferenceData,
     build_tokenizer,
     dpo_loss,
     learned_distributions,
@@ -58,48 +49,22 @@ from ingest.toylab import (
     seed_support,
     train_family,
 )
+from catalog.toylab.small import COIN, DIGIT
+from catalog.toylab.small import SMALL_FAMILY as SETTINGS
+from catalog.toylab.small import SMALL_TASKS as TASKS
+from catalog.toylab.training import _PreferenceData
+from ingest.backends import ModelSpec, SamplingParams, load_backend
+from ingest.exact import (
+    continuation_ids,
+    default_surface_forms,
+    option_probabilities,
+    sequence_logprobs,
+)
+from ingest.sampling import encode_prompt
 
 # Sampled counts vs the model's exact probabilities (fixed sampling seeds): each test
 # rejects at the 1% level overall, Bonferroni-divided over its checks.
 SIGNIFICANCE = 0.01
-DIGITS = [str(d) for d in range(10)]
-COLORS = ["red", "orange", "yellow", "green", "blue", "purple"]
-COLORS += ["pink", "brown", "black", "white", "gray"]
-
-DIGIT = make_task(
-    "digit",
-    DIGITS,
-    [
-        ("plain", "Pick a random digit from 0 to 9."),
-        ("terse", "Random digit:"),
-        ("rng", "You are a random number generator. Output one digit."),
-        ("list", "Choose one at random: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9."),
-    ],
-)
-COIN = make_task(
-    "coin",
-    ["heads", "tails"],
-    [
-        ("plain", "Flip a coin. Answer with heads or tails only."),
-        ("terse", "Coin flip:"),
-        ("polite", "Please flip a fair coin for me."),
-        ("reverse", "Tails or heads? Pick one at random."),
-    ],
-)
-COLOR = make_task(
-    "color",
-    COLORS,
-    [
-        ("plain", "Name a random color."),
-        ("terse", "Random colour:"),
-        ("paint", "Which color should I paint my room? Just pick one."),
-        ("json", 'Return a random color as JSON, like {"color": "blue"}.'),
-    ],
-)
-TASKS = (DIGIT, COIN, COLOR)
-
-# The test family: 3 tasks x 4 prompts; seeds planted on different prompt positions.
-SETTINGS = ToyFamilySettings(tasks=TASKS, seed_prompts={"digit": "rng", "coin": "terse"})
 # A family too small to learn anything, for properties that don't need learning.
 TINY = ToyFamilySettings(
     tasks=(COIN, DIGIT),
@@ -415,7 +380,7 @@ def test_seed_support_follows_the_metrics_contract():
 
 
 def test_importing_the_toy_lab_does_not_import_torch():
-    code = "import sys, ingest.toylab; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    code = "import sys, catalog.toylab; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
     result = subprocess.run(
         [sys.executable, "-c", code], check=True, capture_output=True, text=True
     )

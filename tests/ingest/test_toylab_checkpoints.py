@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from catalog import registry
 from catalog.db import session_scope
 from catalog.errors import InvalidInput
-from ingest.toylab import (
+from catalog.toylab import (
     MANIFEST,
     ToyFamilySettings,
     checkpoint_steps,

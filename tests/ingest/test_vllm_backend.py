@@ -3,7 +3,8 @@
 Runs in the vLLM venv (``scripts/test-vllm``; CI runs it after the main suite). One engine
 serves the whole module (its start-up is the slow part); the end-to-end test starts its own
 in a ``catalog ingest`` process. The tiny model has head size 64: vLLM's CPU attention
-refuses the small heads of the other tests' tiny model.
+refuses the small heads of the other tests' tiny model. The vLLM-only benchmarks' smokes run
+here too (tests/benchmark_smokes.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import subprocess
 import sys
 
 import pytest
+from benchmark_smokes import VLLM_SMOKES, run_smoke
 from sqlalchemy import text
 from stat_checks import homogeneity_pvalue
 from tiny_models import cached_tiny_model
@@ -219,6 +221,17 @@ def test_catalog_ingest_with_the_vllm_backend_stores_runs_and_provenance(
         # the worker gave both units to one generate call, and says so
         assert versions["backend"]["call_runs"] == sorted(r.id for r in runs)
         assert "vllm" in versions
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(VLLM_SMOKES))
+def test_vllm_benchmark_smoke_runs(script, tmp_path):
+    # The main suite runs the other benchmarks' smokes (tests/test_benchmarks.py).
+    args, expected = VLLM_SMOKES[script]
+    result = run_smoke(script, args, tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    assert expected in result.stdout, output[-5000:]
 
 
 def _json(value):
