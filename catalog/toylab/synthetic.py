@@ -40,13 +40,9 @@ def planted_counts(
     others are drawn at random. Returns the frame and {(family, task): planted prompt id}.
     """
     rng = np.random.default_rng(random_seed)
-    shape = (len(families), len(tasks))
-    planted = rng.integers(0, n_prompts, size=shape)
-    for (family, task), prompt_id in (seed_prompts or {}).items():
-        planted[list(families).index(family), list(tasks).index(task)] = prompt_id
-    base = rng.dirichlet(np.full(n_options, concentration), size=(*shape, n_prompts))
-    seed = np.take_along_axis(base, planted[..., None, None], axis=2)  # (F, T, 1, K)
-    later = np.broadcast_to(seed, (*shape, n_prompts, n_options))
+    planted, base, seed = _liquid_base_and_seed(rng, families, tasks, n_prompts, n_options,
+                                                concentration, seed_prompts)
+    later = np.broadcast_to(seed, base.shape)
     probabilities = np.stack([base] + [later] * (len(stages) - 1), axis=1)  # (F, S, T, N, K)
     counts = rng.multinomial(n_samples, probabilities)
 
@@ -77,6 +73,19 @@ def _names(code: str, names: Sequence[str]) -> pl.Expr:
     return pl.col(code).replace_strict(dict(enumerate(names)), return_dtype=pl.String)
 
 
+
+def _liquid_base_and_seed(rng, families, tasks, n_prompts, n_options, concentration,
+                          seed_prompts):
+    """Per (family, task): the planted prompt id, every base prompt's distribution drawn
+    from a Dirichlet (shape (F, T, N, K)), and the planted prompt's one (the seed, (F, T, 1,
+    K))."""
+    shape = (len(families), len(tasks))
+    planted = rng.integers(0, n_prompts, size=shape)
+    for (family, task), prompt_id in (seed_prompts or {}).items():
+        planted[list(families).index(family), list(tasks).index(task)] = prompt_id
+    base = rng.dirichlet(np.full(n_options, concentration), size=(*shape, n_prompts))
+    return planted, base, np.take_along_axis(base, planted[..., None, None], axis=2)
+
 def checkpoint_counts(
     *,
     checkpoints: Sequence[tuple[str, int | None]],
@@ -102,12 +111,8 @@ def checkpoint_counts(
     if len(weights) != len(checkpoints):
         raise ValueError(f"{len(checkpoints)} checkpoints but {len(weights)} weights")
     rng = np.random.default_rng(random_seed)
-    shape = (len(families), len(tasks))
-    planted = rng.integers(0, n_prompts, size=shape)
-    for (family, task), prompt_id in (seed_prompts or {}).items():
-        planted[list(families).index(family), list(tasks).index(task)] = prompt_id
-    base = rng.dirichlet(np.full(n_options, concentration), size=(*shape, n_prompts))
-    seed = np.take_along_axis(base, planted[..., None, None], axis=2)  # (F, T, 1, K)
+    planted, base, seed = _liquid_base_and_seed(rng, families, tasks, n_prompts, n_options,
+                                                concentration, seed_prompts)
     w = np.asarray(weights, dtype=float)[None, :, None, None, None]
     probabilities = (1 - w) * base[:, None] + w * seed[:, None]  # (F, C, T, N, K)
     if rounded:
