@@ -9,9 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
-from catalog.db import open_catalog
-from catalog.io import import_completions
+from sqlalchemy import select
 
+from catalog.db import open_catalog, session_scope
+from catalog.io import import_completions
+from catalog.schema import Model, Prompt, Run, Task
+
+# The queue's units: planned work on lab-base's digit prompts (a failure's error is
+# untrusted text too).
+QUEUE = (("pending", None), ("failed", "CUDA out of memory <b>bold</b>"), ("running", None))
 HOSTILE = ("<script>window.injected = 1; alert('script')</script>",
            "<img src=x onerror=\"window.injected = 2; alert('img')\">")
 TASKS = {"coin": (["heads", "tails"], ["plain", "terse", "polite", "order"]),
@@ -51,5 +57,15 @@ def build_store(db_url: str, folder: Path, n_samples: int = 40) -> None:
     engine = open_catalog(db_url)
     try:
         import_completions(engine, path)
+        with session_scope(engine) as session:
+            model = session.scalar(select(Model).where(Model.name == "lab-base"))
+            task = session.scalar(select(Task).where(Task.name == "digit"))
+            prompts = session.scalars(select(Prompt).where(Prompt.task_id == task.id)
+                                      .order_by(Prompt.position)).all()
+            for (state, error), prompt in zip(QUEUE, prompts):
+                session.add(Run(unit_key=f"queue-{state}", model_id=model.id, task_id=task.id,
+                                prompt_id=prompt.id, status=state, error=error, n_samples=40,
+                                attempts=1 if error else 0, claimed_by="worker-7"
+                                if state == "running" else None))
     finally:
         engine.dispose()

@@ -191,8 +191,10 @@ class Explorer:
             texts = select(Completion.text, Completion.option, Completion.invalid_reason,
                            func.sum(Completion.count).label("n")).where(
                 Completion.run_id.in_(done))
-            everything = texts.group_by(Completion.option, Completion.invalid_reason)
-            by_option = conn.execute(everything).all()
+            by_option = conn.execute(
+                select(Completion.option, Completion.invalid_reason, func.sum(Completion.count))
+                .where(Completion.run_id.in_(done))
+                .group_by(Completion.option, Completion.invalid_reason)).all()
             if option is not None:
                 texts = texts.where(Completion.option == option)
             if invalid == "only":
@@ -211,7 +213,7 @@ class Explorer:
                 .order_by(func.sum(OptionCount.count).desc(), OptionCount.option)).all()
         options: dict[str, int] = {}
         reasons: dict[str, int] = {}
-        for _text, opt, reason, n in by_option:
+        for opt, reason, n in by_option:
             if reason is None and opt is not None:
                 options[opt] = options.get(opt, 0) + int(n)
             else:
