@@ -5,8 +5,8 @@ the same page to anyone who opens it on the same store. The app answers GET and 
 (any other method is 405, on every path, before routing), reads the store through a
 read-only engine, and sends every page with a Content-Security-Policy that allows no script
 at all: model output is shown as escaped text (Jinja2 autoescape), and the policy is a second
-wall behind the escaping. Figures are SVG data URIs in ``<img>`` elements, where an SVG
-cannot run a script either. Nothing is fetched from elsewhere (no CDN, no JavaScript).
+wall behind the escaping. Figures are PNG data URIs, as in the report. Nothing is fetched
+from elsewhere (no CDN, no JavaScript).
 """
 
 from __future__ import annotations

@@ -5,14 +5,15 @@ The analysis of the whole store (every family, task and condition of one mode, w
 bootstrap) and the figures drawn from it are kept in a small cache keyed on the *store
 state*: a few aggregates of the ``runs`` table (how many, the highest id, the latest
 finish, how many done, stale and invalid) that change whenever a run is added, finishes,
-fails, is renormalized or is deleted. A page costs one cheap state query when nothing
-changed; the first page after a change recomputes. The queue and the samples are read live.
+fails, is renormalized or is deleted, and a digest of the task definitions and the models'
+stages. A page costs one cheap state query when nothing changed; the first page after a
+change recomputes. The queue and the samples are read live.
 """
 
 from __future__ import annotations
 
 import base64
-import io
+import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -43,15 +44,27 @@ class StateCache:
 
     def state(self) -> tuple:
         """The store state: changes with any added, finished, failed, renormalized or
-        deleted run."""
-        query = select(
+        deleted run, and with any change of a task's definition or of the models' stages
+        (both small tables, read whole: a renormalization after a task update can leave
+        every runs aggregate as it was before the update)."""
+        runs = select(
             func.count(), func.max(Run.id), func.max(Run.finished_at),
             func.sum(case((Run.status == "done", 1), else_=0)),
             func.sum(case((Run.stale, 1), else_=0)), func.sum(Run.n_invalid),
             func.max(Run.normalizer_version),
         )
+        definitions = (
+            select(Task.name, Task.normalizer_version, Task.options, Task.spec).order_by(Task.id),
+            select(Model.id, Model.name, Model.family_id, Model.stage, Model.stage_order,
+                   Model.step).order_by(Model.id),
+        )
         with self.engine.connect() as conn:
-            return tuple(conn.execute(query).one())
+            state = tuple(conn.execute(runs).one())
+            digest = hashlib.sha256()
+            for query in definitions:
+                for row in conn.execute(query):
+                    digest.update(repr(tuple(row)).encode())
+        return (*state, digest.hexdigest())
 
     def get(self, key: Hashable, compute: Callable[[], Any]) -> Any:
         full_key = (self.state(), key)
@@ -123,7 +136,8 @@ class Explorer:
     def figures(self, mode: str, task: str, condition_key: str,
                 families: tuple[str, ...]) -> list[dict[str, str]]:
         """The report's figures for one task and condition (and these families; all when
-        empty), as SVG data URIs: shown with ``<img>``, an SVG never runs a script."""
+        empty), as PNG data URIs (as in the report: SVG of a big task's hundred thousand
+        dots took several times longer to write, and weighed more)."""
         key = ("figures", mode, task, condition_key, families)
         return self.cache.get(key, lambda: self._figures(mode, task, condition_key, families))
 
@@ -161,7 +175,9 @@ class Explorer:
             if sweeps:
                 drawn.append(("Temperature sweep (every condition of the task)",
                               plots.temperature_sweep_figure(sweeps)))
-            return [{"title": title, "uri": _svg_uri(figure)} for title, figure in drawn]
+            return [{"title": title, "uri": "data:image/png;base64,"
+                     + base64.b64encode(plots.png_bytes(figure)).decode("ascii")}
+                    for title, figure in drawn]
 
     # ----- live reads -------------------------------------------------------------------
 
@@ -265,8 +281,3 @@ def prompt_cells(group) -> list[dict[str, Any]]:
         rows.append({"prompt": key, "seed": j == group.seed_index, "cells": cells})
     return rows
 
-
-def _svg_uri(figure) -> str:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
-    return "data:image/svg+xml;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -59,10 +59,11 @@ class Server:
         self.port = int(found.group(1))
         self.url = f"http://127.0.0.1:{self.port}"
 
-    def request(self, method: str, path: str) -> tuple[int, dict[str, str], str]:
+    def request(self, method: str, path: str,
+                headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=STARTUP_SECONDS)
         try:
-            conn.request(method, path)
+            conn.request(method, path, headers=headers or {})
             response = conn.getresponse()
             return response.status, dict(response.getheaders()), response.read().decode()
         finally:
@@ -245,6 +246,10 @@ def test_unknown_names_are_a_404_page_with_a_link_back(served, path, message):
 
 def test_bad_query_values_are_a_400_page(served):
     server, _ = served
+    # A page of another site that rebinds its name to 127.0.0.1 gets no store data.
+    status, _, body = server.request("GET", "/", headers={"Host": "evil.example"})
+    assert (status, body) == (400, "Invalid host header")
+    assert server.request("GET", "/queue", headers={"Host": "localhost:8000"})[0] == 200
     for path in ("/?mode=both", "/samples?task=coin", "/samples?model=a&task=b&prompt=c"
                  "&condition=d&invalid=maybe"):
         status, _, body = server.request("GET", path)
