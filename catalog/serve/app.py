@@ -73,6 +73,10 @@ def create_app(engine: Engine, *, host: str = "127.0.0.1") -> Starlette:
         return HTMLResponse(body, status_code=code, headers=_HEADERS)
 
     def overview(request: Request) -> HTMLResponse:
+        with explorer.cache.snapshot():
+            return _overview(request)
+
+    def _overview(request: Request) -> HTMLResponse:
         mode = _choice(request, "mode", RUN_MODES, "sampled")
         result = explorer.analysis(mode)
         conditions = _conditions(result)
@@ -94,6 +98,10 @@ def create_app(engine: Engine, *, host: str = "127.0.0.1") -> Starlette:
                     totals=totals, warnings=list(result.warnings) if result else [])
 
     def task_page(request: Request) -> HTMLResponse:
+        with explorer.cache.snapshot():
+            return _task_page(request)
+
+    def _task_page(request: Request) -> HTMLResponse:
         task = request.path_params["task"]
         mode = _choice(request, "mode", RUN_MODES, "sampled")
         result = explorer.analysis(mode)
@@ -112,22 +120,8 @@ def create_app(engine: Engine, *, host: str = "127.0.0.1") -> Starlette:
             raise NotFound(f"no family {', '.join(map(repr, unknown))} for task {task!r} in "
                            "this condition")
         groups = task_groups(result, task, key, wanted)
-        models = explorer.model_names()
-        sections = []
-        for g in groups:
-            sections.append({
-                "family": g.family, "verdicts": _verdicts(g), "status": g.status,
-                "problems": [p.message for p in g.problems],
-                "seed": g.prompt_key(g.seed_index), "seed_support": g.seed_support,
-                "stages": [{"stage": s, "model": models.get((g.family, s, step)),
-                            "role": g.role(i), "n_prompts": int(g.n_prompts[i]),
-                            "validity": float(g.validity[i]),
-                            **{m: (float(g.values[m][i]) if m in g.values else None)
-                               for m in ("entropy_pooled", "liquidity", "mse_to_seed",
-                                         "probmass")}}
-                           for i, (s, step) in enumerate(zip(g.stages, g.steps))],
-                "prompts": prompt_cells(g),
-            })
+        sections = explorer.cache.get(("sections", mode, task, key, wanted),
+                                      lambda: _sections(groups, explorer.model_names()))
         figures = explorer.figures(mode, task, key, wanted)
         return page("task.html.j2", title=f"Task {task}", task=task, mode=mode,
                     conditions=conditions, condition=key, all_families=[g.family for g in every],
@@ -182,6 +176,26 @@ def create_app(engine: Engine, *, host: str = "127.0.0.1") -> Starlette:
         exception_handlers={NotFound: not_found, InvalidInput: bad_request,
                             404: not_found, Exception: server_error},
     )
+
+
+def _sections(groups, models) -> list[dict[str, Any]]:
+    """Per family of a task page: verdicts, seed, metrics by stage, the prompts' cells."""
+    sections = []
+    for g in groups:
+        sections.append({
+            "family": g.family, "verdicts": _verdicts(g), "status": g.status,
+            "problems": [p.message for p in g.problems],
+            "seed": g.prompt_key(g.seed_index), "seed_support": g.seed_support,
+            "stages": [{"stage": s, "model": models.get((g.family, s, step)),
+                        "role": g.role(i), "n_prompts": int(g.n_prompts[i]),
+                        "validity": float(g.validity[i]),
+                        **{m: (float(g.values[m][i]) if m in g.values else None)
+                           for m in ("entropy_pooled", "liquidity", "mse_to_seed",
+                                     "probmass")}}
+                       for i, (s, step) in enumerate(zip(g.stages, g.steps))],
+            "prompts": prompt_cells(g),
+        })
+    return sections
 
 
 def _templates() -> jinja2.Environment:

@@ -13,10 +13,11 @@ change recomputes. The queue and the samples are read live.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,7 @@ class StateCache:
         self.size = size
         self._items: OrderedDict[Hashable, Any] = OrderedDict()
         self._lock = threading.RLock()  # figures compute from the cached analysis
+        self._local = threading.local()
 
     def state(self) -> tuple:
         """The store state: changes with any added, finished, failed, renormalized or
@@ -66,8 +68,19 @@ class StateCache:
                     digest.update(repr(tuple(row)).encode())
         return (*state, digest.hexdigest())
 
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Read the store state once for everything this thread gets from the cache inside
+        (one page: one state query, and one state for all its parts)."""
+        self._local.state = self.state()
+        try:
+            yield
+        finally:
+            self._local.state = None
+
     def get(self, key: Hashable, compute: Callable[[], Any]) -> Any:
-        full_key = (self.state(), key)
+        state = getattr(self._local, "state", None)
+        full_key = (self.state() if state is None else state, key)
         with self._lock:
             if full_key in self._items:
                 self._items.move_to_end(full_key)
