@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import errno
+import os
 import signal
 import socket
+import sys
+import threading
 
 import click
 
@@ -69,6 +72,13 @@ def serve_command(host: str, port: int, db_url: str | None) -> None:
     finally:
         engine.dispose()
     click.echo("stopped")
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate()
+           if t is not threading.main_thread()):
+        # A page still computing (the analysis of a big store) runs in a worker thread that
+        # cannot be interrupted and would hold the process: nothing is written, so exit now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _listen(host: str, port: int) -> socket.socket:
