@@ -42,12 +42,13 @@ from urllib.parse import quote
 
 import polars as pl
 from sqlalchemy import (
-    Connection, Engine, column, create_engine, literal_column, select, table, text,
+    Connection, Engine, column, create_engine, event, literal_column, select, table, text,
 )
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
+from catalog.db import make_engine
 from catalog.errors import InvalidInput
 from catalog.limits import shown
 
@@ -270,6 +271,25 @@ def connectorx_uri(engine: Engine) -> str | None:
         options = quote(_read_only_options(url), safe="")
         return f"{base}{'&' if others else '?'}options={options}"
     return None
+
+
+def read_only_engine(url: str | URL) -> Engine:
+    """An engine on which no connection can write, for a long-lived reader (``catalog
+    serve``): every SQLite connection runs ``PRAGMA query_only`` each time the pool hands it
+    out (``read_sql`` switches it off after its own query), every PostgreSQL session starts
+    its transactions read-only (as ``catalog sql``'s). Creates no database."""
+    engine = make_engine(url, create=False)
+    if engine.dialect.name == "postgresql":
+        engine.dispose()
+        return make_engine(_read_only_url(engine.url), create=False)
+    if engine.dialect.name != "sqlite":
+        raise InvalidInput(f"a read-only engine needs SQLite or PostgreSQL, not {engine.dialect.name}")
+
+    @event.listens_for(engine, "checkout")
+    def _query_only(dbapi_connection, _record, _proxy) -> None:
+        dbapi_connection.execute("PRAGMA query_only = ON")
+
+    return engine
 
 
 def _read_only_url(url: URL) -> URL:

@@ -33,6 +33,7 @@ SMOKES: dict[str, tuple[list[str], str]] = {
     "normalize_throughput.py": ([], "weekday"),
     "report_build.py": ([], "report.html"),
     "scaffolds.py": ([], "fewshot@1: valid answers"),
+    "serve.py": ([], "| demo-like | sqlite | "),
     "toylab_checkpoints.py": ([], "checkpoints=2: 5 models"),
     "toylab_training.py": ([], "test family (3 tasks x 4 prompts): wall"),
     "trajectories.py": (["--backends", "postgresql", "--postgres", "{postgres}"],

@@ -74,9 +74,11 @@ def main(db_url: str | None, debug: bool) -> None:
 
 
 def _register() -> None:
-    from catalog.cli import analyze, db, demo, ingest, launch, models, plan, report, status, store, tasks, worker
+    from catalog.cli import (analyze, db, demo, ingest, launch, models, plan, report, serve, status,
+                             store, tasks, worker)
 
-    for module in (db, tasks, models, store, ingest, plan, worker, launch, status, analyze, report, demo):
+    for module in (db, tasks, models, store, ingest, plan, worker, launch, status, analyze, report,
+                   serve, demo):
         for command in module.COMMANDS:
             main.add_command(command)
 

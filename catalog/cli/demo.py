@@ -89,6 +89,7 @@ def demo(family, seed_prompts, samples, prompts_per_task, seed, bootstrap, check
     click.echo(f"  python -c \"from catalog.db import open_catalog; from catalog.views import "
                f"read_view; print(read_view(open_catalog({target}), 'v_distributions', "
                f"family='{family}'))\"")
+    click.echo(f"  catalog serve{db}   # then open http://127.0.0.1:8000/ (needs the serve extra)")
     if result.report_path is not None:
         click.echo(f"  open {result.report_path}")
 

@@ -226,4 +226,5 @@ def test_demo_command_prints_the_phases_and_how_to_query(db_url, toy_cache, tmp_
                 f"settled={verdict['settled']}")
         assert line in result.output.splitlines(), (line, result.output)
     assert "catalog sql" in result.output and "v_distributions" in result.output
+    assert "  catalog serve --db " in result.output and "http://127.0.0.1:8000/" in result.output
     assert (tmp_path / "report" / "report.html").exists()
