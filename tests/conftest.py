@@ -10,6 +10,7 @@ if it cannot be reached, the session fails (start it, see README "Tests").
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
 import shutil
 import uuid
@@ -44,6 +45,7 @@ class PostgresServer:
         self.admin = create_engine(url, isolation_level="AUTOCOMMIT")
         self.prefix = f"catalog_test_{uuid.uuid4().hex[:8]}"
         self.created: list[str] = []
+        self.numbers = itertools.count()  # never reused: a dropped name may come back otherwise
 
     def check(self) -> None:
         try:
@@ -58,7 +60,7 @@ class PostgresServer:
             )
 
     def create(self, template: str | None = None) -> str:
-        name = f"{self.prefix}_{len(self.created)}"
+        name = f"{self.prefix}_{next(self.numbers)}"
         clause = f" TEMPLATE {template}" if template else ""
         with self.admin.connect() as conn:
             conn.execute(text(f"CREATE DATABASE {name}{clause}"))
