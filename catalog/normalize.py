@@ -22,9 +22,11 @@ real models coded by hand (tests/data/normalization/):
    answer ("The answer is 4", "I pick 7", "Answer: tails", a JSON field, a colon right
    before it, a first clause of its own: "Tails, I think"); alone on its line; wrapped in bold, backticks or
    quotes. Two different values singled out by the same rule are ``ambiguous``.
-5. Otherwise one value is the answer; two or more are ``ambiguous``; none is ``no_answer``.
-   Weak candidates (number words, one-letter aliases) count only when singled out or when
-   the reply is a few words long.
+5. Otherwise one value is the answer where it opens the reply or its sentence (at most one
+   word before it: "Okay, 7"; "my phone be scissors" is a mention); two or more are
+   ``ambiguous``; none is ``no_answer``. Weak candidates (number words, one-letter aliases,
+   names that are common words) count only when singled out or when the reply is a few
+   words long.
 6. The value is mapped to its option; an integer outside the range is ``out_of_range``; an
    open task's answer outside its vocabulary is ``off_category``.
 
@@ -720,37 +722,6 @@ def normalize(task: TaskSpec, text: str) -> str | None:
 def read(task: TaskSpec, text: str, lenient: bool = False) -> Reading:
     """The task's reading of a completion text: its option, or why it has none."""
     return get_normalizer(task.normalizer).read(text, task, lenient)
-
-
-class ReadCounts(NamedTuple):
-    """Distinct completion texts read: counts per option and per invalid reason, and each
-    text's reading."""
-
-    options: dict[str, int]
-    reasons: dict[str, int]
-    readings: dict[str, Reading]
-
-    @property
-    def n_invalid(self) -> int:
-        return sum(self.reasons.values())
-
-    def reason_columns(self) -> dict[str, int]:
-        """The run's ``n_<reason>`` columns (every reason, zero where none)."""
-        return {f"n_{reason}": self.reasons.get(reason, 0) for reason in INVALID_REASONS}
-
-
-def read_counts(read: Callable[[str], Reading], completions: Mapping[str, int]) -> ReadCounts:
-    """Read each distinct completion text once and add up its count by option or reason."""
-    options: dict[str, int] = {}
-    reasons: dict[str, int] = {}
-    readings: dict[str, Reading] = {}
-    for text, count in completions.items():
-        reading = readings[text] = read(text)
-        if reading.option is not None:
-            options[reading.option] = options.get(reading.option, 0) + count
-        else:
-            reasons[reading.reason] = reasons.get(reading.reason, 0) + count
-    return ReadCounts(options, reasons, readings)
 
 
 @functools.lru_cache(maxsize=256)

@@ -14,17 +14,18 @@ named in the summary and left alone; stale ones stay stale (re-import them).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from sqlalchemy import Engine, delete, exists, insert, select, update
 
-from catalog.db import session_scope
-from catalog.errors import NotFound
 from catalog import registry
+from catalog.db import session_scope
+from catalog.enums import INVALID_REASONS
+from catalog.errors import NotFound
+from catalog.normalize import Reading
 from catalog.registry import TaskNormalizer
-from catalog.normalize import read_counts
-from catalog.tasks import bundled_task, bundled_tasks
 from catalog.schema import (
     INVALID_REASON_COLUMNS,
     Completion,
@@ -35,10 +36,42 @@ from catalog.schema import (
     Run,
     Task,
 )
+from catalog.tasks import bundled_task, bundled_tasks
 
 BUNDLED = {task.name for task in bundled_tasks()}
 # Runs without completions named in the summary; the rest are counted.
 _NAMED_RUNS = 10
+
+
+class Tally(NamedTuple):
+    """Distinct completion texts read: counts per option and per invalid reason, and each
+    text's reading."""
+
+    options: dict[str, int]
+    reasons: dict[str, int]
+    readings: dict[str, Reading]
+
+    @property
+    def n_invalid(self) -> int:
+        return sum(self.reasons.values())
+
+    def reason_columns(self) -> dict[str, int]:
+        """The run's ``n_<reason>`` columns (every reason, zero where none)."""
+        return {f"n_{reason}": self.reasons.get(reason, 0) for reason in INVALID_REASONS}
+
+
+def tally_readings(read: Callable[[str], Reading], completions: Mapping[str, int]) -> Tally:
+    """Read each distinct completion text once and add up its count by option or reason."""
+    options: dict[str, int] = {}
+    reasons: dict[str, int] = {}
+    readings: dict[str, Reading] = {}
+    for text, count in completions.items():
+        reading = readings[text] = read(text)
+        if reading.option is not None:
+            options[reading.option] = options.get(reading.option, 0) + count
+        else:
+            reasons[reading.reason] = reasons.get(reading.reason, 0) + count
+    return Tally(options, reasons, readings)
 
 
 @dataclass
@@ -147,7 +180,7 @@ def _renormalize_run(session, run_id: int, normalize: TaskNormalizer,
                Completion.invalid_reason)
         .where(Completion.run_id == run_id)
     ).all()
-    counts = read_counts(normalize.read, {row.text: row.count for row in texts})
+    counts = tally_readings(normalize.read, {row.text: row.count for row in texts})
     moved = []
     for row in texts:
         reading = counts.readings[row.text]

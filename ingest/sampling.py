@@ -18,7 +18,7 @@ How it runs (:class:`TreeSampler`):
   out-of-memory, try twice the last size at the next call); a batch's cache may gather rows
   from several parent batches.
 - Logits are taken in float32 (below float32, computed in float32 from the final hidden
-  state: :meth:`TreeSampler._float32_logits`) and go through transformers' own logits
+  state: :class:`ingest.heads.Float32Head`) and go through transformers' own logits
   warpers (``TemperatureLogitsWarper``, ``TopKLogitsWarper``, ``TopPLogitsWarper``) in the
   order that ``generate`` applies them (``GenerationMixin._get_logits_processor``), then
   softmax, exactly as ``generate(do_sample=True)`` does. Only the user's parameters apply:
@@ -60,17 +60,12 @@ from typing import Any
 
 from catalog.errors import CatalogError, ModelLoadError
 from ingest.backends import SamplingParams, TokenEntropy
+from ingest.heads import Float32Head
 
 AUTO_BATCH_START = 1024
 # Working memory of the sampling step per row and token, at its peak: float32 probabilities
 # and two float64 cumulative sums (the running sum, then the normalized one)
 DRAW_BYTES_PER_CELL = 4 + 8 + 8
-# Bytes of output-layer weights upcast to float32 at once (the float32 head works in vocabulary
-# chunks so no float32 copy of the whole weight is ever held)
-HEAD_CHUNK_BYTES = 1 << 26
-# Config fields of families that transform the head's output (Gemma 2/3 softcapping, Cohere's
-# scale, Granite's divisor): their own forward computes the logits
-HEAD_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 
 
 def encode_prompt(tokenizer, rendered: str) -> list[int]:
@@ -217,7 +212,7 @@ class TreeSampler:
     step may hold (None: no limit but the device's); going over it is treated as
     out-of-memory, which is how the out-of-memory paths run on a CPU. ``float32_head``: the
     logits come from the sampler's float32 output layer (models below float32 with a plain
-    head, see :meth:`_plain_head`).
+    head, see :class:`ingest.heads.Float32Head`).
     """
 
     def __init__(
@@ -241,8 +236,8 @@ class TreeSampler:
         self.dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
         self._piece_cache: dict[int, str] = {}
         self._new_cache()  # an unsupported cache type fails when the model loads, not mid-job
-        self._out_dtype_mm = True  # until torch refuses it
-        self.float32_head = self._plain_head() is not None
+        self.head = Float32Head.for_model(model, self.eos_token_ids)
+        self.float32_head = self.head is not None
 
     def sample(self, rendered: str, params: SamplingParams, seed: int) -> TreeSample:
         """Draw ``params.n`` completions of the rendered prompt; see the module docstring."""
@@ -648,76 +643,7 @@ class TreeSampler:
         base = self.model.base_model
         output = base(input_ids=input_ids, use_cache=True, **{cache_argument(base): cache},
                       **extra)
-        return self._float32_logits(output.last_hidden_state[:, -1])
-
-    def _float32_logits(self, hidden):
-        """The output layer in float32 on the final hidden states: a model loaded below
-        float32 rounds its logits to its dtype (bfloat16: ~3 significant digits, 0.06 on a
-        logit of 16, which shifts a token's probability by ~6%), and the softmax would carry
-        that rounding. Products of two bfloat16 (or float16) numbers are exact in float32, so
-        a matrix product with float32 output (CUDA's ``mm`` with ``out_dtype``: no copy of
-        the weight) gives the float32 head's numbers; elsewhere the weight is upcast in
-        vocabulary chunks of HEAD_CHUNK_BYTES (on a CPU ~10x the bfloat16 head's time, for
-        SmolLM2-1.7B's head shape; docs/ingest.md)."""
-        import torch
-
-        head = self.model.get_output_embeddings()
-        weight = head.weight
-        hidden = hidden.to(weight.device)
-        logits = None
-        if self._out_dtype_mm and weight.device.type == "cuda" and hidden.dtype == weight.dtype:
-            try:
-                logits = torch.mm(hidden, weight.T, out_dtype=torch.float32)
-            except (TypeError, RuntimeError, NotImplementedError):  # torch without it
-                self._out_dtype_mm = False
-        if logits is None:
-            hidden = hidden.float()
-            vocab, width = weight.shape
-            logits = torch.empty((len(hidden), vocab), dtype=torch.float32, device=weight.device)
-            step = max(1, HEAD_CHUNK_BYTES // (4 * width))
-            for start in range(0, vocab, step):
-                logits[:, start:start + step] = hidden @ weight[start:start + step].float().T
-        if head.bias is not None:
-            logits += head.bias.float()
-        return logits
-
-    def _plain_head(self):
-        """The model's output layer if the float32 head can replace it, else None (the
-        model's own logits, upcast after its head, are used).
-
-        Only for models below float32 whose head is a plain ``nn.Linear`` applied to the
-        base model's last hidden state, with nothing after it: families that scale or cap
-        the head's output (HEAD_TRANSFORMS), wrappers whose base model is themselves, heads
-        offloaded by accelerate (weights on "meta"), and any model whose own logits on a
-        probe do not match the float32 head within its dtype's rounding keep their own."""
-        import torch
-
-        model = self.model
-        weight = next(model.parameters())
-        if not weight.is_floating_point() or weight.element_size() >= 4:
-            return None
-        head = model.get_output_embeddings()
-        config = model.config.get_text_config()
-        if (
-            type(head) is not torch.nn.Linear
-            or head.weight.device.type == "meta"
-            or model.base_model is model
-            or any(getattr(config, name, None) not in (None, 1, 1.0) for name in HEAD_TRANSFORMS)
-        ):
-            return None
-        probe = torch.tensor([self.eos_token_ids[:1] + list(range(min(head.weight.shape[0], 7)))],
-                             device=model.device)
-        with torch.inference_mode():
-            own = model(input_ids=probe).logits[:, -1].float()
-            hidden = model.base_model(input_ids=probe).last_hidden_state[:, -1]
-            ours = self._float32_logits(hidden).to(own.device)
-        # both are the same products summed in float32; only the model's final rounding to
-        # its dtype (2^-8 relative in bfloat16) and its summation order may differ
-        if own.shape != ours.shape or not bool(
-            ((own - ours).abs() <= 2 ** -6 * ours.abs().amax() + 1e-3).all()
-        ):
-            return None
-        return head
+        return self.head(output.last_hidden_state[:, -1])
 
 
 def _empty_device_cache(device) -> None:

@@ -42,7 +42,8 @@ import catalog
 from catalog.conditions import Condition
 from catalog.db import session_scope
 from catalog.errors import CatalogError, DatabaseUnreachable, InvalidInput
-from catalog.normalize import get_normalizer, read_counts
+from catalog.normalize import get_normalizer
+from catalog.renormalize import tally_readings
 from catalog.prompting import get_scaffold
 from catalog.registry import get_model
 from catalog.schema import Completion, ExactProb, Model, OptionCount, Task, storable_text
@@ -256,7 +257,7 @@ def result_rows(unit: Unit, result: UnitResult, provenance: dict) -> tuple[dict,
         ]
         return values, [(ExactProb, exact_rows)]
     read = functools.partial(normalizer.read, task=unit.task)
-    counts = read_counts(read, result.completions)
+    counts = tally_readings(read, result.completions)
     stored: dict[str, dict] = {}
     for text, count in result.completions.items():
         reading = counts.readings[text]

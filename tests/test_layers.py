@@ -104,3 +104,11 @@ def test_catalog_help_imports_no_heavy_library():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=ROOT, check=True, timeout=120)
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_no_module_of_the_three_packages_is_over_800_lines():
+    """A module that long does more than one job: split it by job (docs/architecture.md)."""
+    long = {str(path.relative_to(ROOT)): n for package in ("catalog", "ingest", "analysis")
+            for path in (ROOT / package).rglob("*.py")
+            if (n := len(path.read_text(encoding="utf-8").splitlines())) > 800}
+    assert not long, long

@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from catalog.errors import InvalidInput
-from catalog.normalize import NORMALIZERS, Reading, get_normalizer, normalize, read_counts
+from catalog.normalize import NORMALIZERS, Reading, get_normalizer, normalize
+from catalog.renormalize import tally_readings
 from catalog.tasks import bundled_task, bundled_tasks, parse_task_text
 
 # (completion text, expected option or None) per bundled task.
@@ -381,10 +382,10 @@ def test_unknown_normalizer_is_invalid_input():
         get_normalizer("fuzzy")
 
 
-def test_read_counts_merges_texts_per_option_and_reason():
+def test_tally_readings_merges_texts_per_option_and_reason():
     coin = bundled_task("coin")
     read = functools.partial(get_normalizer("choice").read, task=coin)
-    counts = read_counts(read, {"Heads": 5, "heads.": 2, " T": 3, "edge": 1})
+    counts = tally_readings(read, {"Heads": 5, "heads.": 2, " T": 3, "edge": 1})
     assert counts.options == {"heads": 7, "tails": 3}
     assert counts.reasons == {"no_answer": 1}
     assert counts.n_invalid == 1
