@@ -33,6 +33,9 @@ from catalog.serve.store import MOST_TEXTS, Explorer, prompt_cells, task_groups
 
 QUEUE_REFRESH_SECONDS = 10
 INVALID_FILTERS = ("any", "only", "none")
+# Bootstrap replicates a page may ask for: enough for a stable support share, few enough that
+# one URL cannot keep the server busy for long.
+MOST_BOOTSTRAP = 2000
 _HEADERS = {
     "Content-Security-Policy": ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
                                 "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"),
@@ -79,7 +82,8 @@ def create_app(engine: Engine, *, host: str = "127.0.0.1",
 
     def _overview(request: Request) -> HTMLResponse:
         mode = _choice(request, "mode", RUN_MODES, "sampled")
-        result = explorer.analysis(mode)
+        bootstrap = _bootstrap(request, mode)
+        result = explorer.analysis(mode, bootstrap)
         conditions = _conditions(result)
         key = request.query_params.get("condition") or _default_condition(result)
         if result is not None and key not in conditions:
@@ -94,6 +98,7 @@ def create_app(engine: Engine, *, host: str = "127.0.0.1",
             if k == key:
                 totals.update(c)
         return page("overview.html.j2", title="Catalog explorer", mode=mode, modes=RUN_MODES,
+                    bootstrap=bootstrap, most_bootstrap=MOST_BOOTSTRAP,
                     conditions=conditions, condition=key, families=families, tasks=tasks,
                     cells=cells, counts={(f, t): c for (f, t, k), c in counts.items() if k == key},
                     totals=totals, warnings=list(result.warnings) if result else [])
@@ -105,7 +110,8 @@ def create_app(engine: Engine, *, host: str = "127.0.0.1",
     def _task_page(request: Request) -> HTMLResponse:
         task = request.path_params["task"]
         mode = _choice(request, "mode", RUN_MODES, "sampled")
-        result = explorer.analysis(mode)
+        bootstrap = _bootstrap(request, mode)
+        result = explorer.analysis(mode, bootstrap)
         if result is None or task not in {g.task for g in result.groups}:
             raise NotFound(f"no task {task!r} with done {mode} runs in the store")
         conditions = {k: v for k, v in _conditions(result).items()
@@ -121,10 +127,11 @@ def create_app(engine: Engine, *, host: str = "127.0.0.1",
             raise NotFound(f"no family {', '.join(map(repr, unknown))} for task {task!r} in "
                            "this condition")
         groups = task_groups(result, task, key, wanted)
-        sections = explorer.cache.get(("sections", mode, task, key, wanted),
+        sections = explorer.cache.get(("sections", mode, task, key, wanted, bootstrap),
                                       lambda: _sections(groups, explorer.model_names()))
-        figures = explorer.figures(mode, task, key, wanted)
+        figures = explorer.figures(mode, task, key, wanted, bootstrap)
         return page("task.html.j2", title=f"Task {task}", task=task, mode=mode,
+                    bootstrap=bootstrap, most_bootstrap=MOST_BOOTSTRAP,
                     conditions=conditions, condition=key, all_families=[g.family for g in every],
                     chosen=wanted, sections=sections, figures=figures,
                     nucleation={g.family: g.values.get("nucleation_ratio") for g in groups})
@@ -186,6 +193,7 @@ def _sections(groups, models) -> list[dict[str, Any]]:
             "family": g.family, "verdicts": _verdicts(g), "status": g.status,
             "problems": [p.message for p in g.problems],
             "seed": g.prompt_key(g.seed_index), "seed_support": g.seed_support,
+            "threshold": g.support_threshold,
             "stages": [{"stage": s, "model": models.get((g.family, s, step)),
                         "role": g.role(i), "n_prompts": int(g.n_prompts[i]),
                         "validity": float(g.validity[i]),
@@ -241,6 +249,18 @@ def _choice(request: Request, name: str, allowed: tuple[str, ...], default: str)
     return value
 
 
+def _bootstrap(request: Request, mode: str) -> int:
+    """The ``bootstrap`` query value: replicates for the verdicts' support (0: none)."""
+    value = request.query_params.get("bootstrap") or "0"
+    if not (value.isascii() and value.isdigit()) or int(value) > MOST_BOOTSTRAP:
+        raise InvalidInput(f"bootstrap must be a whole number from 0 (off) to {MOST_BOOTSTRAP}, "
+                           f"not {value!r}")
+    if int(value) and mode == "exact":
+        raise InvalidInput("exact probabilities have no sampling noise to bootstrap; "
+                           "drop bootstrap or show sampled counts")
+    return int(value)
+
+
 def _conditions(result) -> dict[str, str]:
     """{condition_key: label} of the analysis' groups, the most analyzed first."""
     if result is None:
@@ -256,12 +276,16 @@ def _default_condition(result) -> str | None:
     return next(iter(_conditions(result)), None)
 
 
-def _verdicts(g) -> list[tuple[str, str]]:
-    """(label, word) of each verdict of a group: liquid, nucleated, settled per stage."""
+def _verdicts(g) -> list[tuple[str, str, float | None]]:
+    """(label, word, support) of each verdict of a group: liquid, nucleated, settled per
+    stage; the word is "uncertain" where the bootstrap support is below the threshold, and
+    the support is None without a bootstrap."""
     from analysis.results import verdict_word
 
     reading = g.verdict_reading()
-    out = [("liquid", verdict_word(reading["liquid"])),
-           ("nucleated", verdict_word(reading["nucleated"]))]
-    out += [(f"settled {stage}", verdict_word(v)) for stage, v in reading["settled"].items()]
+    support = g.verdict_support or {"liquid": None, "nucleated": None, "settled": {}}
+    out = [("liquid", verdict_word(reading["liquid"]), support["liquid"]),
+           ("nucleated", verdict_word(reading["nucleated"]), support["nucleated"])]
+    out += [(f"settled {stage}", verdict_word(v), support["settled"].get(stage))
+            for stage, v in reading["settled"].items()]
     return out

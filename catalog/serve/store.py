@@ -1,8 +1,8 @@
 """What the explorer's pages show, read from the store through a read-only engine, with the
 analysis cached per store state.
 
-The analysis of the whole store (every family, task and condition of one mode, without
-bootstrap) and the figures drawn from it are kept in a small cache keyed on the *store
+The analysis of the whole store (every family, task and condition of one mode, and
+bootstrap size) and the figures drawn from it are kept in a small cache keyed on the *store
 state*: a few aggregates of the ``runs`` table (how many, the highest id, the latest
 finish, how many done, stale and invalid) that change whenever a run is added, finishes,
 fails, is renormalized or is deleted, and a digest of the task definitions and the models'
@@ -103,16 +103,18 @@ class Explorer:
 
     # ----- analysis (cached) ------------------------------------------------------------
 
-    def analysis(self, mode: str):
-        """The analysis of every family, task and condition of ``mode``, or None when the
-        store holds no done run of that mode."""
-        return self.cache.get(("analysis", mode), lambda: self._analyze(mode))
+    def analysis(self, mode: str, bootstrap: int = 0):
+        """The analysis of every family, task and condition of ``mode`` (with ``bootstrap``
+        replicates for the verdicts' support; 0: none), or None when the store holds no done
+        run of that mode."""
+        return self.cache.get(("analysis", mode, bootstrap),
+                              lambda: self._analyze(mode, bootstrap))
 
-    def _analyze(self, mode: str):
+    def _analyze(self, mode: str, bootstrap: int):
         from analysis.crystallization import AnalysisOptions, analyze
 
         try:
-            return analyze(self.engine, mode=mode, options=AnalysisOptions())
+            return analyze(self.engine, mode=mode, options=AnalysisOptions(bootstrap=bootstrap))
         except NotFound:
             return None
 
@@ -147,18 +149,19 @@ class Explorer:
             return {(f, s, step): m for f, s, step, m in conn.execute(query)}
 
     def figures(self, mode: str, task: str, condition_key: str,
-                families: tuple[str, ...]) -> list[dict[str, str]]:
+                families: tuple[str, ...], bootstrap: int = 0) -> list[dict[str, str]]:
         """The report's figures for one task and condition (and these families; all when
         empty), as PNG data URIs (as in the report: SVG of a big task's hundred thousand
         dots took several times longer to write, and weighed more)."""
-        key = ("figures", mode, task, condition_key, families)
-        return self.cache.get(key, lambda: self._figures(mode, task, condition_key, families))
+        key = ("figures", mode, task, condition_key, families, bootstrap)
+        return self.cache.get(key, lambda: self._figures(mode, task, condition_key, families,
+                                                         bootstrap))
 
     def _figures(self, mode: str, task: str, condition_key: str,
-                 families: tuple[str, ...]) -> list[dict[str, str]]:
+                 families: tuple[str, ...], bootstrap: int) -> list[dict[str, str]]:
         from analysis import plots
 
-        result = self.analysis(mode)
+        result = self.analysis(mode, bootstrap)
         groups = task_groups(result, task, condition_key, families)
         if not groups:
             return []

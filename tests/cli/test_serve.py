@@ -257,6 +257,34 @@ def test_bad_query_values_are_a_400_page(served):
         assert '<a href="/" id="back">' in body and "Traceback" not in body
 
 
+def test_bootstrap_marks_uncertain_verdicts_and_shows_their_support(served):
+    server, _ = served
+    # zoo's coin base prompts disagree, but not in every replicate: liquid is uncertain.
+    status, _, body = server.request("GET", "/task/coin?family=zoo")
+    assert status == 200
+    assert "liquid: yes" in body and ": uncertain" not in body and "(support " not in body
+    status, _, body = server.request("GET", "/task/coin?family=zoo&bootstrap=50")
+    assert status == 200, server.errors()
+    assert re.search(r"liquid: uncertain <span class=\"support\">\(support [0-9]{1,2}%\)", body)
+    assert re.search(r"nucleated: yes <span class=\"support\">\(support 100%\)", body)
+    assert "share of 50 bootstrap replicates" in body and "below 95%" in body
+    assert 'name="bootstrap" min="0" max="2000" value="50"' in body
+    status, _, body = server.request("GET", "/?bootstrap=50")
+    assert status == 200
+    assert "liquid: uncertain (support" in body
+    # the task links carry the bootstrap on
+    assert re.search(r'href="/task/coin\?mode=sampled&amp;condition=[0-9a-f]+&amp;family=zoo'
+                     r'&amp;bootstrap=50"', body)
+    for value in ("-1", "abc", "99999", "1.5", "%C2%B2"):
+        for path in (f"/?bootstrap={value}", f"/task/coin?bootstrap={value}"):
+            status, _, body = server.request("GET", path)
+            assert status == 400, path
+            assert "bootstrap must be a whole number from 0 (off) to 2000" in body
+            assert '<a href="/" id="back">' in body and "Traceback" not in body
+    status, _, body = server.request("GET", "/?mode=exact&bootstrap=5")
+    assert status == 400 and "no sampling noise to bootstrap" in body
+
+
 def test_the_read_only_engine_refuses_writes(db_url):
     engine = read_only_engine(db_url)
     try:
