@@ -69,3 +69,32 @@ def build_store(db_url: str, folder: Path, n_samples: int = 40) -> None:
                                 if state == "running" else None))
     finally:
         engine.dispose()
+
+
+def checkpoint_records(n_samples: int = 20) -> list[dict]:
+    """A checkpoint series: family "ckpt" on coin, a step-less base whose prompts disagree,
+    then SFT at step 100 (every prompt answers tails) and step 200 (every prompt heads)."""
+    prompts = TASKS["coin"][1]
+    records = []
+    for stage, order, step, answer in (("base", 0, None, None), ("sft", 1, 100, "Tails"),
+                                       ("sft", 1, 200, "Heads")):
+        for p, prompt in enumerate(prompts):
+            texts = [f" {answer or ('Heads' if k % (p + 2) else 'Tails')}."
+                     for k in range(n_samples)]
+            records.append({
+                "family": "ckpt", "stage": stage, "stage_order": order, "step": step,
+                "model": "ckpt-base" if step is None else f"ckpt-sft-{step}", "task": "coin",
+                "prompt": prompt, "completions": texts, "temperature": 1.0, "max_new_tokens": 8,
+            })
+    return records
+
+
+def build_checkpoint_store(db_url: str, folder: Path) -> None:
+    """Create the catalog at ``db_url`` (an empty database) with :func:`checkpoint_records`."""
+    path = folder / "checkpoints.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in checkpoint_records()))
+    engine = open_catalog(db_url)
+    try:
+        import_completions(engine, path)
+    finally:
+        engine.dispose()

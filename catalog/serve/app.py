@@ -29,7 +29,7 @@ from catalog import __version__
 from catalog.config import masked
 from catalog.enums import RUN_MODES, RUN_STATUSES
 from catalog.errors import InvalidInput, NotFound
-from catalog.serve.store import MOST_TEXTS, Explorer, prompt_cells, task_groups
+from catalog.serve.store import MOST_TEXTS, Explorer, counted_cell, prompt_cells, task_groups
 
 QUEUE_REFRESH_SECONDS = 10
 INVALID_FILTERS = ("any", "only", "none")
@@ -127,13 +127,18 @@ def create_app(engine: Engine, *, host: str = "127.0.0.1",
             raise NotFound(f"no family {', '.join(map(repr, unknown))} for task {task!r} in "
                            "this condition")
         groups = task_groups(result, task, key, wanted)
-        sections = explorer.cache.get(("sections", mode, task, key, wanted, bootstrap),
-                                      lambda: _sections(groups, explorer.model_names()))
+        picks = list(dict.fromkeys(p for g in groups for p in g.checkpoints))
+        pick = _pick(request, task, picks)
+        sections = explorer.cache.get(
+            ("sections", mode, task, key, wanted, bootstrap, pick),
+            lambda: _sections(groups, explorer.model_names(), pick,
+                              lambda model: explorer.checkpoint_counts(model, task, key)))
         figures = explorer.figures(mode, task, key, wanted, bootstrap)
         return page("task.html.j2", title=f"Task {task}", task=task, mode=mode,
                     bootstrap=bootstrap, most_bootstrap=MOST_BOOTSTRAP,
                     conditions=conditions, condition=key, all_families=[g.family for g in every],
-                    chosen=wanted, sections=sections, figures=figures,
+                    chosen=wanted, sections=sections, figures=figures, picks=picks,
+                    stage=pick[0], step=pick[1],
                     nucleation={g.family: g.values.get("nucleation_ratio") for g in groups})
 
     def samples_page(request: Request) -> HTMLResponse:
@@ -185,23 +190,66 @@ def create_app(engine: Engine, *, host: str = "127.0.0.1",
     )
 
 
-def _sections(groups, models) -> list[dict[str, Any]]:
-    """Per family of a task page: verdicts, seed, metrics by stage, the prompts' cells."""
+def _pick(request: Request, task: str,
+          picks: list[tuple[str, int | None]]) -> tuple[str | None, int | None]:
+    """The ``stage`` and ``step`` query values (None: every stage, every checkpoint), checked
+    against the (stage, step) pairs of the page's groups."""
+    stage = request.query_params.get("stage") or None
+    step = request.query_params.get("step") or None
+    if step is not None and not (step.isascii() and step.isdigit()):
+        raise InvalidInput(f"step must be a checkpoint's whole number, not {step!r}")
+    if step is not None and stage is None:
+        raise InvalidInput("step needs a stage (a checkpoint of which stage?)")
+    step = None if step is None else int(step)
+    if stage is not None and stage not in {s for s, _ in picks}:
+        raise NotFound(f"no stage {stage!r} for task {task!r} in this condition")
+    if step is not None and (stage, step) not in picks:
+        raise NotFound(f"no checkpoint {step} of stage {stage!r} for task {task!r}")
+    return stage, step
+
+
+def _sections(groups, models, pick: tuple[str | None, int | None],
+              live: Callable[[str], dict[str, dict[str, int]]]) -> list[dict[str, Any]]:
+    """Per family of a task page: verdicts, seed, metrics by stage, the prompts' cells (of
+    the picked stage and checkpoint only, when one is picked). The analysis keeps each
+    stage's final checkpoint only: an earlier one's cells are read live (``live(model)``),
+    without metrics."""
+    import numpy as np
+
+    stage, step = pick
     sections = []
     for g in groups:
+        shown = [i for i, (s, t) in enumerate(zip(g.stages, g.steps))
+                 if (stage is None or s == stage) and (step is None or t == step)]
+        prompts = prompt_cells(g)
+        for row in prompts:
+            row["cells"] = [row["cells"][i] for i in shown]
+        earlier = []
+        if not shown and (stage, step) in g.checkpoints:
+            model = models.get((g.family, stage, step))
+            counts = live(model) if model else {}
+            for row in prompts:
+                by_option = counts.get(row["prompt"], {})
+                row["cells"] = [counted_cell(g.options, np.array(
+                    [by_option.get(o, 0) for o in g.options], dtype=float))]
+            earlier = [{"stage": stage, "step": step, "model": model, "role": "checkpoint",
+                        "n_prompts": sum(bool(row["cells"][0]) for row in prompts),
+                        "validity": None, "entropy_pooled": None, "liquidity": None,
+                        "mse_to_seed": None, "probmass": None}]
         sections.append({
             "family": g.family, "verdicts": _verdicts(g), "status": g.status,
             "problems": [p.message for p in g.problems],
             "seed": g.prompt_key(g.seed_index), "seed_support": g.seed_support,
             "threshold": g.support_threshold,
-            "stages": [{"stage": s, "model": models.get((g.family, s, step)),
+            "stages": [{"stage": s, "step": t, "model": models.get((g.family, s, t)),
                         "role": g.role(i), "n_prompts": int(g.n_prompts[i]),
                         "validity": float(g.validity[i]),
                         **{m: (float(g.values[m][i]) if m in g.values else None)
                            for m in ("entropy_pooled", "liquidity", "mse_to_seed",
                                      "probmass")}}
-                       for i, (s, step) in enumerate(zip(g.stages, g.steps))],
-            "prompts": prompt_cells(g),
+                       for i, (s, t) in enumerate(zip(g.stages, g.steps)) if i in shown]
+                      + earlier,
+            "prompts": prompts,
         })
     return sections
 

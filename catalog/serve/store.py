@@ -264,6 +264,25 @@ class Explorer:
             "has_texts": bool(by_option),
         }
 
+    def checkpoint_counts(self, model: str, task: str,
+                          condition_key: str) -> dict[str, dict[str, int]]:
+        """{prompt key: {option: count}} of one model's done, current runs of a task in a
+        condition: the prompts' cells at a checkpoint the analysis' stage table does not
+        hold (it keeps each stage's final checkpoint only)."""
+        query = (
+            select(Prompt.key, OptionCount.option, func.sum(OptionCount.count))
+            .join(Run, Run.id == OptionCount.run_id).join(Model, Model.id == Run.model_id)
+            .join(Task, Task.id == Run.task_id).join(Prompt, Prompt.id == Run.prompt_id)
+            .where(Model.name == model, Task.name == task, Run.condition_key == condition_key,
+                   Run.status == "done", Run.stale.is_(False))
+            .group_by(Prompt.key, OptionCount.option)
+        )
+        counts: dict[str, dict[str, int]] = {}
+        with self.engine.connect() as conn:
+            for key, option, n in conn.execute(query):
+                counts.setdefault(key, {})[option] = int(n)
+        return counts
+
     def queue(self):
         from ingest.status import queue_status
 
@@ -279,6 +298,17 @@ def task_groups(result, task: str, condition_key: str, families: tuple[str, ...]
             and g.stages and (not families or g.family in families)]
 
 
+def counted_cell(options: list[str], counts: np.ndarray) -> dict[str, Any] | None:
+    """One prompt's cell from its option counts: valid samples, the top option and its
+    share, and the five most frequent options (the hover text); None when nothing counted."""
+    total = float(counts.sum()) if counts.size else 0.0
+    if total <= 0:
+        return None
+    order = np.argsort(-counts, kind="stable")[:5]
+    top = [(options[k], float(counts[k] / total)) for k in order if counts[k] > 0]
+    return {"n": total, "top": top[0][0], "share": top[0][1], "hover": top}
+
+
 def prompt_cells(group) -> list[dict[str, Any]]:
     """Per prompt of a group, per stage: valid samples, the top option and its share, and
     the five most frequent options (the hover text)."""
@@ -287,13 +317,7 @@ def prompt_cells(group) -> list[dict[str, Any]]:
         cells = []
         for i in range(len(group.stages)):
             counts = group.counts[i, j] if group.counts.size else np.zeros(0)
-            total = float(counts.sum()) if counts.size else 0.0
-            if not group.sampled[i, j] or total <= 0:
-                cells.append(None)
-                continue
-            order = np.argsort(-counts, kind="stable")[:5]
-            top = [(group.options[k], float(counts[k] / total)) for k in order if counts[k] > 0]
-            cells.append({"n": total, "top": top[0][0], "share": top[0][1], "hover": top})
+            cells.append(counted_cell(group.options, counts) if group.sampled[i, j] else None)
         rows.append({"prompt": key, "seed": j == group.seed_index, "cells": cells})
     return rows
 

@@ -30,7 +30,7 @@ from catalog import db as catalog_db
 from catalog.cli import main
 from catalog.schema import Base, Family
 from catalog.views import read_only_engine, read_sql
-from serve_store import HOSTILE, build_store, completion_records
+from serve_store import HOSTILE, build_checkpoint_store, build_store, completion_records
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -232,6 +232,9 @@ def test_queue_page_shows_states_workers_and_errors(served):
     ("/task/nope", "no task &#39;nope&#39;"),
     ("/task/coin?family=nope", "no family &#39;nope&#39;"),
     ("/?condition=nope", "no condition &#39;nope&#39;"),
+    ("/task/coin?stage=nope", "no stage &#39;nope&#39; for task &#39;coin&#39;"),
+    ("/task/coin?stage=%3Cb%3E", "no stage &#39;&lt;b&gt;&#39;"),
+    ("/task/coin?stage=sft&step=3", "no checkpoint 3 of stage &#39;sft&#39;"),
     ("/samples?model=nope&task=coin&prompt=plain&condition=x", "no run of model &#39;nope&#39;"),
     ("/nowhere", "no page at /nowhere"),
 ])
@@ -251,7 +254,8 @@ def test_bad_query_values_are_a_400_page(served):
     assert (status, body) == (400, "Invalid host header")
     assert server.request("GET", "/queue", headers={"Host": "localhost:8000"})[0] == 200
     for path in ("/?mode=both", "/samples?task=coin", "/samples?model=a&task=b&prompt=c"
-                 "&condition=d&invalid=maybe"):
+                 "&condition=d&invalid=maybe", "/task/coin?step=1",
+                 "/task/coin?stage=sft&step=a"):
         status, _, body = server.request("GET", path)
         assert status == 400, path
         assert '<a href="/" id="back">' in body and "Traceback" not in body
@@ -283,6 +287,52 @@ def test_bootstrap_marks_uncertain_verdicts_and_shows_their_support(served):
             assert '<a href="/" id="back">' in body and "Traceback" not in body
     status, _, body = server.request("GET", "/?mode=exact&bootstrap=5")
     assert status == 400 and "no sampling noise to bootstrap" in body
+
+
+def tables(body: str) -> str:
+    """The task page's stage and prompt tables, links and hover text left out."""
+    found = re.findall(r'<table class="(?:stages|prompts)">.*?</table>', body, re.S)
+    return re.sub(r'(title|href)="[^"]*"', "", "".join(found))
+
+
+def test_the_stage_picker_shows_one_stage(served):
+    server, _ = served
+    status, _, body = server.request("GET", "/task/coin?family=lab")
+    assert status == 200
+    picker = re.search(r'<p class="picker">.*?</p>', body, re.S).group(0)
+    for stage in ("base", "sft", "dpo"):
+        assert f'family=lab&amp;stage={stage}">{stage}</a>' in picker
+    assert "<th>base</th>" in tables(body) and "<th>sft</th>" in tables(body)
+    status, _, body = server.request("GET", "/task/coin?family=lab&stage=sft&bootstrap=5")
+    assert status == 200
+    shown = tables(body)
+    assert "<th>sft</th>" in shown and "<td>sft</td>" in shown
+    assert "<th>base</th>" not in shown and "<td>dpo</td>" not in shown
+    assert "<strong>sft</strong>" in body and 'bootstrap=5">all</a>' in body
+
+
+def test_the_checkpoint_picker_reads_an_earlier_checkpoint(tmp_path):
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    build_checkpoint_store(url, tmp_path)
+    server = Server(url)
+    try:
+        status, _, body = server.request("GET", "/task/coin")
+        assert status == 200, server.errors()
+        assert "stage=sft&amp;step=100\">sft @ 100</a>" in body
+        assert "stage=sft&amp;step=200\">sft @ 200</a>" in body
+        # The analysis' table holds each stage's final checkpoint (200: every prompt heads).
+        assert "<th>sft @ 200</th>" in tables(body) and "@ 100" not in tables(body)
+        status, _, body = server.request("GET", "/task/coin?stage=sft&step=100")
+        assert status == 200, server.errors()
+        shown = tables(body)
+        assert "<td>sft @ 100</td><td>ckpt-sft-100</td><td>checkpoint</td>" in shown
+        assert shown.count("tails 100%") == 4 and "heads" not in shown
+        status, _, body = server.request("GET", "/task/coin?stage=sft&step=200")
+        shown = tables(body)
+        assert status == 200 and shown.count("heads 100%") == 4 and "tails" not in shown
+    finally:
+        code, out = server.stop()
+    assert code == 0, out
 
 
 def test_the_read_only_engine_refuses_writes(db_url):
