@@ -72,9 +72,9 @@ def main() -> None:
         figures["rows"] = _rows(**scale)
         figures["study_tasks"], figures["study_shape"] = args.tasks, study
         for backend in backends:
-            with _scratch_database(backend, args.postgres, workdir) as url:
+            with scratch_database(backend, args.postgres, workdir) as url:
                 figures["scale"][backend] = _scale_figures(url, scale_file, args.families * args.tasks)
-            with _scratch_database(backend, args.postgres, workdir) as url:
+            with scratch_database(backend, args.postgres, workdir) as url:
                 figures["study"][backend] = _study_figures(url, study_file, args.bootstrap)
     print(_markdown(figures, args.bootstrap))
     if args.json:
@@ -107,7 +107,7 @@ def _counts_file(path: Path, families, tasks, prompts, options, samples) -> dict
     return {"path": str(path)}
 
 
-class _scratch_database:
+class scratch_database:
     """A fresh SQLite file or PostgreSQL database for one measurement, dropped afterwards."""
 
     def __init__(self, backend: str, admin_url: str, workdir: Path) -> None:

@@ -29,8 +29,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
+
+from analysis_scale import scratch_database  # a sibling script: benchmarks/ is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("base", "sft", "dpo", "rl")
@@ -67,7 +68,7 @@ def main() -> None:
         for backend in args.backends.split(","):
             for store, path, importer in (("demo-like", demo_file, "import_completions"),
                                           ("big", big_file, "import_counts")):
-                with _scratch_database(backend, args.postgres, workdir) as url:
+                with scratch_database(backend, args.postgres, workdir) as url:
                     seconds = _import(url, path, importer)
                     pages = _pages(url)
                     figures["results"].append({"store": store, "database": backend,
@@ -127,40 +128,6 @@ def _big_counts(path: Path, families, tasks, prompts, options, samples) -> Path:
     )
     frame.drop("prompt_id").write_parquet(path)
     return path
-
-
-class _scratch_database:
-    """A fresh SQLite file or PostgreSQL database, dropped afterwards."""
-
-    def __init__(self, backend: str, admin_url: str, workdir: Path) -> None:
-        self.backend, self.admin_url, self.workdir = backend, admin_url, workdir
-        self.name = f"catalog_bench_{uuid.uuid4().hex[:8]}"
-
-    def __enter__(self) -> str:
-        if self.backend == "sqlite":
-            return f"sqlite:///{self.workdir / (self.name + '.db')}"
-        self._admin(f"CREATE DATABASE {self.name}")
-        from sqlalchemy.engine import make_url
-
-        return make_url(self.admin_url).set(database=self.name).render_as_string(
-            hide_password=False)
-
-    def __exit__(self, *exc) -> None:
-        if self.backend == "sqlite":
-            for path in self.workdir.glob(self.name + ".db*"):
-                path.unlink()
-        else:
-            self._admin(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
-
-    def _admin(self, statement: str) -> None:
-        from sqlalchemy import create_engine, text
-
-        from catalog.config import database_url
-
-        engine = create_engine(database_url(self.admin_url), isolation_level="AUTOCOMMIT")
-        with engine.connect() as conn:
-            conn.execute(text(statement))
-        engine.dispose()
 
 
 def _import(url: str, path: Path, importer: str) -> float:
