@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from analysis_scale import _scratch_database, _vmhwm_mib
+from analysis_scale import scratch_database, _vmhwm_mib
 
 STAGES = ("sft", "dpo", "rl")
 
@@ -63,7 +63,7 @@ def main() -> None:
         _child("generate", str(counts), json.dumps(shape))
         rows.append(("in memory", *_pair("memory", str(counts), args.bootstrap)))
         for backend in filter(None, args.backends.split(",")):
-            with _scratch_database(backend, args.postgres, workdir) as url:
+            with scratch_database(backend, args.postgres, workdir) as url:
                 _child("import", url, str(counts.with_suffix(".import.parquet")))
                 rows.append((backend, *_pair("store", url, args.bootstrap)))
     checkpoints = 1 + len(STAGES) * args.steps
