@@ -319,9 +319,11 @@ class TreeSampler:
             unit.result.counts = dict(unit.leaves)
 
     def _prefill(self, units: list[_Unit]):
-        """All prompts in one forward pass, left-padded to the longest (an attention mask and
-        position ids keep each prompt as if alone); the padding stays in every branch's cache
-        as masked positions. Prompts of one length need no mask at all."""
+        """All prompts left-padded to the longest (an attention mask and position ids keep
+        each prompt as if alone; the padding stays in every branch's cache as masked
+        positions), in passes of at most ``batch_size`` rows: a pass that runs out of memory
+        (or whose cache is over ``memory_budget``) is split in two and retried (``auto``
+        batch size). Prompts of one length need no mask at all."""
         import torch
 
         device = self.model.device
@@ -334,17 +336,55 @@ class TreeSampler:
             mask[row, longest - len(unit.prompt):] = 1
         self._prompt_lengths = lengths.to(device)
         self._prompt_mask = mask.to(device) if bool((lengths < longest).any()) else None
-        extra = {"logits_to_keep": 1} if self.keep_last_logits else {}
-        if self._prompt_mask is not None:
-            extra |= {
-                "attention_mask": self._prompt_mask,
-                "position_ids": (self._prompt_mask.cumsum(1) - 1).clamp(min=0),
-            }
-        cache = self._new_cache()
-        logits = self._forward(ids.to(device), cache, **extra)
+        ids = ids.to(device)
+        batches, logits, pending, out_of_memory = [], [], [], False
+        start = 0
+        while start < len(units) or pending:
+            if not pending:
+                size = min(self.batch_size, len(units) - start)
+                pending.append((start, size))
+                start += size
+            first, size = pending.pop(0)
+            if out_of_memory:
+                _empty_device_cache(device)  # the failed pass's tensors are gone by now
+                out_of_memory = False
+            try:
+                cache, rows = self._new_cache(), slice(first, first + size)
+                logits.append(self._forward(ids[rows], cache, **self._prompt_inputs(rows)))
+                self._check_prefill_budget(cache, size)
+            except torch.OutOfMemoryError:
+                if not self.auto_batch or size == 1:
+                    raise
+                del cache
+                self.batch_size = max(1, size // 2)
+                pending[:0] = [(first, self.batch_size),
+                               (first + self.batch_size, size - self.batch_size)]
+                out_of_memory = True
+                continue
+            batches.append(_Batch(first, size, cache))
         for unit in units:
             unit.result.forward_calls += 1
-        return [_Batch(0, len(units), cache)], logits
+        return batches, logits[0] if len(logits) == 1 else torch.cat(logits)
+
+    def _prompt_inputs(self, rows: slice) -> dict:
+        """The prefill's attention mask and position ids for ``rows`` (none without
+        padding), and ``logits_to_keep`` where the model takes it."""
+        extra = {"logits_to_keep": 1} if self.keep_last_logits else {}
+        if self._prompt_mask is not None:
+            mask = self._prompt_mask[rows]
+            extra |= {"attention_mask": mask, "position_ids": (mask.cumsum(1) - 1).clamp(min=0)}
+        return extra
+
+    def _check_prefill_budget(self, cache, rows: int) -> None:
+        """Out of memory if the prompts' KV cache is over the budget. On a device the pass
+        itself runs out first; on a CPU this check after it is how the path runs."""
+        import torch
+
+        if self.memory_budget is not None and kv_bytes(cache) > self.memory_budget:
+            raise torch.OutOfMemoryError(
+                f"a prefill of {rows} rows needs more than the memory budget "
+                f"({self.memory_budget} bytes of KV cache)"
+            )
 
     def _draw(self, logits, row_unit, units: list[_Unit], sequences, counts, uniforms):
         """One depth's sampling step: each row's warped distribution, its entropy and the
@@ -552,18 +592,21 @@ class TreeSampler:
         while start < len(parents) or pending:
             if not pending:
                 size = min(self.batch_size, len(parents) - start)
-                rows = parents[start:start + size]
-                pending.append(_Batch(start, size, select_rows(batches, rows)))
+                pending.append(_Batch(start, size, None))  # gathered inside the retry
                 start += size
-                needed = int(parents[start]) if start < len(parents) else math.inf
-                while batches and batches[0].start + batches[0].size <= needed:
-                    del batches[0]  # the caller's list too: these parents are freed now
             batch = pending.pop(0)
             if out_of_memory:
                 _empty_device_cache(device)  # the failed pass's tensors are gone by now
                 out_of_memory = False
             try:
-                self._check_budget(batch)
+                if batch.cache is None:
+                    rows = parents[batch.start:batch.start + batch.size]
+                    self._check_budget(batches, rows)
+                    batch.cache = select_rows(batches, rows)
+                    end = batch.start + batch.size
+                    needed = int(parents[end]) if end < len(parents) else math.inf
+                    while batches and batches[0].start + batches[0].size <= needed:
+                        del batches[0]  # the caller's list too: these parents are freed now
                 cache = shallow_copy(batch.cache)
                 logits.append(self._forward(
                     tokens[batch.start:batch.start + batch.size, None].to(device), cache,
@@ -602,17 +645,18 @@ class TreeSampler:
         positions = (self._prompt_lengths[row_unit] + depth - 1)[:, None]
         return {"attention_mask": mask, "position_ids": positions}
 
-    def _check_budget(self, batch: _Batch) -> None:
-        """Out of memory if the batch's KV cache, one token longer, would pass the budget."""
+    def _check_budget(self, batches: list[_Batch], rows) -> None:
+        """Out of memory if the KV cache of ``rows`` gathered from ``batches``, one token
+        longer, would pass the budget (checked before the gather, which is itself a copy)."""
         import torch
 
         if self.memory_budget is None:
             return
-        held = kv_bytes(batch.cache)
-        length = cache_length(batch.cache)
-        if held * (length + 1) / max(length, 1) > self.memory_budget:
+        per_row = kv_bytes(batches[0].cache) / batches[0].size
+        length = cache_length(batches[0].cache)
+        if len(rows) * per_row * (length + 1) / max(length, 1) > self.memory_budget:
             raise torch.OutOfMemoryError(
-                f"a batch of {batch.size} rows needs more than the memory budget "
+                f"a batch of {len(rows)} rows needs more than the memory budget "
                 f"({self.memory_budget} bytes of KV cache)"
             )
 
@@ -680,7 +724,11 @@ def shallow_copy(cache):
 
 
 def split_batch(batch: _Batch, size: int) -> list[_Batch]:
-    """``batch`` as batches of at most ``size`` rows, over views of its tensors (no copy)."""
+    """``batch`` as batches of at most ``size`` rows, over views of its tensors (no copy);
+    a batch not gathered yet splits into row ranges still to gather."""
+    if batch.cache is None:
+        return [_Batch(batch.start + start, min(size, batch.size - start), None)
+                for start in range(0, batch.size, size)]
     parts = []
     for start in range(0, batch.size, size):
         part = shallow_copy(batch.cache)

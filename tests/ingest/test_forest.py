@@ -11,7 +11,7 @@ from tiny_models import PROMPTS, cached_tiny_model
 
 from catalog.errors import InvalidInput
 from ingest.backends import ModelSpec, SamplingParams, load_backend
-from ingest.sampling import DRAW_BYTES_PER_CELL, TreeSampler
+from ingest.sampling import DRAW_BYTES_PER_CELL, TreeSampler, kv_bytes
 
 SIGNIFICANCE = 0.01  # chi-square homogeneity tests: reject at the 1% level
 
@@ -142,9 +142,44 @@ def test_an_out_of_memory_in_the_sampling_step_is_retried_in_chunks(backend, ren
 
 def test_a_sampling_step_over_the_budget_for_one_row_fails(backend, rendered):
     loaded = backend.loaded
-    tiny = TreeSampler(loaded.model, loaded.tokenizer, loaded.eos_token_ids, memory_budget=1024)
+    budget = vocabulary(loaded) * DRAW_BYTES_PER_CELL - 1  # one row's step does not fit
+    assert prompt_kv_bytes(loaded, rendered[0]) < budget  # its prefill does
+    tiny = TreeSampler(loaded.model, loaded.tokenizer, loaded.eos_token_ids,
+                       memory_budget=budget)
     with pytest.raises(torch.OutOfMemoryError, match="sampling 1 rows .* memory budget"):
         tiny.sample(rendered[0], SamplingParams(n=50, max_new_tokens=3), seed=1)
+
+
+def prompt_kv_bytes(loaded, rendered: str) -> int:
+    """The KV cache of one prompt alone, in bytes."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=loaded.model.config)
+    ids = loaded.tokenizer(rendered, return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        loaded.model(input_ids=ids, past_key_values=cache, use_cache=True)
+    return kv_bytes(cache)
+
+
+def test_an_out_of_memory_in_the_prefill_and_the_gather_is_retried(backend, rendered):
+    """A forest's prompts over the budget are prefilled in smaller passes, and a depth's
+    rows are gathered only as many as fit (the budget is checked before the gather, the
+    copy a real device can run out of memory in): the counts are those of an unlimited
+    run with the same seeds."""
+    loaded = backend.loaded
+    requests = [(rendered[i % 3], SamplingParams(n=40, max_new_tokens=4), 20 + i)
+                for i in range(6)]
+    budget = int(2.5 * max(prompt_kv_bytes(loaded, r) for r in rendered))  # about 2 rows
+    budgeted = TreeSampler(loaded.model, loaded.tokenizer, loaded.eos_token_ids,
+                           memory_budget=budget)
+    split = budgeted.sample_forest(requests)
+    assert budgeted.batch_size <= 2  # the prefill of 6 rows was split, and stayed so
+    whole = TreeSampler(loaded.model, loaded.tokenizer, loaded.eos_token_ids)
+    assert [t.counts for t in split] == [t.counts for t in whole.sample_forest(requests)]
+    fixed = TreeSampler(loaded.model, loaded.tokenizer, loaded.eos_token_ids, batch_size=6,
+                        memory_budget=budget)
+    with pytest.raises(torch.OutOfMemoryError, match="a prefill of 6 rows .* memory budget"):
+        fixed.sample_forest(requests)
 
 
 def test_auto_batch_size_grows_back_on_the_next_call(backend, rendered):

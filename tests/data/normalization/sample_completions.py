@@ -55,6 +55,8 @@ def main() -> None:
     parser.add_argument("--append", action="store_true")
     parser.add_argument("--every", type=int, default=1,
                         help="sample every k-th prompt of a task (default: all)")
+    parser.add_argument("--offset", type=int, default=0,
+                        help="start at this prompt (with --every 2, 1 takes the other half)")
     args = parser.parse_args()
     cache = Path(tempfile.gettempdir()) / "catalog-gemma3-270m"
     cache.mkdir(exist_ok=True)
@@ -68,7 +70,7 @@ def main() -> None:
                 for task in bundled_tasks():
                     if chosen is not None and task.name not in chosen:
                         continue
-                    for prompt in task.prompts[:: args.every]:
+                    for prompt in task.prompts[args.offset :: args.every]:
                         rendered = backend.render(prompt.text, prompt_format)
                         counts = backend.sample(rendered, params, seed=args.seed)
                         for text, count in sorted(counts.items(), key=lambda kv: -kv[1]):
