@@ -58,6 +58,8 @@ _NEXT_TURN = re.compile(
 # The longest answer an option column holds (the same on both databases).
 LONGEST_ANSWER = text_max("option_counts.option")
 # HTML tags a base model writes around words (<b>, <em>, </i>): markup, not text.
+# Zero-width spaces and joiners separate words like a space (one character for one).
+_ZERO_WIDTH = str.maketrans(dict.fromkeys("\u200b\u200c\u200d\u2060\ufeff", " "))
 _TAGS = re.compile(r"</?[A-Za-z]{1,6}>")
 # Characters that decorate an answer without changing it: markdown, quotes, brackets, bullets.
 _DECOR = " \t\r*_`\"'“”‘’«»()[]{}<>#~•·-"
@@ -77,6 +79,7 @@ _LIST_GAP = re.compile(
     re.IGNORECASE,
 )
 _MAX_LIST_GAP = 24
+_NEGATION = re.compile(r"\b(?:not|never|no)\b", re.IGNORECASE)
 _MODIFIER_BEFORE = re.compile(r"[A-Za-z]{1,10}[ \t]*\Z")
 _LIST_JOIN = re.compile(r",|\b(?:or|and)\b|/")
 _WORDS_IN_GAP = re.compile(r"[^\W\d_]{2,}")
@@ -110,7 +113,7 @@ _DETERMINER = r"(?:(?:a|an|the|number|digit|letter|color|colour|option)\s+){0,2}
 # "How about [a nice shade of] red" (not a negation: "I'd say not 7").
 _PHRASE = r"(?:\s+(?!not\b|never\b|no\b)[A-Za-z'’-]+){0,4}?"
 _STATED = re.compile(
-    r"(?:\banswer\s*(?:is|would be|will be|:|=|-)?"
+    r"(?:\banswer\s*(?:(?:is|would be|will be|:|=|-)(?:\s+(?!not\b|never\b|no\b)[A-Za-z'’-]+){0,2}?)?"
     r"|\b(?:my|the|your|our|final|random|this|first)\s+(?:[\w-]+\s+){0,3}?"
     r"(?:answer|choice|pick|result|outcome|selection|guess|number|digit|letter|colou?r|"
     r"month|day|state|suit|roll|flip|toss|throw|move|animal|fruit|name|one)"
@@ -131,6 +134,16 @@ _STATED = re.compile(
     re.IGNORECASE,
 )
 _STATED_WINDOW = 80
+# One or two words alone before a colon, at the start of their clause: a field's label.
+_SHORT_LABEL = re.compile(
+    r"(?:\A|[.!?\n{,(])[\s*_`\"'“‘#>•-]*([A-Za-z]+(?:[ \t]+[A-Za-z]+)?)[*_`\"'”’]*[ \t]*:"
+    r"[\s*_`\"'“‘«]*\Z")
+# Labels that hold an answer ("Answer:", "Die:", "My pick:", '"animal":').
+_ANSWER_LABEL_WORDS = frozenset(
+    "answer answers choice pick result outcome selection guess number digit letter color "
+    "colour month day weekday state suit roll flip toss throw draw move animal fruit name "
+    "die dice coin card value output response reply final random my your it chosen selected "
+    "picked here i we me call choose chose say go get got drew rolled flipped".split())
 # The end of a clause: "Tails." and "Tails, I think" start with their answer, "Heads has a
 # 50% chance" does not.
 _CLAUSE_END = re.compile(
@@ -155,6 +168,10 @@ def _is_brief(region: str) -> bool:
 _NOT_NAMES = frozenset(
     "answer question name names random first sure okay ok yes no hello hi hey thanks "
     "certainly absolutely great".split())
+# A reply opening with a capitalized name and another capitalized word after it
+# ("Mala Alex", "Abu Abd"), or with one capitalized word that runs two together ("HailyAbadanna").
+_FULL_NAME = re.compile(r"[\s*_`\"'“‘]*([A-Z][a-z]+(?:[A-Z][a-z]+)*)(?:([ \t]+[A-Z][a-z]))?")
+_CAMEL_BREAK = re.compile(r"(?<=[a-z])(?=[A-Z])")
 # The reply's first word, as a clause of its own ("Hyla...", "Zephyrine!").
 _FIRST_WORD = re.compile(r"[\s*_`\"'“‘]*([^\W\d_]+(?:-[^\W\d_]+)?)[*_`\"'”’]*"
                          r"[ \t]*(?:[.!?,;\n…]|\Z)")
@@ -195,7 +212,7 @@ class Candidate:
 def answer_region(text: str) -> str:
     """The part of a completion that can hold the answer (drops a next turn)."""
     turn = _NEXT_TURN.search(text)
-    region = text[: turn.start()] if turn else text
+    region = (text[: turn.start()] if turn else text).translate(_ZERO_WIDTH)
     return _TAGS.sub(lambda m: " " * len(m.group()), region)
 
 
@@ -223,7 +240,8 @@ def decide(region: str, candidates: Sequence[Candidate],
     opening = len(region) - len(region.lstrip()) + _OPENING
     values = _distinct(c.value for c in free
                        if (short or not c.weak) and (c.start < opening or _is_brief(region))
-                       and (short or _lead_in_words(region, c) <= _LEAD_IN_WORDS))
+                       and (short or _lead_in_words(region, c) <= _LEAD_IN_WORDS)
+                       and not _other_label(region[max(0, c.start - _STATED_WINDOW):c.start]))
     if len(values) == 1:
         return to_option(values[0])
     return AMBIGUOUS if len(values) > 1 else NO_ANSWER
@@ -300,7 +318,8 @@ def _list_gap(region: str, left: Candidate, right: Candidate) -> bool:
         # "Black, dark red": one word more where a comma or a conjunction makes it a list;
         # "Tuesday, John, Martin, Friday": a few words between commas of a long list.
         modified = _MODIFIER_BEFORE.sub("", gap)
-        one_word = modified != gap and _LIST_JOIN.search(gap) and _LIST_GAP.match(modified)
+        one_word = (modified != gap and _LIST_JOIN.search(gap) and _LIST_GAP.match(modified)
+                    and not _NEGATION.search(gap))  # "21, not 1 or 2": a correction
         few_words = gap.count(",") >= 2 and len(_WORDS_IN_GAP.findall(gap)) <= 3
         if not (one_word or few_words):
             return False
@@ -322,7 +341,15 @@ def stated(text: str, candidate: Candidate) -> bool:
     before = text[max(0, candidate.start - _STATED_WINDOW) : candidate.start]
     if not text[: candidate.start].strip(_DECOR):  # the reply starts with it, as a clause
         return bool(_CLAUSE_END.match(text, candidate.end))
-    return bool(_STATED.search(before))
+    return bool(_STATED.search(before)) and not _other_label(before)
+
+
+def _other_label(before: str) -> bool:
+    """A field of something else right before the value: "Given:6", "Operation: 1" (a short
+    label of its own clause, no word of answering or of the task's kind in it)."""
+    label = _SHORT_LABEL.search(before)
+    return bool(label) and not _ANSWER_LABEL_WORDS.intersection(
+        label.group(1).casefold().split())
 
 
 def alone_on_line(text: str, candidate: Candidate) -> bool:
@@ -380,7 +407,7 @@ class IntegerNormalizer(Normalizer):
     """Integers and number words; the options are the integers ``params.min``..``params.max``."""
 
     name = "integer"
-    version = "3"
+    version = "4"
     description = "an integer in [min, max] (digits or words like 'seven'); out of range is invalid"
 
     _INTEGER = re.compile(r"(?<![\w.])(?<!\d,)-?\d+(?![\w]|[.,]\d)")
@@ -487,7 +514,7 @@ class ChoiceNormalizer(Normalizer):
     """
 
     name = "choice"
-    version = "3"
+    version = "4"
     description = "an option or alias as a whole word or phrase (case-insensitive)"
 
     def check(self, task: TaskSpec) -> str | None:
@@ -518,7 +545,7 @@ class LetterNormalizer(Normalizer):
     """One letter of the alphabet, without mistaking the article "a" or the pronoun "I"."""
 
     name = "letter"
-    version = "3"
+    version = "4"
     description = "a single standalone letter (not the article 'a' or pronoun 'I' in a sentence)"
 
     # A standalone letter: not part of a word, a contraction ("I'm") or an abbreviation ("e.g.").
@@ -577,7 +604,7 @@ class OpenWordNormalizer(Normalizer):
     """
 
     name = "open_word"
-    version = "3"
+    version = "4"
     description = "a term of the task's vocabulary, or the answer phrase, case-folded"
 
     _LEAD_IN = re.compile(
@@ -631,6 +658,10 @@ class OpenWordNormalizer(Normalizer):
         terms = _task_vocabulary(task)
         if terms is None or lenient:
             return Reading(_open_alias_map(task).get(phrase, phrase)) if phrase else NO_ANSWER
+        if task.params.get("unlisted") == "accept" and task.params.get("keep_words") == 1:
+            given = self._given_name(region, task)
+            if given is not None:
+                return Reading(given)
         candidates = self._terms(region, task, terms)
         if candidates:
             return decide(region, candidates, Reading)
@@ -659,6 +690,25 @@ class OpenWordNormalizer(Normalizer):
         # "Wolf Puppy", "Emily Johnson": a term right after another is one compound answer
         return [c for i, c in enumerate(found)
                 if i == 0 or region[found[i - 1].end : c.start] != " "]
+
+    def _given_name(self, region: str, task: TaskSpec) -> str | None:
+        """A reply that opens with a full name keeps its given name, listed or made up:
+        "Mala Alex Robobos!" -> "mala", "Abu Abd al Rahim." -> "abu"; a made-up name run
+        together with the next ("HailyAbadanna") is split where a capital starts the next.
+        Not a name: an English word ("Call Me"), a word of the question or of chat."""
+        opening = _FULL_NAME.match(region)
+        if opening is None:
+            return None
+        first = opening.group(1)
+        if not opening.group(2):  # one word: two names run together, or no full name
+            parts = _CAMEL_BREAK.split(first)
+            if len(parts) < 2 or fold(first) in _task_vocabulary(task):
+                return None
+            first = parts[0]
+        name = fold(first)
+        if len(name) < 2 or name in _NOT_NAMES | _word_set(task, "english_words"):
+            return None
+        return name
 
     @staticmethod
     def _looks_like_a_name(region: str, phrase: str) -> bool:

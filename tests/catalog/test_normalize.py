@@ -19,6 +19,12 @@ from catalog.tasks import bundled_task, bundled_tasks, parse_task_text
 CASES: dict[str, list[tuple[str, str | None]]] = {
     "digit": [
         ("7", "7"),
+        # a field of something else is no answer; a field of the answer is
+        ("Operation: 1 flipping a coin is a certain event.", None),
+        (" B\n\nGiven:6\nTo find: Which face is", None),
+        ("Random digit: 7", "7"),
+        ("Heads or tails? I call: 7", "7"),
+        ("7\u200b3", None),  # a zero-width space separates two values
         (" 7", "7"),
         ("7.", "7"),
         ("**7**", "7"),
@@ -62,6 +68,7 @@ CASES: dict[str, list[tuple[str, str | None]]] = {
         (" 4\nQuestion: Pick a random number between 1 and 10.", "4"),
     ],
     "number_1_100": [
+        ("The answer is 21, not 1 or 2.", "21"),  # a correction is no list
         ("42", "42"),
         ("The random number is 42.", "42"),
         ("Sure! Here's a random number between 1 and 100:\n\n**73**", "73"),
@@ -228,6 +235,7 @@ CASES: dict[str, list[tuple[str, str | None]]] = {
         ("42", None),
     ],
     "fruit": [
+        (" A golden apple or orange.\n\nAnswer: A golden apple", "apple"),
         ("Mango", "mango"),
         ("Sure! How about a **banana**? 🍌", "banana"),
         ("Here's a random fruit: kiwi. Kiwis are rich in vitamin C.", "kiwi"),
@@ -258,6 +266,13 @@ CASES: dict[str, list[tuple[str, str | None]]] = {
         ("Will.", "will"),
         ("My name is Will.", "will"),
         ("I'm just an AI and don't have a name.", None),
+        # a reply that opens with a full name keeps its given name, listed or made up
+        ("Mala Alex Robobos! Color: Black", "mala"),
+        ("Heustrelly Forever Shredby-De-Risa Isolate", "heustrelly"),
+        ("HailyAbadanna", "haily"),  # two names run together
+        ("DeShawn", "deshawn"),  # a listed name with a capital inside stays whole
+        ("Hello There, my name is Bob", "bob"),
+        ("Call Me Maybe", None),
     ],
 }
 

@@ -202,4 +202,4 @@ def test_a_worker_stores_why_each_invalid_sample_is_invalid(engine, tmp_path):
                        "banana": "no_answer", "I think 3. Actually 5 is better": "ambiguous"}
     assert run.n_no_answer + run.n_ambiguous + run.n_out_of_range == run.n_invalid > 0
     assert run.n_off_category == 0 and run.n_valid + run.n_invalid == 500
-    assert run.normalizer_version == "3"
+    assert run.normalizer_version == "4"
