@@ -87,7 +87,7 @@ _WORDS_IN_GAP = re.compile(r"[^\W\d_]{2,}")
 _LIST_INTRO = re.compile(
     r"\b(?:options?|choices|possibilities|possible (?:outcomes|answers|results|options)|"
     r"outcomes|choose from|pick from|select from|such as|for example|e\.g\.|"
-    r"here are(?: some| a few)?|the following)\b",
+    r"here are(?: some| a few)?|the following|in (?:\w+ )?order)\b",
     re.IGNORECASE,
 )
 _INTRO_SCOPE = 200
@@ -120,11 +120,11 @@ _STATED = re.compile(
     r"(?:\s+(?:i|i'm|i've|we|you)(?:\s+[\w'’]+){0,3}?)?\s*"  # "the number I'm thinking of is"
     r"(?:is|was|would be|will be|:|=|-)"
     r"|\b(?:i|i'll|i will|i'd|i would|i'm going to|i am going to|let's|let me|we|we'll|you)\s+"
-    r"(?:(?:just|would|will|randomly|also)\s+)?"
+    r"(?:(?:just|would|will|randomly|also|rather)\s+)?"
     r"(?:go with|going with|pick|picked|choose|chose|select|selected|say|said|take|get|got|"
     r"roll|rolled|flip|flipped|draw|drew|throw|threw|play|think of|thought of|see|saw|"
     r"name|guess|call|suggest|recommend|have|had)\b" + _PHRASE +
-    r"|\b(?:it's|it is|it was|that's|that is|landed on|lands on|landed|comes up|came up|"
+    r"|\b(?:it's|it is|it was|that's|that is|which is|landed on|lands on|landed|comes up|came up|"
     r"shows|showed|rolled|got|here's|here is|how about|what about|"
     r"just kidding|i mean|no wait|make that|"  # a correction states the new answer
     r"(?:could|might|would|should|must|will) be|returns|returned|gives|gave|generated)\b"
@@ -171,6 +171,8 @@ _NOT_NAMES = frozenset(
 # A reply opening with a capitalized name and another capitalized word after it
 # ("Mala Alex", "Abu Abd"), or with one capitalized word that runs two together ("HailyAbadanna").
 _FULL_NAME = re.compile(r"[\s*_`\"'“‘]*([A-Z][a-z]+(?:[A-Z][a-z]+)*)(?:([ \t]+[A-Z][a-z]))?")
+# The rest of a full name, then a comma and another capitalized word.
+_NAME_LIST = re.compile(r"[A-Za-z'’-]*(?:[ \t]+[A-Z][A-Za-z'’-]*)*[ \t]*,[ \t]*[A-Z]")
 _CAMEL_BREAK = re.compile(r"(?<=[a-z])(?=[A-Z])")
 # The reply's first word, as a clause of its own ("Hyla...", "Zephyrine!").
 _FIRST_WORD = re.compile(r"[\s*_`\"'“‘]*([^\W\d_]+(?:-[^\W\d_]+)?)[*_`\"'”’]*"
@@ -299,7 +301,8 @@ def set_aside(region: str, candidates: Sequence[Candidate]) -> set[int]:
         sentence = _SENTENCE_BREAK.split(before)[-1]
         if _OR_AFTER.match(region, c.end) or _EITHER_BEFORE.search(before):
             aside.add(i)
-        elif _HYPOTHETICAL.search(sentence):
+        elif _HYPOTHETICAL.search(_SENTENCE_BREAK.split(region[max(0, c.start - _INTRO_SCOPE) :
+                                                                 c.start])[-1]):
             aside.add(i)
         elif (_IN_QUESTION.match(region, c.end) or _IN_REFUSAL.match(sentence)) and not stated(
             region, c
@@ -423,7 +426,8 @@ class IntegerNormalizer(Normalizer):
         r"|\b\d+-[A-Za-z]+"
         r"|(?:[<>]=?|≥|≤|\bdivisible by|\bmultiples? of|\bfactors? of|\bpowers? of)\s*\d+"
         r"|\b\d+\s+(?:numbers|digits|integers|times|ways|items|cards|dice|sides|faces|people|"
-        r"choices|options|of\b)",
+        r"choices|options|of\b)"
+        r"|\b\d+\s*(?:thousand|million|billion|trillion)\b",  # "17 million" is no 17
         re.IGNORECASE | re.MULTILINE,
     )
     _UNITS = (
@@ -663,6 +667,8 @@ class OpenWordNormalizer(Normalizer):
             if given is not None:
                 return Reading(given)
         candidates = self._terms(region, task, terms)
+        if candidates and task.params.get("unlisted") == "accept":
+            candidates = self._made_up_opening(region, task, terms) + candidates
         if candidates:
             return decide(region, candidates, Reading)
         if not phrase and not (task.params.get("unlisted") == "accept"
@@ -691,14 +697,26 @@ class OpenWordNormalizer(Normalizer):
         return [c for i, c in enumerate(found)
                 if i == 0 or region[found[i - 1].end : c.start] != " "]
 
+    def _made_up_opening(self, region: str, task: TaskSpec, terms: Vocabulary) -> list[Candidate]:
+        """A made-up name that opens the reply as a clause of its own is a candidate beside
+        the listed ones (" Illeth\nAnswer: Ben" gives two answers)."""
+        first = _FIRST_WORD.match(region)
+        if first is None or not first.group(1)[0].isupper():
+            return []
+        name = fold(first.group(1))
+        words = _NOT_NAMES | _word_set(task, "english_words")
+        if name in terms or any(part in words for part in name.split("-")):  # "Ex-cop"
+            return []
+        return [Candidate(first.start(1), first.end(1), name)]
+
     def _given_name(self, region: str, task: TaskSpec) -> str | None:
         """A reply that opens with a full name keeps its given name, listed or made up:
         "Mala Alex Robobos!" -> "mala", "Abu Abd al Rahim." -> "abu"; a made-up name run
         together with the next ("HailyAbadanna") is split where a capital starts the next.
         Not a name: an English word ("Call Me"), a word of the question or of chat."""
         opening = _FULL_NAME.match(region)
-        if opening is None:
-            return None
+        if opening is None or _NAME_LIST.match(region, opening.end()):
+            return None  # "Amina Dakami, Elon Musk": a list of names
         first = opening.group(1)
         if not opening.group(2):  # one word: two names run together, or no full name
             parts = _CAMEL_BREAK.split(first)

@@ -1,8 +1,9 @@
 """The normalizers against completions of real models coded by hand (tests/data/normalization,
 docs/normalization.md): agreement overall and per task, and how much of what they count
 valid carries the coded answer, on the items the rules were tuned on (``dev`` and
-``holdout``, 630) and on a second set coded afterwards by other coders and scored once, with
-the rules frozen (``second``, 300)."""
+``holdout``, 630) and on two sets coded afterwards by other coders, each scored once with
+the rules frozen before later changes (``second``, 300; ``third``, 360, from prompts never
+sampled for the others)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from agreement import agreement, load  # noqa: E402
 from catalog.tasks import bundled_tasks  # noqa: E402
 
 ITEMS = load()
-# The rules (version 3) were tuned on dev and holdout together: one set here.
+# The rules were tuned on dev and holdout together: one set here.
 TUNED = "tuned"
 for _item in ITEMS:
     _item["split"] = TUNED if _item["split"] in ("dev", "holdout") else _item["split"]
@@ -25,22 +26,25 @@ STRICT = agreement(ITEMS)
 # What the lenient (pre-v2) reading reaches on the same labels, for comparison.
 LENIENT = agreement(ITEMS, lenient=True)
 # Floors at what was reached (README in tests/data/normalization). The goal is 90% for both
-# measures, overall and per task: reached on the tuned set (96% outcome, 90% of the counted
-# carry the coded answer); on the second set 91% and 74% (made-up first names: 70%).
-OUTCOME_FLOOR = {TUNED: 0.90, "second": 0.88}
-VALID_CORRECT_FLOOR = {TUNED: 0.89, "second": 0.70}
+# measures, overall and per task: reached on the tuned set (96% outcome, 91% of the counted
+# carry the coded answer); on the second set 94% and 87%, on the third 93% and 86% (blind,
+# before the last changes: 91% and 80%).
+LATER_SETS = ("second", "third")
+OUTCOME_FLOOR = {TUNED: 0.90, "second": 0.90, "third": 0.90}
+VALID_CORRECT_FLOOR = {TUNED: 0.89, "second": 0.80, "third": 0.80}
 
 
 def test_the_labelled_set_covers_every_bundled_task_and_both_models():
     assert len(ITEMS) >= 900
-    for split in (TUNED, "second"):
+    for split in (TUNED, *LATER_SETS):
         items = [i for i in ITEMS if i["split"] == split]
         assert {i["task"] for i in items} == {t.name for t in bundled_tasks()}
         assert {i["model"] for i in items} == {"smollm2-135m-instruct", "gemma-3-270m-base"}
     assert sum(i["split"] == "second" for i in ITEMS) >= 300
+    assert sum(i["split"] == "third" for i in ITEMS) >= 360
 
 
-@pytest.mark.parametrize("split", [TUNED, "second"])
+@pytest.mark.parametrize("split", [TUNED, *LATER_SETS])
 def test_overall_agreement(split):
     overall = STRICT[split]["all"]
     assert overall["outcome"] >= OUTCOME_FLOOR[split], overall
@@ -53,13 +57,14 @@ def test_overall_agreement(split):
 @pytest.mark.parametrize("task", sorted(t.name for t in bundled_tasks()))
 def test_agreement_per_task(task):
     assert STRICT[TUNED][task]["outcome"] >= 0.88, STRICT[TUNED][task]
-    floor = 0.65 if task == "first_name" else 0.78
-    assert STRICT["second"][task]["outcome"] >= floor, STRICT["second"][task]
+    floor = 0.70 if task == "first_name" else 0.78
+    for split in LATER_SETS:
+        assert STRICT[split][task]["outcome"] >= floor, (split, STRICT[split][task])
 
 
-# Per task the tuned set holds 42 items and the second set 20: one miss is 2 or 5 points.
-# The lowest reached: 90% (tuned); 80% on the second set, but for first_name (70%): made-up
-# names run together ("HailyAbadanna") or beside a listed one ("Mala Alex").
+# Per task the tuned set holds 42 items, the second set 20 and the third 24: one miss is 2, 5
+# or 4 points. The lowest reached: 90% (tuned); 80% on the second set (us_state), 75% on the
+# third for first_name (made-up names the coders read as names or not) and 83% for animal.
 
 
 def test_a_second_coding_of_tuned_items_agrees_with_the_first():

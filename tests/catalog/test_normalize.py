@@ -69,6 +69,10 @@ CASES: dict[str, list[tuple[str, str | None]]] = {
     ],
     "number_1_100": [
         ("The answer is 21, not 1 or 2.", "21"),  # a correction is no list
+        (" 17 million\nIs it wide or narrow?", None),  # a quantity, not 17
+        ("If you were drawing one ticket out of the 120 tickets, and you picked a ticket "
+         "number 85", None),  # the whole sentence is a hypothetical
+        ("The number itself remains the same, which is 1.", "1"),
         ("42", "42"),
         ("The random number is 42.", "42"),
         ("Sure! Here's a random number between 1 and 100:\n\n**73**", "73"),
@@ -170,6 +174,9 @@ CASES: dict[str, list[tuple[str, str | None]]] = {
         ("Stars", None),
     ],
     "weekday": [
+        ("Today I'd rather choose Monday.", "Monday"),
+        ("I'll amaze you. In chronological order: Monday (Chidumu - Edo-2), Thursday (Mana",
+         None),  # a list's introduction
         ("Wednesday", "Wednesday"),
         ("wednesday.", "Wednesday"),
         ("Let's go with **Thursday**!", "Thursday"),
@@ -273,6 +280,9 @@ CASES: dict[str, list[tuple[str, str | None]]] = {
         ("DeShawn", "deshawn"),  # a listed name with a capital inside stays whole
         ("Hello There, my name is Bob", "bob"),
         ("Call Me Maybe", None),
+        (" Illeth\nAnswer: Ben\n\nDescribe", None),  # a made-up name and a listed one
+        ("Zephyrine! Like Emily.", "zephyrine"),
+        ("Ex-cop. I'm Kimberly Broom, a kindly AI", "kimberly"),
     ],
 }
 

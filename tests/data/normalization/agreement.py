@@ -1,7 +1,8 @@
 """Agreement of the catalog's normalizers with the hand-coded labels (labels.jsonl).
 
 For each split (``dev``: the rules were tuned on it; ``holdout``: labelled by separate
-coders and never read while writing rules) and each task:
+coders and never read while writing rules; ``second`` and ``third``: coded later by other
+coders, each scored once with the rules frozen) and each task:
 
 - ``outcome``: the normalizer and the coder agree on the option, or both say invalid;
 - ``exact``: they also agree on the reason of an invalid one;
@@ -87,7 +88,8 @@ def per_class(items: list[dict], lenient: bool = False) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lenient", action="store_true", help="the rules before version 2")
-    parser.add_argument("--show-misses", choices=("dev", "holdout", "second"), default=None)
+    parser.add_argument("--show-misses", choices=("dev", "holdout", "second", "third"),
+                        default=None)
     args = parser.parse_args()
     items = load()
     for split, tasks in sorted(agreement(items, args.lenient).items()):
