@@ -37,137 +37,35 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, NamedTuple
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, ClassVar
 
-from catalog.enums import INVALID_REASONS
 from catalog.errors import InvalidInput
 from catalog.lexicon import Vocabulary, fold, vocabulary
 from catalog.limits import text_max
+from catalog.reading import (
+    DECOR,
+    NO_ANSWER,
+    OFF_CATEGORY,
+    OUT_OF_RANGE,
+    WORD_END,
+    WORD_START,
+    Candidate,
+    Reading,
+    answer_region,
+    decide,
+)
 
 if TYPE_CHECKING:
     from catalog.taskspec import TaskSpec
 
-# Where the reply ends: the plain scaffold's next turn, a chat role line, a special token.
-_NEXT_TURN = re.compile(
-    r"^[ \t]*(?:question|user|human|assistant|instruction)[ \t]*:"
-    r"|<\|[^|>\n]{1,40}\|>|<(?:start|end)_of_\w+>|</s>|<(?:eos|bos|pad|unk)>",
-    re.IGNORECASE | re.MULTILINE,
-)
 # The longest answer an option column holds (the same on both databases).
 LONGEST_ANSWER = text_max("option_counts.option")
-# HTML tags a base model writes around words (<b>, <em>, </i>): markup, not text.
-# Zero-width spaces and joiners separate words like a space (one character for one).
-_ZERO_WIDTH = str.maketrans(dict.fromkeys("\u200b\u200c\u200d\u2060\ufeff", " "))
-_TAGS = re.compile(r"</?[A-Za-z]{1,6}>")
-# Characters that decorate an answer without changing it: markdown, quotes, brackets, bullets.
-_DECOR = " \t\r*_`\"'“”‘’«»()[]{}<>#~•·-"
-_TRAILING_PUNCT = ".!?,;:"
-_OPENERS = ("**", "__", "*", "_", "`", '"', "'", "“", "‘", "«")
-_CLOSERS = ("**", "__", "*", "_", "`", '"', "'", "”", "’", "»")
-# Token boundaries: not inside a word, and not after/before an in-word apostrophe ("don't").
-_BEFORE = r"(?<!\w)(?<!\w['’])"
-_AFTER = r"(?!\w)(?!['’]\w)"
 
-# What may stand between two items of a list: separators, conjunctions, list labels
-# ("A)", "2."), and nothing else ("heads or tails", "0 1 2 3", "purple. B red. C blue").
-_SEP = r"[\s,;/|&+.:*•·\-–—()\[\]{}\"'`“”‘’«»!?]"
-_LIST_GAP = re.compile(
-    rf"{_SEP}*(?:(?:or|and|nor|and/or|vs|versus|then|to|through|either|maybe|perhaps|"
-    rf"[A-Za-z]|\d{{1,3}}%?|[ivx]{{1,4}})(?!\w){_SEP}*)*\Z",
-    re.IGNORECASE,
-)
-_MAX_LIST_GAP = 24
-_NEGATION = re.compile(r"\b(?:not|never|no)\b", re.IGNORECASE)
-_MODIFIER_BEFORE = re.compile(r"[A-Za-z]{1,10}[ \t]*\Z")
-_LIST_JOIN = re.compile(r",|\b(?:or|and)\b|/")
-_WORDS_IN_GAP = re.compile(r"[^\W\d_]{2,}")
-# What introduces a list of possibilities (its items are not answers) and how far it reaches.
-_LIST_INTRO = re.compile(
-    r"\b(?:options?|choices|possibilities|possible (?:outcomes|answers|results|options)|"
-    r"outcomes|choose from|pick from|select from|such as|for example|e\.g\.|"
-    r"here are(?: some| a few)?|the following|in (?:\w+ )?order)\b",
-    re.IGNORECASE,
-)
-_INTRO_SCOPE = 200
-# "heads or ...", "either tails": one side of a disjunction.
-_OR_AFTER = re.compile(r"[*_`\"'”’]*[ \t,]*\bor\b", re.IGNORECASE)
-_EITHER_BEFORE = re.compile(r"\b(?:either|whether)[ \t]+[*_`\"'“‘]*\Z", re.IGNORECASE)
-# The rest of a sentence that ends in a question mark.
-_IN_QUESTION = re.compile(r"[^.!?\n]{4,}\?")
-# A sentence that starts as a refusal, up to the candidate.
-_IN_REFUSAL = re.compile(
-    r"[ \t]*[*_\"'“‘]*(?:i'?m sorry|sorry|unfortunately|as an ai|as a language model|"
-    r"i can(?:'|no)t|i'?m (?:not|unable))\b",
-    re.IGNORECASE,
-)
-_SENTENCE_BREAK = re.compile(r"[.!?\n]")
-# A sentence that talks about outcomes instead of giving one.
-_HYPOTHETICAL = re.compile(r"\b(?:if|whether|probability|chance|chances|odds)\b",
-                           re.IGNORECASE)
-_LIST_LABEL = re.compile(r"[\s>*•·\-–—]*(?:\(?(?:\d{1,3}|[A-Za-z]|[ivx]{1,4})[.):]\s*)?[\s*_`\"'“‘«]*\Z")
-# Said right before a candidate, these make it the answer ("The answer is", "I'll pick").
-_DETERMINER = r"(?:(?:a|an|the|number|digit|letter|color|colour|option)\s+){0,2}"
-# A short phrase between a verb of answering and its answer: "I drew [the queen of] clubs",
-# "How about [a nice shade of] red" (not a negation: "I'd say not 7").
-_PHRASE = r"(?:\s+(?!not\b|never\b|no\b)[A-Za-z'’-]+){0,4}?"
-_STATED = re.compile(
-    r"(?:\banswer\s*(?:(?:is|would be|will be|:|=|-)(?:\s+(?!not\b|never\b|no\b)[A-Za-z'’-]+){0,2}?)?"
-    r"|\b(?:my|the|your|our|final|random|this|first)\s+(?:[\w-]+\s+){0,3}?"
-    r"(?:answer|choice|pick|result|outcome|selection|guess|number|digit|letter|colou?r|"
-    r"month|day|state|suit|roll|flip|toss|throw|move|animal|fruit|name|one)"
-    r"(?:\s+(?:i|i'm|i've|we|you)(?:\s+[\w'’]+){0,3}?)?\s*"  # "the number I'm thinking of is"
-    r"(?:is|was|would be|will be|:|=|-)"
-    r"|\b(?:i|i'll|i will|i'd|i would|i'm going to|i am going to|let's|let me|we|we'll|you)\s+"
-    r"(?:(?:just|would|will|randomly|also|rather)\s+)?"
-    r"(?:go with|going with|pick|picked|choose|chose|select|selected|say|said|take|get|got|"
-    r"roll|rolled|flip|flipped|draw|drew|throw|threw|play|think of|thought of|see|saw|"
-    r"name|guess|call|suggest|recommend|have|had)\b" + _PHRASE +
-    r"|\b(?:it's|it is|it was|that's|that is|which is|landed on|lands on|landed|comes up|came up|"
-    r"shows|showed|rolled|got|here's|here is|how about|what about|"
-    r"just kidding|i mean|no wait|make that|"  # a correction states the new answer
-    r"(?:could|might|would|should|must|will) be|returns|returned|gives|gave|generated)\b"
-    + _PHRASE +
-    r"|:|\.\.\.|…"  # a colon: "Answer: 7", a JSON field '"digit": 7', a preamble's end
-    rf")[\s*_`\"'“‘«=:,\-]*{_DETERMINER}[\s*_`\"'“‘«]*\Z",
-    re.IGNORECASE,
-)
-_STATED_WINDOW = 80
-# One or two words alone before a colon, at the start of their clause: a field's label.
-_SHORT_LABEL = re.compile(
-    r"(?:\A|[.!?\n{,(])[\s*_`\"'“‘#>•-]*([A-Za-z]+(?:[ \t]+[A-Za-z]+)?)[*_`\"'”’]*[ \t]*:"
-    r"[\s*_`\"'“‘«]*\Z")
-# Labels that hold an answer ("Answer:", "Die:", "My pick:", '"animal":').
-_ANSWER_LABEL_WORDS = frozenset(
-    "answer answers choice pick result outcome selection guess number digit letter color "
-    "colour month day weekday state suit roll flip toss throw draw move animal fruit name "
-    "die dice coin card value output response reply final random my your it chosen selected "
-    "picked here i we me call choose chose say go get got drew rolled flipped".split())
-# The end of a clause: "Tails." and "Tails, I think" start with their answer, "Heads has a
-# 50% chance" does not.
-_CLAUSE_END = re.compile(
-    r"[*_`\"'”’)\]]*[ \t]*(?:[.!?,;:\n]|[-–—][ \t]|\Z)", re.IGNORECASE)
-# A candidate followed by a colon is a label ("Heads: 50%", "here's one: 3"), not an answer.
-_LABEL_AFTER = re.compile(r"[*_`\"'”’]*[ \t]*(?::(?!//)|=)[ \t]*[^\s]")
-# A reply this short ("Seven.", "Heads!") is its own answer, even in a weak form.
-_SHORT_REPLY_WORDS = 4
-# A value mentioned once deep in a long reply is a mention, not an answer: the one value of
-# a reply counts when it comes in its opening characters, or the reply is brief.
-_OPENING = 60
-_BRIEF_WORDS = 12
-# ... and only where its sentence leads up to it in at most this many words: "Tails, I
-# think" and "Okay, 7" are answers, "my phone be scissors" and "I am told that 1 is a
-# natural number" are mentions (a stated answer, R4, needs no such limit).
-_LEAD_IN_WORDS = 1
-
-
-def _is_brief(region: str) -> bool:
-    return len(region.split()) <= _BRIEF_WORDS
 # Words of the question and of chat that are no made-up name, even with a capital.
 _NOT_NAMES = frozenset(
     "answer question name names random first sure okay ok yes no hello hi hey thanks "
-    "certainly absolutely great".split())
+    "certainly absolutely great greetings welcome dear oh wow".split())
 # A reply opening with a capitalized name and another capitalized word after it
 # ("Mala Alex", "Abu Abd"), or with one capitalized word that runs two together ("HailyAbadanna").
 _FULL_NAME = re.compile(r"[\s*_`\"'“‘]*([A-Z][a-z]+(?:[A-Z][a-z]+)*)(?:([ \t]+[A-Z][a-z]))?")
@@ -178,201 +76,6 @@ _CAMEL_BREAK = re.compile(r"(?<=[a-z])(?=[A-Z])")
 _FIRST_WORD = re.compile(r"[\s*_`\"'“‘]*([^\W\d_]+(?:-[^\W\d_]+)?)[*_`\"'”’]*"
                          r"[ \t]*(?:[.!?,;\n…]|\Z)")
 
-
-class Reading(NamedTuple):
-    """What a completion says: the option it gives, or (option None) why it gives none, one
-    of :data:`catalog.enums.INVALID_REASONS`."""
-
-    option: str | None
-    reason: str | None = None
-
-    @classmethod
-    def invalid(cls, reason: str) -> Reading:
-        assert reason in INVALID_REASONS, reason
-        return cls(None, reason)
-
-
-NO_ANSWER = Reading.invalid("no_answer")
-AMBIGUOUS = Reading.invalid("ambiguous")
-OFF_CATEGORY = Reading.invalid("off_category")
-OUT_OF_RANGE = Reading.invalid("out_of_range")
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """An answer-like token of a completion: its span, the value it stands for, and whether
-    it is a weak form (a number word, a one-letter alias) that counts only when singled out."""
-
-    start: int
-    end: int
-    value: str
-    weak: bool = False
-    # "one" is mostly a pronoun ("let me pick one"): stated does not single it out.
-    pronoun: bool = False
-
-
-def answer_region(text: str) -> str:
-    """The part of a completion that can hold the answer (drops a next turn)."""
-    turn = _NEXT_TURN.search(text)
-    region = (text[: turn.start()] if turn else text).translate(_ZERO_WIDTH)
-    return _TAGS.sub(lambda m: " " * len(m.group()), region)
-
-
-def decide(region: str, candidates: Sequence[Candidate],
-           to_option: Callable[[str], Reading], lenient: bool = False) -> Reading:
-    """Rules 3-5: the one candidate that is the answer, mapped by ``to_option``, or why
-    there is none. ``candidates`` are in text order. ``lenient``: the rules before
-    version 2 instead (:func:`pick_lenient`)."""
-    if lenient:
-        chosen = pick_lenient(region, candidates)
-        return to_option(chosen.value) if chosen else NO_ANSWER
-    candidates = [c for c in candidates if not _LABEL_AFTER.match(region, c.end)]
-    if not candidates:
-        return NO_ANSWER
-    listed = listed_candidates(region, candidates) | set_aside(region, candidates)
-    free = [c for i, c in enumerate(candidates) if i not in listed]
-    for singled_out in (stated, alone_on_line, wrapped):
-        values = _distinct(c.value for c in free
-                           if singled_out(region, c) and not (c.pronoun and singled_out is stated))
-        if len(values) == 1:
-            return to_option(values[0])
-        if len(values) > 1:
-            return AMBIGUOUS
-    short = len(region.split()) <= _SHORT_REPLY_WORDS
-    opening = len(region) - len(region.lstrip()) + _OPENING
-    values = _distinct(c.value for c in free
-                       if (short or not c.weak) and (c.start < opening or _is_brief(region))
-                       and (short or _lead_in_words(region, c) <= _LEAD_IN_WORDS)
-                       and not _other_label(region[max(0, c.start - _STATED_WINDOW):c.start]))
-    if len(values) == 1:
-        return to_option(values[0])
-    return AMBIGUOUS if len(values) > 1 else NO_ANSWER
-
-
-def _lead_in_words(region: str, candidate: Candidate) -> int:
-    """How many words its sentence has before the candidate ("my phone be scissors": 3)."""
-    before = region[max(0, candidate.start - _STATED_WINDOW) : candidate.start]
-    sentence = _SENTENCE_BREAK.split(before)[-1]
-    return len(_WORDS_IN_GAP.findall(sentence))
-
-
-def pick_lenient(region: str, candidates: Sequence[Candidate]) -> Candidate | None:
-    """The rules of the normalizers before version 2, kept to show how much a conclusion
-    depends on parsing: no list is set aside and nothing is ambiguous; the first candidate
-    alone on its line, else wrapped, else the first after the last colon, else the earliest
-    wins (weak forms only where no other candidate is)."""
-    strong = [c for c in candidates if not c.weak]
-    candidates = strong or list(candidates)
-    if not candidates:
-        return None
-    for singled_out in (alone_on_line, wrapped):
-        chosen = next((c for c in candidates if singled_out(region, c)), None)
-        if chosen is not None:
-            return chosen
-    colon = region.rfind(":", 0, candidates[-1].start)
-    return next((c for c in candidates if c.start > colon), candidates[0])
-
-
-def listed_candidates(region: str, candidates: Sequence[Candidate]) -> set[int]:
-    """Indices of the candidates in a list of two or more different values (rule 3)."""
-    listed: set[int] = set()
-    run = [0]
-    for i in range(1, len(candidates) + 1):
-        if i < len(candidates) and _list_gap(region, candidates[i - 1], candidates[i]):
-            run.append(i)
-            continue
-        if len({candidates[j].value for j in run}) > 1:
-            listed.update(run)
-        run = [i]
-    return listed
-
-
-def set_aside(region: str, candidates: Sequence[Candidate]) -> set[int]:
-    """Indices of candidates that are not answers by their context: after a list's
-    introduction ("Options:", "such as", "possible outcomes"), in a disjunction ("heads
-    or", "either tails"), in a hypothetical ("if it lands heads", "the chance of tails")."""
-    starts = [m.end() for m in _LIST_INTRO.finditer(region)]
-    aside = set()
-    for i, c in enumerate(candidates):
-        if any(0 <= c.start - end <= _INTRO_SCOPE for end in starts):
-            aside.add(i)
-            continue
-        before = region[max(0, c.start - _STATED_WINDOW) : c.start]
-        sentence = _SENTENCE_BREAK.split(before)[-1]
-        if _OR_AFTER.match(region, c.end) or _EITHER_BEFORE.search(before):
-            aside.add(i)
-        elif _HYPOTHETICAL.search(_SENTENCE_BREAK.split(region[max(0, c.start - _INTRO_SCOPE) :
-                                                                 c.start])[-1]):
-            aside.add(i)
-        elif (_IN_QUESTION.match(region, c.end) or _IN_REFUSAL.match(sentence)) and not stated(
-            region, c
-        ):
-            aside.add(i)  # "Are you asking me for a roll of 2 dice?", "I'm sorry for the bug"
-    return aside
-
-
-def _list_gap(region: str, left: Candidate, right: Candidate) -> bool:
-    """Only list punctuation between two candidates (and at most one word where a comma or
-    a conjunction says it is a list: "Black, dark red"); across lines, both are list items."""
-    gap = region[left.end : right.start]
-    if len(gap) > _MAX_LIST_GAP:
-        return False
-    if not _LIST_GAP.match(gap):
-        # "Black, dark red": one word more where a comma or a conjunction makes it a list;
-        # "Tuesday, John, Martin, Friday": a few words between commas of a long list.
-        modified = _MODIFIER_BEFORE.sub("", gap)
-        one_word = (modified != gap and _LIST_JOIN.search(gap) and _LIST_GAP.match(modified)
-                    and not _NEGATION.search(gap))  # "21, not 1 or 2": a correction
-        few_words = gap.count(",") >= 2 and len(_WORDS_IN_GAP.findall(gap)) <= 3
-        if not (one_word or few_words):
-            return False
-    return "\n" not in gap or (list_item(region, left) and list_item(region, right))
-
-
-def list_item(text: str, candidate: Candidate) -> bool:
-    """Alone on its line but for a list label ("2. Cat", "- heads", "(b) red")."""
-    line_start = text.rfind("\n", 0, candidate.start) + 1
-    line_end = text.find("\n", candidate.end)
-    before = text[line_start : candidate.start]
-    after = text[candidate.end : len(text) if line_end < 0 else line_end]
-    return bool(_LIST_LABEL.match(before)) and not after.strip(_DECOR + _TRAILING_PUNCT)
-
-
-def stated(text: str, candidate: Candidate) -> bool:
-    """Said as the answer: after "answer is", "I pick", a colon, a JSON key, or first in
-    the reply."""
-    before = text[max(0, candidate.start - _STATED_WINDOW) : candidate.start]
-    if not text[: candidate.start].strip(_DECOR):  # the reply starts with it, as a clause
-        return bool(_CLAUSE_END.match(text, candidate.end))
-    return bool(_STATED.search(before)) and not _other_label(before)
-
-
-def _other_label(before: str) -> bool:
-    """A field of something else right before the value: "Given:6", "Operation: 1" (a short
-    label of its own clause, no word of answering or of the task's kind in it)."""
-    label = _SHORT_LABEL.search(before)
-    return bool(label) and not _ANSWER_LABEL_WORDS.intersection(
-        label.group(1).casefold().split())
-
-
-def alone_on_line(text: str, candidate: Candidate) -> bool:
-    """Nothing but markdown, quotes and punctuation around the candidate on its line."""
-    line_start = text.rfind("\n", 0, candidate.start) + 1
-    line_end = text.find("\n", candidate.end)
-    before = text[line_start : candidate.start]
-    after = text[candidate.end : len(text) if line_end < 0 else line_end]
-    return not before.strip(_DECOR) and not after.strip(_DECOR + _TRAILING_PUNCT)
-
-
-def wrapped(text: str, candidate: Candidate) -> bool:
-    """Bold, italics, backticks or quotes right around the candidate ("**7**.", "'Q'")."""
-    before = text[: candidate.start]
-    after = text[candidate.end :].lstrip(".!")
-    return before.endswith(_OPENERS) and after.startswith(_CLOSERS)
-
-
-def _distinct(values) -> list[str]:
-    return list(dict.fromkeys(values))
 
 
 class Normalizer:
@@ -427,7 +130,8 @@ class IntegerNormalizer(Normalizer):
         r"|(?:[<>]=?|≥|≤|\bdivisible by|\bmultiples? of|\bfactors? of|\bpowers? of)\s*\d+"
         r"|\b\d+\s+(?:numbers|digits|integers|times|ways|items|cards|dice|sides|faces|people|"
         r"choices|options|of\b)"
-        r"|\b\d+\s*(?:thousand|million|billion|trillion)\b",  # "17 million" is no 17
+        # "17 million", "two thousand and 99": a large number, not 17, 2 or 99
+        r"|\b[\w-]+\s*(?:thousand|million|billion|trillion)\b(?:[\s,]+(?:and\s+)?[\w-]+)?",
         re.IGNORECASE | re.MULTILINE,
     )
     _UNITS = (
@@ -446,8 +150,8 @@ class IntegerNormalizer(Normalizer):
     _ones = "one|two|three|four|five|six|seven|eight|nine"
     _below_100 = rf"(?:(?:{_tens})(?:[\s-]+(?:{_ones}))?|{_units})"
     _WORDS = re.compile(
-        rf"{_BEFORE}(?:(?:(?:a|one)\s+)?hundred(?:\s+(?:and\s+)?{_below_100})?|{_below_100})"
-        rf"{_AFTER}",
+        rf"{WORD_START}(?:(?:(?:a|one)\s+)?hundred(?:\s+(?:and\s+)?{_below_100})?|{_below_100})"
+        rf"{WORD_END}",
         re.IGNORECASE,
     )
 
@@ -738,9 +442,9 @@ class OpenWordNormalizer(Normalizer):
     def answer_phrase(self, region: str, task: TaskSpec) -> str | None:
         """The reply's answer phrase, case-folded, or None when it has none."""
         phrase = self._answer_line(region)
-        phrase = self._LEAD_IN.sub("", phrase.strip(_DECOR))
+        phrase = self._LEAD_IN.sub("", phrase.strip(DECOR))
         phrase = self._BREAK.split(phrase, maxsplit=1)[0]
-        phrase = self._EDGES.sub("", phrase.strip(_DECOR))
+        phrase = self._EDGES.sub("", phrase.strip(DECOR))
         phrase = self._ARTICLE.sub("", phrase)
         words = fold(self._EDGES.sub("", phrase)).split()
         if not words or words[0] in self._REFUSAL_START:
@@ -755,7 +459,7 @@ class OpenWordNormalizer(Normalizer):
     def _answer_line(cls, region: str) -> str:
         """The first line with an answer, after its last colon or ellipsis ("Hmm... Lion")."""
         for line in region.splitlines():
-            answer = cls._PREAMBLE_END.split(cls._NUMBERED.sub("", line))[-1].strip(_DECOR)
+            answer = cls._PREAMBLE_END.split(cls._NUMBERED.sub("", line))[-1].strip(DECOR)
             if answer:  # else blank, or a preamble like "Sure! Here's a random animal:"
                 return answer
         return ""
@@ -810,7 +514,7 @@ def _choice_matcher(task: TaskSpec) -> tuple[re.Pattern[str], dict[str, str]]:
             alternatives.append(form)
     alternatives.sort(key=len, reverse=True)
     body = "|".join(_form_pattern(form, form in cased) for form in alternatives)
-    return re.compile(f"{_BEFORE}(?:{body}){_AFTER}", re.IGNORECASE), option_of
+    return re.compile(f"{WORD_START}(?:{body}){WORD_END}", re.IGNORECASE), option_of
 
 
 def _form_pattern(form: str, cased: bool) -> str:

@@ -70,6 +70,8 @@ CASES: dict[str, list[tuple[str, str | None]]] = {
     "number_1_100": [
         ("The answer is 21, not 1 or 2.", "21"),  # a correction is no list
         (" 17 million\nIs it wide or narrow?", None),  # a quantity, not 17
+        (" Two thousand and 99.", None),
+        ('{\n  "json": [\n    {\n      "type": "json",\n      "prefix": "100",', None),
         ("If you were drawing one ticket out of the 120 tickets, and you picked a ticket "
          "number 85", None),  # the whole sentence is a hypothetical
         ("The number itself remains the same, which is 1.", "1"),
@@ -119,6 +121,7 @@ CASES: dict[str, list[tuple[str, str | None]]] = {
         ("edge", None),
     ],
     "letter": [
+        ("A: \n1. At Random: In this game, the first pick", None),  # a heading's label
         ("Q", "Q"),
         ("q", "Q"),
         (" K", "K"),
@@ -140,6 +143,7 @@ CASES: dict[str, list[tuple[str, str | None]]] = {
         ("42", None),
     ],
     "rps": [
+        ("  \n\n\n(The original paper)\nAnswer:  \n\n", None),  # short, but a mention
         ("Rock", "rock"),
         ("Paper!", "paper"),
         ("I choose scissors.", "scissors"),
@@ -280,6 +284,7 @@ CASES: dict[str, list[tuple[str, str | None]]] = {
         ("DeShawn", "deshawn"),  # a listed name with a capital inside stays whole
         ("Hello There, my name is Bob", "bob"),
         ("Call Me Maybe", None),
+        ("Greetings, a being from the realm of online gaming.", None),
         (" Illeth\nAnswer: Ben\n\nDescribe", None),  # a made-up name and a listed one
         ("Zephyrine! Like Emily.", "zephyrine"),
         ("Ex-cop. I'm Kimberly Broom, a kindly AI", "kimberly"),
@@ -346,8 +351,9 @@ def closed_answers(draw):
     option, forms = draw(st.sampled_from(sorted(task.surface_forms().items())))
     form = draw(st.sampled_from(forms))
     form = draw(st.sampled_from([form, form.casefold(), form.upper(), form.title()]))
-    if form.casefold() in task.params.get("cased", []) or form in task.params.get("cased", []):
-        form = next(f for f in forms if f in task.params["cased"])
+    cased = task.params.get("cased", [])
+    if form.casefold() in {c.casefold() for c in cased}:  # "may" is no month: keep "May"
+        form = next(f for f in forms if f in cased)
     return task, option, form
 
 
@@ -388,7 +394,7 @@ def test_any_text_gives_an_option_or_none(task_name, text):
 def test_dotless_i_does_not_break_choice():
     # "ı" matches "i" case-insensitively but does not case-fold to it.
     assert normalize(bundled_task("us_state"), "Illınoıs") is None
-    assert normalize(bundled_task("us_state"), "Illınoıs or Ohio") == "Ohio"
+    assert normalize(bundled_task("us_state"), "Ohio, not Illınoıs") == "Ohio"
 
 
 # --- registry, versions, counts -------------------------------------------------------------
