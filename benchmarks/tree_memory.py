@@ -32,7 +32,8 @@ from pathlib import Path
 import torch
 
 from ingest.backends import ModelSpec, SamplingParams, load_backend
-from ingest.sampling import TreeSampler, kv_bytes
+from ingest.prefix_cache import kv_bytes
+from ingest.sampling import TreeSampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from tiny_models import PROMPTS, build_tiny_model  # noqa: E402
@@ -70,7 +71,7 @@ class TimedStops(TreeSampler):
 
     def _step(self, *args):
         batches, logits = super()._step(*args)
-        self.frontier_kv = max(self.frontier_kv, sum(kv_bytes(b.cache) for b in batches))
+        self.frontier_kv = max(self.frontier_kv, kv_bytes(*(b.cache for b in batches)))
         return batches, logits
 
 
