@@ -33,7 +33,8 @@ How it runs (:class:`TreeSampler`):
   forest, so the same seed gives the same counts.
 - Memory: all open branches of a depth keep their KV cache (and next-token logits) until the
   next depth, so peak memory grows with the widest depth, at most N rows: like
-  ``generate(num_return_sequences=N)``, never more. An out-of-memory in a forward pass splits
+  ``generate(num_return_sequences=N)``, never more; the branches of a unit share one copy
+  of its prompt's KV (:mod:`ingest.prefix_cache`). An out-of-memory in a forward pass splits
   its batch; one in the sampling step (warpers, softmax, split) splits its chunk of rows,
   with the same counts (docs/ingest.md, memory).
 - Completion text = ``tokenizer.decode(new tokens, skip_special_tokens=True)`` without the
