@@ -7,15 +7,17 @@ other allocations. Unit: N = 1000 samples, 24 new tokens, stop at a newline.
 
 (a) Peak memory: the rise of the process's peak resident memory (VmHWM, reset through
     /proc/self/clear_refs before the unit) while the unit is sampled, against the
-    frontier's own KV cache at its largest (rows x positions x bytes per position, the
-    least any sampler holding that frontier needs). Goal: <= 1.5x.
+    frontier's own KV cache at its largest (each unit's prompt once, its branches'
+    generated positions per row: the least any sampler holding that frontier needs).
+    ``--copy-prompt``: every branch holds its own copy of the prompt's KV, as before the
+    sampler shared it (the frontier's KV then counts the copies). Goal: <= 1.5x.
 (b) Stop checks: seconds per depth spent deciding which branches end at a stop string and
     collecting the ended ones, when only the branches whose new token may complete a stop
     string are decoded (now) and when every open branch is decoded again from its start at
     every depth (before).
 
     python benchmarks/tree_memory.py [--n 1000] [--tokens 24] [--batch-size auto|ROWS]
-                                     [--threads 1] [--smoke]
+                                     [--threads 1] [--copy-prompt] [--smoke]
 
 ``--smoke``: N = 50, 6 tokens (seconds), to check that the script works.
 """
@@ -32,7 +34,8 @@ from pathlib import Path
 import torch
 
 from ingest.backends import ModelSpec, SamplingParams, load_backend
-from ingest.sampling import TreeSampler, kv_bytes
+from ingest.prefix_cache import kv_bytes
+from ingest.sampling import TreeSampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from tiny_models import PROMPTS, build_tiny_model  # noqa: E402
@@ -70,7 +73,7 @@ class TimedStops(TreeSampler):
 
     def _step(self, *args):
         batches, logits = super()._step(*args)
-        self.frontier_kv = max(self.frontier_kv, sum(kv_bytes(b.cache) for b in batches))
+        self.frontier_kv = max(self.frontier_kv, kv_bytes(*(b.cache for b in batches)))
         return batches, logits
 
 
@@ -80,6 +83,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=24)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch-size", default="auto", help="rows per forward pass (auto)")
+    parser.add_argument("--copy-prompt", action="store_true",
+                        help="a copy of the prompt's KV per branch (share_prompt=False)")
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     n, tokens = (50, 6) if args.smoke else (args.n, args.tokens)
@@ -93,7 +98,7 @@ def main() -> None:
     results = {}
     for label, every_branch in (("now", False), ("before", True)):  # now first: a clean heap
         sampler = TimedStops(loaded.model, loaded.tokenizer, loaded.eos_token_ids,
-                             batch_size=args.batch_size)
+                             batch_size=args.batch_size, share_prompt=not args.copy_prompt)
         sampler.every_branch = every_branch
         sampler.sample(rendered, SamplingParams(n=10, max_new_tokens=2), seed=0)  # warm-up
         sampler.stop_seconds.clear()
@@ -104,8 +109,9 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         results[label] = (tree, sampler, peak_rss() - base, seconds)
     tree, sampler, rise, seconds = results["now"]
-    print(f"batch size {args.batch_size}; chatty unit: N={n}, {tokens} tokens, "
-          f"widest depth {max(tree.widths)} rows, "
+    prompt_kv = "a copy per branch" if args.copy_prompt else "shared"
+    print(f"batch size {args.batch_size}, prompt KV {prompt_kv}; chatty unit: N={n}, "
+          f"{tokens} tokens, widest depth {max(tree.widths)} rows, "
           f"{len(tree.counts)} distinct completions, {seconds:.1f} s")
     print(f"(a) peak RSS rise {rise / 2**20:.0f} MiB; frontier's own KV at its largest "
           f"{sampler.frontier_kv / 2**20:.0f} MiB; ratio {rise / sampler.frontier_kv:.2f}x")

@@ -33,7 +33,8 @@ How it runs (:class:`TreeSampler`):
   forest, so the same seed gives the same counts.
 - Memory: all open branches of a depth keep their KV cache (and next-token logits) until the
   next depth, so peak memory grows with the widest depth, at most N rows: like
-  ``generate(num_return_sequences=N)``, never more. An out-of-memory in a forward pass splits
+  ``generate(num_return_sequences=N)``, never more; the branches of a unit share one copy
+  of its prompt's KV (:mod:`ingest.prefix_cache`). An out-of-memory in a forward pass splits
   its batch; one in the sampling step (warpers, softmax, split) splits its chunk of rows,
   with the same counts (docs/ingest.md, memory).
 - Completion text = ``tokenizer.decode(new tokens, skip_special_tokens=True)`` without the
@@ -50,7 +51,6 @@ The prompt's token ids come from :func:`encode_prompt`.
 
 from __future__ import annotations
 
-import copy
 import inspect
 import math
 from collections import Counter
@@ -175,15 +175,6 @@ class TreeSample:
         return TokenEntropy(tuple(self.entropy_bits), tuple(self.entropy_tokens))
 
 
-@dataclass
-class _Batch:
-    """Consecutive frontier rows [start, start + size) and the KV cache holding them."""
-
-    start: int
-    size: int
-    cache: Any
-
-
 class NonFiniteLogits(CatalogError):
     """A unit's next-token logits held NaN or infinity (e.g. float16 overflow): its counts
     would be wrong, so the unit fails instead of storing them."""
@@ -212,7 +203,9 @@ class TreeSampler:
     step may hold (None: no limit but the device's); going over it is treated as
     out-of-memory, which is how the out-of-memory paths run on a CPU. ``float32_head``: the
     logits come from the sampler's float32 output layer (models below float32 with a plain
-    head, see :class:`ingest.heads.Float32Head`).
+    head, see :class:`ingest.heads.Float32Head`). ``share_prompt``: the branches of a unit
+    share one copy of its prompt's KV cache (plain attention layers; :mod:`ingest.prefix_cache`)
+    instead of each holding its own; the counts are the same either way.
     """
 
     def __init__(
@@ -223,6 +216,7 @@ class TreeSampler:
         *,
         batch_size: int | str = "auto",
         memory_budget: int | None = None,
+        share_prompt: bool = True,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -230,6 +224,7 @@ class TreeSampler:
         self.auto_batch = batch_size == "auto"
         self.batch_size = AUTO_BATCH_START if self.auto_batch else int(batch_size)
         self.memory_budget = memory_budget
+        self.share_prompt = share_prompt
         self.draw_rows: int | None = None  # rows per sampling chunk (None: a whole depth)
         self.cache_kwarg = cache_argument(model)
         self.keep_last_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
@@ -337,7 +332,9 @@ class TreeSampler:
         self._prompt_lengths = lengths.to(device)
         self._prompt_mask = mask.to(device) if bool((lengths < longest).any()) else None
         ids = ids.to(device)
-        batches, logits, pending, out_of_memory = [], [], [], False
+        from ingest import prefix_cache
+
+        batches, logits, pending, out_of_memory, shared = [], [], [], False, {}
         start = 0
         while start < len(units) or pending:
             if not pending:
@@ -361,7 +358,9 @@ class TreeSampler:
                                (first + self.batch_size, size - self.batch_size)]
                 out_of_memory = True
                 continue
-            batches.append(_Batch(first, size, cache))
+            if self.share_prompt:
+                prefix_cache.share_prompts(cache, first, len(units), shared)
+            batches.append(prefix_cache.Batch(first, size, cache))
         for unit in units:
             unit.result.forward_calls += 1
         return batches, logits[0] if len(logits) == 1 else torch.cat(logits)
@@ -379,6 +378,8 @@ class TreeSampler:
         """Out of memory if the prompts' KV cache is over the budget. On a device the pass
         itself runs out first; on a CPU this check after it is how the path runs."""
         import torch
+
+        from ingest.prefix_cache import kv_bytes
 
         if self.memory_budget is not None and kv_bytes(cache) > self.memory_budget:
             raise torch.OutOfMemoryError(
@@ -572,7 +573,7 @@ class TreeSampler:
             self._piece_cache.update(zip(missing, decoded))
         return [self._piece_cache[t] for t in token_ids]
 
-    def _step(self, batches: list[_Batch], parents, tokens, row_unit, depth: int, units):
+    def _step(self, batches: list, parents, tokens, row_unit, depth: int, units):
         """One depth: run ``tokens`` on their parents' caches, in batches; return the new
         frontier's batches and its next-token logits (float32, one row per branch).
 
@@ -586,13 +587,15 @@ class TreeSampler:
         """
         import torch
 
+        from ingest import prefix_cache
+
         device = self.model.device
         new_batches, logits, pending, out_of_memory = [], [], [], False
         start = 0
         while start < len(parents) or pending:
             if not pending:
                 size = min(self.batch_size, len(parents) - start)
-                pending.append(_Batch(start, size, None))  # gathered inside the retry
+                pending.append(prefix_cache.Batch(start, size, None))  # gathered inside the retry
                 start += size
             batch = pending.pop(0)
             if out_of_memory:
@@ -602,12 +605,12 @@ class TreeSampler:
                 if batch.cache is None:
                     rows = parents[batch.start:batch.start + batch.size]
                     self._check_budget(batches, rows)
-                    batch.cache = select_rows(batches, rows)
+                    batch.cache = prefix_cache.select_rows(batches, rows)
                     end = batch.start + batch.size
                     needed = int(parents[end]) if end < len(parents) else math.inf
                     while batches and batches[0].start + batches[0].size <= needed:
                         del batches[0]  # the caller's list too: these parents are freed now
-                cache = shallow_copy(batch.cache)
+                cache = prefix_cache.shallow_copy(batch.cache)
                 logits.append(self._forward(
                     tokens[batch.start:batch.start + batch.size, None].to(device), cache,
                     **self._decode_inputs(row_unit[batch.start:batch.start + batch.size], depth),
@@ -616,10 +619,10 @@ class TreeSampler:
                 if not self.auto_batch or batch.size == 1:
                     raise
                 self.batch_size = max(1, batch.size // 2)
-                pending[:0] = split_batch(batch, self.batch_size)
+                pending[:0] = prefix_cache.split_batch(batch, self.batch_size)
                 out_of_memory = True
                 continue
-            new_batches.append(_Batch(batch.start, batch.size, cache))
+            new_batches.append(prefix_cache.Batch(batch.start, batch.size, cache))
             del batch, cache  # the gathered rows: extended into the new batch
         calls = len(new_batches)
         rows = torch.bincount(row_unit, minlength=len(units)).tolist()
@@ -645,16 +648,18 @@ class TreeSampler:
         positions = (self._prompt_lengths[row_unit] + depth - 1)[:, None]
         return {"attention_mask": mask, "position_ids": positions}
 
-    def _check_budget(self, batches: list[_Batch], rows) -> None:
+    def _check_budget(self, batches: list, rows) -> None:
         """Out of memory if the KV cache of ``rows`` gathered from ``batches``, one token
-        longer, would pass the budget (checked before the gather, which is itself a copy)."""
+        longer, would pass the budget (checked before the gather, which is itself a copy);
+        a shared prompt prefix, held already, does not count, its transient dense copy for
+        one layer's attention does (:func:`ingest.prefix_cache.step_bytes_per_row`)."""
         import torch
+
+        from ingest.prefix_cache import step_bytes_per_row
 
         if self.memory_budget is None:
             return
-        per_row = kv_bytes(batches[0].cache) / batches[0].size
-        length = cache_length(batches[0].cache)
-        if len(rows) * per_row * (length + 1) / max(length, 1) > self.memory_budget:
+        if len(rows) * step_bytes_per_row(batches[0].cache) > self.memory_budget:
             raise torch.OutOfMemoryError(
                 f"a batch of {len(rows)} rows needs more than the memory budget "
                 f"({self.memory_budget} bytes of KV cache)"
@@ -695,92 +700,3 @@ def _empty_device_cache(device) -> None:
 
     if device.type == "cuda":
         torch.cuda.empty_cache()
-
-
-def _tensors(cache):
-    for layer in cache.layers:
-        for name in ("keys", "values"):
-            tensor = getattr(layer, name, None)
-            if tensor is not None and tensor.numel():
-                yield tensor
-
-
-def kv_bytes(cache) -> int:
-    """Bytes the keys and values of ``cache`` hold (a broadcast view counts as its rows)."""
-    return sum(t.numel() * t.element_size() for t in _tensors(cache))
-
-
-def cache_length(cache) -> int:
-    """Positions held per row (prompt, padding and generated tokens)."""
-    return next((t.shape[-2] for t in _tensors(cache)), 0)
-
-
-def shallow_copy(cache):
-    """A cache with its own layer objects over the same tensors: a forward pass replaces the
-    copy's tensors (torch.cat) and leaves the original's intact."""
-    clone = copy.copy(cache)
-    clone.layers = [copy.copy(layer) for layer in cache.layers]
-    return clone
-
-
-def split_batch(batch: _Batch, size: int) -> list[_Batch]:
-    """``batch`` as batches of at most ``size`` rows, over views of its tensors (no copy);
-    a batch not gathered yet splits into row ranges still to gather."""
-    if batch.cache is None:
-        return [_Batch(batch.start + start, min(size, batch.size - start), None)
-                for start in range(0, batch.size, size)]
-    parts = []
-    for start in range(0, batch.size, size):
-        part = shallow_copy(batch.cache)
-        for layer in part.layers:
-            for name in ("keys", "values"):
-                tensor = getattr(layer, name, None)
-                if tensor is not None and tensor.numel():
-                    setattr(layer, name, tensor[start:start + size])
-        parts.append(_Batch(batch.start + start, min(size, batch.size - start), part))
-    return parts
-
-
-def select_rows(batches: list[_Batch], rows) -> Any:
-    """A new KV cache holding the frontier ``rows`` (sorted), gathered from ``batches``.
-
-    The new cache shares no layer objects with its sources: the forward pass that extends it
-    replaces its tensors (torch.cat) rather than writing into them, so the parents stay intact
-    for their other children, and a failed (out-of-memory) batch can simply be retried. When
-    the rows are exactly one source batch, in order, its tensors are reused without a copy.
-    """
-    import torch
-
-    parts = []
-    for batch in batches:
-        mask = (rows >= batch.start) & (rows < batch.start + batch.size)
-        if mask.any():
-            parts.append((batch.cache, rows[mask] - batch.start))
-    template = parts[0][0]
-    cache = copy.copy(template)
-    cache.layers = [copy.copy(layer) for layer in template.layers]
-    source_size = next((b.size for b in batches if b.cache is template), None)
-    if (
-        len(parts) == 1
-        and len(rows) == source_size
-        and torch.equal(parts[0][1], torch.arange(source_size))
-    ):
-        return cache
-    # All children of one parent (always so at the first depth): a broadcast view, no copy;
-    # the forward pass's torch.cat materializes it once.
-    single_parent = len(parts) == 1 and bool((parts[0][1] == parts[0][1][0]).all())
-    for index, layer in enumerate(cache.layers):
-        if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
-            continue
-        for name in ("keys", "values"):
-            if single_parent:
-                tensor = getattr(layer, name)
-                row = int(parts[0][1][0])
-                setattr(layer, name, tensor[row : row + 1].expand(len(rows), *tensor.shape[1:]))
-                continue
-            pieces = [
-                getattr(source.layers[index], name).index_select(0, local.to(layer.keys.device))
-                for source, local in parts
-            ]
-            setattr(layer, name, pieces[0] if len(pieces) == 1 else torch.cat(pieces))
-    return cache

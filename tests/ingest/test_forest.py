@@ -11,7 +11,8 @@ from tiny_models import PROMPTS, cached_tiny_model
 
 from catalog.errors import InvalidInput
 from ingest.backends import ModelSpec, SamplingParams, load_backend
-from ingest.sampling import DRAW_BYTES_PER_CELL, TreeSampler, kv_bytes
+from ingest.prefix_cache import kv_bytes
+from ingest.sampling import DRAW_BYTES_PER_CELL, TreeSampler
 
 SIGNIFICANCE = 0.01  # chi-square homogeneity tests: reject at the 1% level
 
