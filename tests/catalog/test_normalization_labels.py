@@ -1,9 +1,9 @@
 """The normalizers against completions of real models coded by hand (tests/data/normalization,
 docs/normalization.md): agreement overall and per task, and how much of what they count
 valid carries the coded answer, on the items the rules were tuned on (``dev`` and
-``holdout``, 630) and on two sets coded afterwards by other coders, each scored once with
+``holdout``, 630) and on three sets coded afterwards by other coders, each scored once with
 the rules frozen before later changes (``second``, 300; ``third``, 360, from prompts never
-sampled for the others)."""
+sampled for the earlier sets; ``fourth``, 600, newly sampled)."""
 
 from __future__ import annotations
 
@@ -27,11 +27,11 @@ STRICT = agreement(ITEMS)
 LENIENT = agreement(ITEMS, lenient=True)
 # Floors at what was reached (README in tests/data/normalization). The goal is 90% for both
 # measures, overall and per task: reached on the tuned set (96% outcome, 91% of the counted
-# carry the coded answer); on the second set 94% and 87%, on the third 93% and 86% (blind,
-# before the last changes: 91% and 80%).
-LATER_SETS = ("second", "third")
-OUTCOME_FLOOR = {TUNED: 0.90, "second": 0.90, "third": 0.90}
-VALID_CORRECT_FLOOR = {TUNED: 0.89, "second": 0.80, "third": 0.80}
+# carry the coded answer); on the second set 94% and 87%, the third 93% and 87%, the fourth
+# 96% and 90% (blind, each before the changes its misses led to: 89%/67%, 91%/80%, 95%/86%).
+LATER_SETS = ("second", "third", "fourth")
+OUTCOME_FLOOR = {TUNED: 0.90, "second": 0.90, "third": 0.90, "fourth": 0.93}
+VALID_CORRECT_FLOOR = {TUNED: 0.89, "second": 0.80, "third": 0.80, "fourth": 0.85}
 
 
 def test_the_labelled_set_covers_every_bundled_task_and_both_models():
@@ -42,6 +42,7 @@ def test_the_labelled_set_covers_every_bundled_task_and_both_models():
         assert {i["model"] for i in items} == {"smollm2-135m-instruct", "gemma-3-270m-base"}
     assert sum(i["split"] == "second" for i in ITEMS) >= 300
     assert sum(i["split"] == "third" for i in ITEMS) >= 360
+    assert sum(i["split"] == "fourth" for i in ITEMS) >= 600
 
 
 @pytest.mark.parametrize("split", [TUNED, *LATER_SETS])
@@ -62,9 +63,10 @@ def test_agreement_per_task(task):
         assert STRICT[split][task]["outcome"] >= floor, (split, STRICT[split][task])
 
 
-# Per task the tuned set holds 42 items, the second set 20 and the third 24: one miss is 2, 5
-# or 4 points. The lowest reached: 90% (tuned); 80% on the second set (us_state), 75% on the
-# third for first_name (made-up names the coders read as names or not) and 83% for animal.
+# Per task the tuned set holds 42 items, the later sets 20, 24 and 40: one miss is 2, 5, 4 or
+# 2.5 points. The lowest reached: 90% (tuned); 80% on the second set (us_state), 75% on the
+# third for first_name (made-up names the coders read as names or not) and 83% for animal;
+# 85% on the fourth (first_name).
 
 
 def test_a_second_coding_of_tuned_items_agrees_with_the_first():
