@@ -12,7 +12,7 @@ from tiny_models import PROMPTS, cached_tiny_model
 from catalog.errors import InvalidInput
 from ingest.backends import ModelSpec, SamplingParams, load_backend
 from ingest.prefix_cache import kv_bytes
-from ingest.sampling import DRAW_BYTES_PER_CELL, TreeSampler
+from ingest.sampling import DRAW_BYTES_PER_CELL, TreeSampler, cache_argument
 
 SIGNIFICANCE = 0.01  # chi-square homogeneity tests: reject at the 1% level
 
@@ -158,7 +158,7 @@ def prompt_kv_bytes(loaded, rendered: str) -> int:
     cache = DynamicCache(config=loaded.model.config)
     ids = loaded.tokenizer(rendered, return_tensors="pt")["input_ids"]
     with torch.inference_mode():
-        loaded.model(input_ids=ids, past_key_values=cache, use_cache=True)
+        loaded.model(input_ids=ids, use_cache=True, **{cache_argument(loaded.model): cache})
     return kv_bytes(cache)
 
 
