@@ -3,7 +3,8 @@ docs/normalization.md): agreement overall and per task, and how much of what the
 valid carries the coded answer, on the items the rules were tuned on (``dev`` and
 ``holdout``, 630) and on three sets coded afterwards by other coders, each scored once with
 the rules frozen before later changes (``second``, 300; ``third``, 360, from prompts never
-sampled for the earlier sets; ``fourth``, 600, newly sampled)."""
+sampled for the earlier sets; ``fourth`` and ``fifth``, 600 each, newly sampled). The fifth
+set is the blind measure of version 4: no rule was changed after it was scored."""
 
 from __future__ import annotations
 
@@ -28,10 +29,12 @@ LENIENT = agreement(ITEMS, lenient=True)
 # Floors at what was reached (README in tests/data/normalization). The goal is 90% for both
 # measures, overall and per task: reached on the tuned set (96% outcome, 91% of the counted
 # carry the coded answer); on the second set 94% and 87%, the third 93% and 87%, the fourth
-# 96% and 90% (blind, each before the changes its misses led to: 89%/67%, 91%/80%, 95%/86%).
-LATER_SETS = ("second", "third", "fourth")
-OUTCOME_FLOOR = {TUNED: 0.90, "second": 0.90, "third": 0.90, "fourth": 0.93}
-VALID_CORRECT_FLOOR = {TUNED: 0.89, "second": 0.80, "third": 0.80, "fourth": 0.85}
+# 96% and 90% (blind, each before the changes its misses led to: 89%/67%, 91%/80%, 95%/86%);
+# the fifth, blind, 91% and 75%: not the goal.
+LATER_SETS = ("second", "third", "fourth", "fifth")
+OUTCOME_FLOOR = {TUNED: 0.90, "second": 0.90, "third": 0.90, "fourth": 0.93, "fifth": 0.89}
+VALID_CORRECT_FLOOR = {TUNED: 0.89, "second": 0.80, "third": 0.80, "fourth": 0.85,
+                       "fifth": 0.72}
 
 
 def test_the_labelled_set_covers_every_bundled_task_and_both_models():
@@ -43,6 +46,7 @@ def test_the_labelled_set_covers_every_bundled_task_and_both_models():
     assert sum(i["split"] == "second" for i in ITEMS) >= 300
     assert sum(i["split"] == "third" for i in ITEMS) >= 360
     assert sum(i["split"] == "fourth" for i in ITEMS) >= 600
+    assert sum(i["split"] == "fifth" for i in ITEMS) >= 600
 
 
 @pytest.mark.parametrize("split", [TUNED, *LATER_SETS])
@@ -66,7 +70,7 @@ def test_agreement_per_task(task):
 # Per task the tuned set holds 42 items, the later sets 20, 24 and 40: one miss is 2, 5, 4 or
 # 2.5 points. The lowest reached: 90% (tuned); 80% on the second set (us_state), 75% on the
 # third for first_name (made-up names the coders read as names or not) and 83% for animal;
-# 85% on the fourth (first_name).
+# 85% on the fourth (first_name); 80% on the fifth (animal, first_name).
 
 
 def test_a_second_coding_of_tuned_items_agrees_with_the_first():
@@ -80,3 +84,18 @@ def test_a_second_coding_of_tuned_items_agrees_with_the_first():
 
     same = sum(outcome(item["label"]) == outcome(first[item["id"]]) for item in again)
     assert same / len(again) >= 0.95
+
+
+def test_the_fifth_sets_counted_items_coded_twice_mostly_agree():
+    """The counted-valid items of the blind fifth set, coded again by other coders
+    (recoded-fifth.jsonl): the misses there are the rules', not a coding artefact."""
+    first = {item["id"]: item["label"] for item in ITEMS}
+    again = load(Path(__file__).parents[1] / "data" / "normalization" / "recoded-fifth.jsonl")
+    assert len(again) == 102
+    reasons = ("no_answer", "ambiguous", "off_category", "out_of_range")
+
+    def outcome(label):
+        return None if label in reasons else label
+
+    same = sum(outcome(item["label"]) == outcome(first[item["id"]]) for item in again)
+    assert same / len(again) >= 0.93  # 97 of 102
