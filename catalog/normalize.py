@@ -116,7 +116,7 @@ class IntegerNormalizer(Normalizer):
     version = "4"
     description = "an integer in [min, max] (digits or words like 'seven'); out of range is invalid"
 
-    _INTEGER = re.compile(r"(?<![\w.])(?<!\d,)-?\d+(?![\w]|[.,]\d)")
+    _INTEGER = re.compile(r"(?<![\w.])(?<!\d,)[-+]?\d+(?![\w]|[.,]\d)")
     # Numbers that are not answers: restated ranges ("between 1 and 10", "1-10", "0 to 9"),
     # list markers and labels ("1)", "Step 2", "#3"), quantities ("50%", "six-sided").
     _MENTIONS = re.compile(
@@ -131,7 +131,10 @@ class IntegerNormalizer(Normalizer):
         r"|\b\d+\s+(?:numbers|digits|integers|times|ways|items|cards|dice|sides|faces|people|"
         r"choices|options|of\b)"
         # "17 million", "two thousand and 99": a large number, not 17, 2 or 99
-        r"|\b[\w-]+\s*(?:thousand|million|billion|trillion)\b(?:[\s,]+(?:and\s+)?[\w-]+)?",
+        r"|\b[\w-]+\s*(?:thousand|million|billion|trillion)\b(?:[\s,]+(?:and\s+)?[\w-]+)?"
+        # an expression, to the end of its line: "10-$x$", "100 -" (cut off), "3 * 3 * 4 =",
+        # "9/9", "100 / ((100/2 +"
+        r"|(?<![\w.])\d+[ \t]*(?:[-–][ \t]*(?=[$(]|\Z)|[+*/×÷^][ \t]*(?=[\w$(\[]))[^\n]*",
         re.IGNORECASE | re.MULTILINE,
     )
     _UNITS = (
@@ -173,10 +176,9 @@ class IntegerNormalizer(Normalizer):
     def read(self, text: str, task: TaskSpec, lenient: bool = False) -> Reading:
         region = answer_region(text)
         masked = self._MENTIONS.sub(lambda m: " " * len(m.group()), region)
-        # "0000" or "07" is not written as an option: its value is kept as written.
+        # "0000", "07" or "+1" is not written as an option: its value is kept as written.
         candidates = [
-            Candidate(m.start(), m.end(), m.group().lstrip("-") if m.group().lstrip("-")[:1] == "0"
-                      and len(m.group().lstrip("-")) > 1 else str(int(m.group())))
+            Candidate(m.start(), m.end(), self._as_written(m.group()))
             for m in self._INTEGER.finditer(masked)
         ]
         candidates += [
@@ -194,6 +196,13 @@ class IntegerNormalizer(Normalizer):
             return OUT_OF_RANGE
 
         return decide(masked, candidates, to_option, lenient)
+
+    @staticmethod
+    def _as_written(number: str) -> str:
+        digits = number.lstrip("-")
+        if number.startswith("+") or (digits[:1] == "0" and len(digits) > 1):
+            return digits
+        return str(int(number))
 
     @classmethod
     def word_value(cls, words: str) -> int:
@@ -258,7 +267,7 @@ class LetterNormalizer(Normalizer):
 
     # A standalone letter: not part of a word, a contraction ("I'm") or an abbreviation ("e.g.").
     _LETTER = re.compile(r"(?<!\w)(?<!\w['’.])[A-Za-z](?!\w)(?!['’]\w)(?!\.\w)")
-    # "a" / "A" / "I" followed by a word are the article and the pronoun.
+    # "a" / "A" / "I" / "i" followed by a word are the article and the pronoun.
     _WORD_AFTER = re.compile(r"[ \t]+[\"'“‘«*_`]*[A-Za-z]")
     _AFTER_LETTER = re.compile(r"\bletter[\s*_`\"'“‘«:]*\Z", re.IGNORECASE)
 
@@ -291,7 +300,7 @@ class LetterNormalizer(Normalizer):
         return bool(self._AFTER_LETTER.search(text, 0, start))
 
     def _article_or_pronoun(self, text: str, match: re.Match) -> bool:
-        return match.group() in "aAI" and bool(self._WORD_AFTER.match(text, match.end()))
+        return match.group() in "aAiI" and bool(self._WORD_AFTER.match(text, match.end()))
 
 
 class OpenWordNormalizer(Normalizer):

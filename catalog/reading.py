@@ -57,10 +57,17 @@ _WORDS_IN_GAP = re.compile(r"[^\W\d_]{2,}")
 _LIST_INTRO = re.compile(
     r"\b(?:options?|choices|possibilities|possible (?:outcomes|answers|results|options)|"
     r"outcomes|choose from|pick from|select from|such as|for example|e\.g\.|"
-    r"here are(?: some| a few)?|the following|in (?:\w+ )?order)\b",
+    r"here are(?: some| a few)?|the following|in (?:\w+ )?order|possible values|"
+    r"(?:pick|choose|select) one of|multiple choice|can include|including)\b",
     re.IGNORECASE,
 )
 _INTRO_SCOPE = 200
+# A list cut by the token budget right after the candidate, at its next item's label:
+# "(a) 6\n(b", "1. 5\n2.".
+_CUT_LIST_AFTER = re.compile(
+    r"[*_`\"'”’)\]]*[ \t]*\n[ \t]*(?:[(\[][A-Za-z0-9][.)\]]?|[A-Za-z0-9][.)\]])[ \t]*\Z")
+# A value the sentence makes a condition of: "(heads if the coin is a 4 or tails if".
+_CONDITION_AFTER = re.compile(r"[*_`\"'”’]*[ \t]+(?:if|when|unless)\b", re.IGNORECASE)
 # "heads or ...", "either tails": one side of a disjunction.
 _OR_AFTER = re.compile(r"[*_`\"'”’]*[ \t,]*\bor\b", re.IGNORECASE)
 _EITHER_BEFORE = re.compile(r"\b(?:either|whether)[ \t]+[*_`\"'“‘]*\Z", re.IGNORECASE)
@@ -108,6 +115,7 @@ _STATED_WINDOW = 80
 _SHORT_LABEL = re.compile(
     r"(?:\A|[.!?\n{,(])[\s*_`\"'“‘#>•-]*([A-Za-z]+(?:[ \t]+[A-Za-z]+)?)[*_`\"'”’]*[ \t]*:"
     r"[\s*_`\"'“‘«]*\Z")
+_NOT_THE_ANSWER = frozenset("alternate alternative another other example sample wrong".split())
 # Labels that hold an answer ("Answer:", "Die:", "My pick:", '"animal":').
 _ANSWER_LABEL_WORDS = frozenset(
     "answer answers choice pick result outcome selection guess number digit letter color "
@@ -258,7 +266,8 @@ def set_aside(region: str, candidates: Sequence[Candidate]) -> set[int]:
             continue
         before = region[max(0, c.start - _STATED_WINDOW) : c.start]
         sentence = _SENTENCE_BREAK.split(before)[-1]
-        if _OR_AFTER.match(region, c.end) or _EITHER_BEFORE.search(before):
+        if (_OR_AFTER.match(region, c.end) or _EITHER_BEFORE.search(before)
+                or _CUT_LIST_AFTER.match(region, c.end) or _CONDITION_AFTER.match(region, c.end)):
             aside.add(i)
         elif _HYPOTHETICAL.search(_SENTENCE_BREAK.split(region[max(0, c.start - _INTRO_SCOPE) :
                                                                  c.start])[-1]):
@@ -310,8 +319,11 @@ def _other_label(before: str) -> bool:
     """A field of something else right before the value: "Given:6", "Operation: 1" (a short
     label of its own clause, no word of answering or of the task's kind in it)."""
     label = _SHORT_LABEL.search(before)
-    return bool(label) and not _ANSWER_LABEL_WORDS.intersection(
-        label.group(1).casefold().split())
+    if not label:
+        return False
+    words = set(label.group(1).casefold().split())
+    # "Alternate answer:", "Example answer:" hold an answer, but not the one given
+    return not _ANSWER_LABEL_WORDS.intersection(words) or bool(_NOT_THE_ANSWER & words)
 
 
 def alone_on_line(text: str, candidate: Candidate) -> bool:

@@ -23,6 +23,8 @@ CASES: dict[str, list[tuple[str, str | None]]] = {
         ("Operation: 1 flipping a coin is a certain event.", None),
         (" B\n\nGiven:6\nTo find: Which face is", None),
         ("Random digit: 7", "7"),
+        (" +1\n\nIn this question", None),  # not written as an option: out of range
+        (" pink, green, blue, orange\nAlternate answer: 7", None),
         ("Heads or tails? I call: 7", "7"),
         ("7\u200b3", None),  # a zero-width space separates two values
         (" 7", "7"),
@@ -71,6 +73,10 @@ CASES: dict[str, list[tuple[str, str | None]]] = {
         ("The answer is 21, not 1 or 2.", "21"),  # a correction is no list
         (" 17 million\nIs it wide or narrow?", None),  # a quantity, not 17
         (" Two thousand and 99.", None),
+        (" 100 – 5\n100 -", None),  # an expression, not an answer
+        ("To find the answer to this question: 3 * 3 * 3 * 3 * 4 = ", None),
+        ("\n\nMultiple Choice\n(a) 6\n(b", None),  # a list cut by the token budget
+        ("\nAn integer division has two possible values: 1 and", None),
         ('{\n  "json": [\n    {\n      "type": "json",\n      "prefix": "100",', None),
         ("If you were drawing one ticket out of the 120 tickets, and you picked a ticket "
          "number 85", None),  # the whole sentence is a hypothetical
@@ -101,6 +107,7 @@ CASES: dict[str, list[tuple[str, str | None]]] = {
         (" 1\nQuestion: Roll a die.", "1"),
     ],
     "coin": [
+        (" (heads if the coin is a 4 or tails if", None),  # a condition
         ("Heads", "heads"),
         ("Heads.", "heads"),
         ("heads", "heads"),
@@ -122,6 +129,7 @@ CASES: dict[str, list[tuple[str, str | None]]] = {
     ],
     "letter": [
         ("A: \n1. At Random: In this game, the first pick", None),  # a heading's label
+        (" aHello Hey\nAnswer: for instance i get stuck at", None),  # the pronoun i
         ("Q", "Q"),
         ("q", "Q"),
         (" K", "K"),
@@ -143,6 +151,7 @@ CASES: dict[str, list[tuple[str, str | None]]] = {
         ("42", None),
     ],
     "rps": [
+        ("Selection can include: rock,", None),
         ("  \n\n\n(The original paper)\nAnswer:  \n\n", None),  # short, but a mention
         ("Rock", "rock"),
         ("Paper!", "paper"),
