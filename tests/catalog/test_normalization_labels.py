@@ -3,8 +3,8 @@ docs/normalization.md): agreement overall and per task, and how much of what the
 valid carries the coded answer, on the items the rules were tuned on (``dev`` and
 ``holdout``, 630) and on three sets coded afterwards by other coders, each scored once with
 the rules frozen before later changes (``second``, 300; ``third``, 360, from prompts never
-sampled for the earlier sets; ``fourth`` and ``fifth``, 600 each, newly sampled). The fifth
-set is the blind measure of version 4: no rule was changed after it was scored."""
+sampled for the earlier sets; ``fourth``, ``fifth`` and ``sixth``, 600 each, newly sampled).
+The sixth set is the blind measure of version 4: no rule was changed after it was scored."""
 
 from __future__ import annotations
 
@@ -29,12 +29,13 @@ LENIENT = agreement(ITEMS, lenient=True)
 # Floors at what was reached (README in tests/data/normalization). The goal is 90% for both
 # measures, overall and per task: reached on the tuned set (96% outcome, 91% of the counted
 # carry the coded answer); on the second set 94% and 87%, the third 93% and 87%, the fourth
-# 96% and 90% (blind, each before the changes its misses led to: 89%/67%, 91%/80%, 95%/86%);
-# the fifth, blind, 91% and 75%: not the goal.
-LATER_SETS = ("second", "third", "fourth", "fifth")
-OUTCOME_FLOOR = {TUNED: 0.90, "second": 0.90, "third": 0.90, "fourth": 0.93, "fifth": 0.89}
+# 96% and 90%, the fifth 93% and 84% (blind, each before the changes its misses led to:
+# 89%/67%, 91%/80%, 95%/86%, 91%/75%); the sixth, never tuned on, 92% and 82%: not the goal.
+LATER_SETS = ("second", "third", "fourth", "fifth", "sixth")
+OUTCOME_FLOOR = {TUNED: 0.90, "second": 0.90, "third": 0.90, "fourth": 0.93, "fifth": 0.90,
+                 "sixth": 0.90}
 VALID_CORRECT_FLOOR = {TUNED: 0.89, "second": 0.80, "third": 0.80, "fourth": 0.85,
-                       "fifth": 0.72}
+                       "fifth": 0.80, "sixth": 0.78}
 
 
 def test_the_labelled_set_covers_every_bundled_task_and_both_models():
@@ -47,6 +48,7 @@ def test_the_labelled_set_covers_every_bundled_task_and_both_models():
     assert sum(i["split"] == "third" for i in ITEMS) >= 360
     assert sum(i["split"] == "fourth" for i in ITEMS) >= 600
     assert sum(i["split"] == "fifth" for i in ITEMS) >= 600
+    assert sum(i["split"] == "sixth" for i in ITEMS) >= 600
 
 
 @pytest.mark.parametrize("split", [TUNED, *LATER_SETS])
@@ -70,7 +72,8 @@ def test_agreement_per_task(task):
 # Per task the tuned set holds 42 items, the later sets 20, 24 and 40: one miss is 2, 5, 4 or
 # 2.5 points. The lowest reached: 90% (tuned); 80% on the second set (us_state), 75% on the
 # third for first_name (made-up names the coders read as names or not) and 83% for animal;
-# 85% on the fourth (first_name); 80% on the fifth (animal, first_name).
+# 85% on the fourth (first_name); 80% on the fifth (animal, first_name) and the sixth
+# (first_name; digit 82%).
 
 
 def test_a_second_coding_of_tuned_items_agrees_with_the_first():
@@ -87,7 +90,8 @@ def test_a_second_coding_of_tuned_items_agrees_with_the_first():
 
 
 def test_the_fifth_sets_counted_items_coded_twice_mostly_agree():
-    """The counted-valid items of the blind fifth set, coded again by other coders
+    """The counted-valid items of the fifth set (as version 4 read it when scored blind), coded
+    again by other coders
     (recoded-fifth.jsonl): the misses there are the rules', not a coding artefact."""
     first = {item["id"]: item["label"] for item in ITEMS}
     again = load(Path(__file__).parents[1] / "data" / "normalization" / "recoded-fifth.jsonl")

@@ -88,7 +88,7 @@ def per_class(items: list[dict], lenient: bool = False) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lenient", action="store_true", help="the rules before version 2")
-    parser.add_argument("--show-misses", choices=("dev", "holdout", "second", "third", "fourth", "fifth"),
+    parser.add_argument("--show-misses", choices=("dev", "holdout", "second", "third", "fourth", "fifth", "sixth"),
                         default=None)
     args = parser.parse_args()
     items = load()
