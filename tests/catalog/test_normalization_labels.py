@@ -91,8 +91,8 @@ def test_a_second_coding_of_tuned_items_agrees_with_the_first():
 
 def test_the_fifth_sets_counted_items_coded_twice_mostly_agree():
     """The counted-valid items of the fifth set (as version 4 read it when scored blind), coded
-    again by other coders
-    (recoded-fifth.jsonl): the misses there are the rules', not a coding artefact."""
+    again by other coders (recoded-fifth.jsonl): the misses there are the rules', not a coding
+    artefact."""
     first = {item["id"]: item["label"] for item in ITEMS}
     again = load(Path(__file__).parents[1] / "data" / "normalization" / "recoded-fifth.jsonl")
     assert len(again) == 102
