@@ -381,7 +381,9 @@ class OpenWordNormalizer(Normalizer):
                 return Reading(given)
         candidates = self._terms(region, task, terms)
         if candidates and task.params.get("unlisted") == "accept":
-            candidates = self._made_up_opening(region, task, terms) + candidates
+            first = self._made_up_first_word(region, task)
+            if first is not None and first.value not in terms:
+                candidates = [first, *candidates]  # " Illeth\nAnswer: Ben": two answers
         if candidates:
             return decide(region, candidates, Reading)
         if not phrase and not (task.params.get("unlisted") == "accept"
@@ -389,11 +391,11 @@ class OpenWordNormalizer(Normalizer):
             return NO_ANSWER
         if task.params.get("unlisted") == "accept":
             # A made-up name is no English word ("Call it Tiger", "Smuggler" are words).
-            words = _NOT_NAMES | _word_set(task, "english_words")
-            first = _FIRST_WORD.match(region)
-            if first and first.group(1)[0].isupper() and fold(first.group(1)) not in words:
-                return Reading(fold(first.group(1)))  # "Hyla... please feel free"
-            if phrase and phrase not in words and self._looks_like_a_name(region, phrase):
+            first = self._made_up_first_word(region, task)
+            if first is not None:
+                return Reading(first.value)  # "Hyla... please feel free"
+            if phrase and phrase not in _not_names(task) and self._looks_like_a_name(region,
+                                                                                     phrase):
                 return Reading(phrase)
         return OFF_CATEGORY if phrase else NO_ANSWER
 
@@ -410,17 +412,17 @@ class OpenWordNormalizer(Normalizer):
         return [c for i, c in enumerate(found)
                 if i == 0 or region[found[i - 1].end : c.start] != " "]
 
-    def _made_up_opening(self, region: str, task: TaskSpec, terms: Vocabulary) -> list[Candidate]:
-        """A made-up name that opens the reply as a clause of its own is a candidate beside
-        the listed ones (" Illeth\nAnswer: Ben" gives two answers)."""
+    @staticmethod
+    def _made_up_first_word(region: str, task: TaskSpec) -> Candidate | None:
+        """The reply's first word as a clause of its own, capitalized and no English word
+        or part of one ("Zephyrine!"; not "Smuggler", "Ex-cop"): a made-up name."""
         first = _FIRST_WORD.match(region)
         if first is None or not first.group(1)[0].isupper():
-            return []
+            return None
         name = fold(first.group(1))
-        words = _NOT_NAMES | _word_set(task, "english_words")
-        if name in terms or any(part in words for part in name.split("-")):  # "Ex-cop"
-            return []
-        return [Candidate(first.start(1), first.end(1), name)]
+        if any(part in _not_names(task) for part in (name, *name.split("-"))):
+            return None
+        return Candidate(first.start(1), first.end(1), name)
 
     def _given_name(self, region: str, task: TaskSpec) -> str | None:
         """A reply that opens with a full name keeps its given name, listed or made up:
@@ -437,7 +439,7 @@ class OpenWordNormalizer(Normalizer):
                 return None
             first = parts[0]
         name = fold(first)
-        if len(name) < 2 or name in _NOT_NAMES | _word_set(task, "english_words"):
+        if len(name) < 2 or name in _not_names(task):
             return None
         return name
 
@@ -552,9 +554,16 @@ def _open_alias_map(task: TaskSpec) -> dict[str, str]:
 
 
 @functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=64)
 def _word_set(task: TaskSpec, key: str) -> frozenset[str]:
     """A word list param of the task (``english_words``, ``common_words``), folded."""
     return frozenset(fold(term) for term in task.params.get(key, ()))
+
+
+@functools.lru_cache(maxsize=64)
+def _not_names(task: TaskSpec) -> frozenset[str]:
+    """Words that are no made-up name: the question's and chat's, and English words."""
+    return _NOT_NAMES | _word_set(task, "english_words")
 
 
 @functools.lru_cache(maxsize=64)

@@ -192,6 +192,7 @@ def decide(region: str, candidates: Sequence[Candidate],
     if lenient:
         chosen = pick_lenient(region, candidates)
         return to_option(chosen.value) if chosen else NO_ANSWER
+    # a label ("Heads: 50%") or the value of another field ("Given:6") is no candidate
     candidates = [c for c in candidates if not _LABEL_AFTER.match(region, c.end)
                   and not _other_label(region[max(0, c.start - _STATED_WINDOW) : c.start])]
     if not candidates:
@@ -209,8 +210,7 @@ def decide(region: str, candidates: Sequence[Candidate],
     opening = len(region) - len(region.lstrip()) + _OPENING
     values = _distinct(c.value for c in free
                        if (short or not c.weak) and (c.start < opening or _is_brief(region))
-                       and _lead_in_words(region, c) <= _LEAD_IN_WORDS
-                       and not _other_label(region[max(0, c.start - _STATED_WINDOW):c.start]))
+                       and _lead_in_words(region, c) <= _LEAD_IN_WORDS)
     if len(values) == 1:
         return to_option(values[0])
     return AMBIGUOUS if len(values) > 1 else NO_ANSWER
@@ -312,7 +312,7 @@ def stated(text: str, candidate: Candidate) -> bool:
     before = text[max(0, candidate.start - _STATED_WINDOW) : candidate.start]
     if not text[: candidate.start].strip(DECOR):  # the reply starts with it, as a clause
         return bool(_CLAUSE_END.match(text, candidate.end))
-    return bool(_STATED.search(before)) and not _other_label(before)
+    return bool(_STATED.search(before))
 
 
 def _other_label(before: str) -> bool:

@@ -321,6 +321,8 @@ class TreeSampler:
         batch size). Prompts of one length need no mask at all."""
         import torch
 
+        from ingest.prefix_cache import Batch, share_prompts
+
         device = self.model.device
         lengths = torch.tensor([len(unit.prompt) for unit in units])
         longest = int(lengths.max())
@@ -332,38 +334,51 @@ class TreeSampler:
         self._prompt_lengths = lengths.to(device)
         self._prompt_mask = mask.to(device) if bool((lengths < longest).any()) else None
         ids = ids.to(device)
-        from ingest import prefix_cache
+        shared: dict = {}  # the prompts' KV per layer, shared by every pass's batch
 
-        batches, logits, pending, out_of_memory, shared = [], [], [], False, {}
-        start = 0
-        while start < len(units) or pending:
-            if not pending:
-                size = min(self.batch_size, len(units) - start)
-                pending.append((start, size))
-                start += size
-            first, size = pending.pop(0)
-            if out_of_memory:
-                _empty_device_cache(device)  # the failed pass's tensors are gone by now
-                out_of_memory = False
-            try:
-                cache, rows = self._new_cache(), slice(first, first + size)
-                logits.append(self._forward(ids[rows], cache, **self._prompt_inputs(rows)))
-                self._check_prefill_budget(cache, size)
-            except torch.OutOfMemoryError:
-                if not self.auto_batch or size == 1:
-                    raise
-                del cache
-                self.batch_size = max(1, size // 2)
-                pending[:0] = [(first, self.batch_size),
-                               (first + self.batch_size, size - self.batch_size)]
-                out_of_memory = True
-                continue
+        def prefill(batch: Batch):
+            cache, rows = self._new_cache(), slice(batch.start, batch.start + batch.size)
+            logits = self._forward(ids[rows], cache, **self._prompt_inputs(rows))
+            self._check_prefill_budget(cache, batch.size)
             if self.share_prompt:
-                prefix_cache.share_prompts(cache, first, len(units), shared)
-            batches.append(prefix_cache.Batch(first, size, cache))
+                share_prompts(cache, batch.start, len(units), shared)
+            return Batch(batch.start, batch.size, cache), logits
+
+        batches, logits = zip(*self._in_batches(len(units), prefill))
         for unit in units:
             unit.result.forward_calls += 1
-        return batches, logits[0] if len(logits) == 1 else torch.cat(logits)
+        return list(batches), logits[0] if len(logits) == 1 else torch.cat(logits)
+
+    def _in_batches(self, rows: int, run) -> list:
+        """``run(batch)`` over rows [0, rows) in consecutive batches of at most
+        ``batch_size`` rows, in order; its results. A batch that runs out of memory (or
+        over ``memory_budget``) is split in two and retried (``auto`` batch size; a fixed
+        size, or a single row, fails), once the failed pass's tensors are gone and the
+        allocator's cache emptied. ``run`` may have gathered the batch's rows into
+        ``batch.cache`` before it failed: the halves are views of them."""
+        import torch
+
+        from ingest.prefix_cache import Batch, split_batch
+
+        results, pending, start, out_of_memory = [], [], 0, False
+        while start < rows or pending:
+            if not pending:
+                size = min(self.batch_size, rows - start)
+                pending.append(Batch(start, size, None))
+                start += size
+            batch = pending.pop(0)
+            if out_of_memory:
+                _empty_device_cache(self.model.device)
+                out_of_memory = False
+            try:
+                results.append(run(batch))
+            except torch.OutOfMemoryError:
+                if not self.auto_batch or batch.size == 1:
+                    raise
+                self.batch_size = max(1, batch.size // 2)
+                pending[:0] = split_batch(batch, self.batch_size)
+                out_of_memory = True
+        return results
 
     def _prompt_inputs(self, rows: slice) -> dict:
         """The prefill's attention mask and position ids for ``rows`` (none without
@@ -587,50 +602,31 @@ class TreeSampler:
         """
         import torch
 
-        from ingest import prefix_cache
+        from ingest.prefix_cache import Batch, select_rows, shallow_copy
 
         device = self.model.device
-        new_batches, logits, pending, out_of_memory = [], [], [], False
-        start = 0
-        while start < len(parents) or pending:
-            if not pending:
-                size = min(self.batch_size, len(parents) - start)
-                pending.append(prefix_cache.Batch(start, size, None))  # gathered inside the retry
-                start += size
-            batch = pending.pop(0)
-            if out_of_memory:
-                _empty_device_cache(device)  # the failed pass's tensors are gone by now
-                out_of_memory = False
-            try:
-                if batch.cache is None:
-                    rows = parents[batch.start:batch.start + batch.size]
-                    self._check_budget(batches, rows)
-                    batch.cache = prefix_cache.select_rows(batches, rows)
-                    end = batch.start + batch.size
-                    needed = int(parents[end]) if end < len(parents) else math.inf
-                    while batches and batches[0].start + batches[0].size <= needed:
-                        del batches[0]  # the caller's list too: these parents are freed now
-                cache = prefix_cache.shallow_copy(batch.cache)
-                logits.append(self._forward(
-                    tokens[batch.start:batch.start + batch.size, None].to(device), cache,
-                    **self._decode_inputs(row_unit[batch.start:batch.start + batch.size], depth),
-                ))
-            except torch.OutOfMemoryError:
-                if not self.auto_batch or batch.size == 1:
-                    raise
-                self.batch_size = max(1, batch.size // 2)
-                pending[:0] = prefix_cache.split_batch(batch, self.batch_size)
-                out_of_memory = True
-                continue
-            new_batches.append(prefix_cache.Batch(batch.start, batch.size, cache))
-            del batch, cache  # the gathered rows: extended into the new batch
+
+        def step(batch: Batch):
+            rows = slice(batch.start, batch.start + batch.size)
+            if batch.cache is None:  # gathered here, inside the retry: the gather is a copy
+                self._check_budget(batches, parents[rows])
+                batch.cache = select_rows(batches, parents[rows])
+                needed = int(parents[rows.stop]) if rows.stop < len(parents) else math.inf
+                while batches and batches[0].start + batches[0].size <= needed:
+                    del batches[0]  # the caller's list too: these parents are freed now
+            cache = shallow_copy(batch.cache)  # extended by the pass; the gathered rows stay
+            logits = self._forward(tokens[rows, None].to(device), cache,
+                                   **self._decode_inputs(row_unit[rows], depth))
+            return Batch(batch.start, batch.size, cache), logits
+
+        new_batches, logits = zip(*self._in_batches(len(parents), step))
         calls = len(new_batches)
         rows = torch.bincount(row_unit, minlength=len(units)).tolist()
         for unit, unit_rows in zip(units, rows):
             if unit_rows:
                 unit.result.forward_rows += unit_rows
                 unit.result.forward_calls += calls
-        return new_batches, torch.cat(logits)
+        return list(new_batches), torch.cat(logits)
 
     def _decode_inputs(self, row_unit, depth: int) -> dict:
         """Attention mask and position ids of one new token per row, when prompts were
