@@ -9,7 +9,7 @@ coders, each scored once with the rules frozen) and each task:
 - ``valid_correct``: of the completions the normalizer counts valid, the share whose option
   is the coded answer (how much of what is counted is right).
 
-    .venv/bin/python tests/data/normalization/agreement.py [--lenient] [--show-misses]
+    .venv/bin/python tests/data/normalization/agreement.py [--lenient] [--show-misses SPLIT]
 """
 
 from __future__ import annotations
@@ -88,10 +88,12 @@ def per_class(items: list[dict], lenient: bool = False) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lenient", action="store_true", help="the rules before version 2")
-    parser.add_argument("--show-misses", choices=("dev", "holdout", "second", "third", "fourth", "fifth", "sixth"),
-                        default=None)
+    parser.add_argument("--show-misses", metavar="SPLIT", default=None,
+                        help="list the items of this split the normalizers read otherwise")
     args = parser.parse_args()
     items = load()
+    if args.show_misses and args.show_misses not in {item["split"] for item in items}:
+        parser.error(f"no split {args.show_misses!r} in {LABELS.name}")
     for split, tasks in sorted(agreement(items, args.lenient).items()):
         print(f"{split}: task, n, outcome agreement, exact agreement, counted valid, "
               "right among counted")
